@@ -1,0 +1,66 @@
+"""The `harness` command line: one small `cmd_*` function per subcommand, picked from COMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from harness import limits as limits_mod
+
+
+def cmd_limits(args: argparse.Namespace) -> int:
+    limits = limits_mod.read_limits()
+    plan = limits_mod.plan(limits, args.connections, backend=args.backend, fd_limit=args.fd_limit)
+    if args.json:
+        print(json.dumps({"limits": limits, "plan": plan.as_dict()}, indent=2))
+    else:
+        print(limits_mod.format_limits(limits, plan))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from servers.foreground import run
+    return run(args)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from harness.check import run_check
+    return 0 if run_check() else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from servers.foreground import add_arguments
+    from servers.registry import BACKENDS
+
+    parser = argparse.ArgumentParser(prog="harness", description="Connections per port are capped by "
+                                     "file descriptors and memory, not by 65,535 port numbers: prove it here.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("limits", help="the limits that cap connections on this machine, and what they predict")
+    p.add_argument("--connections", type=_positive, default=100_000, help="plan for this many (default 100,000)")
+    p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
+    p.add_argument("--fd-limit", type=_positive, default=None, help="plan with this soft fd limit per server process")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("serve", help="run an echo server backend in the foreground, with live gauges")
+    add_arguments(p)
+    sub.add_parser("check", help="short self-check: every backend stops exactly at its fd limit")
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+COMMANDS = {"limits": cmd_limits, "serve": cmd_serve, "check": cmd_check}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The contract between the supervisor and an echo backend.
+
+A backend is a module with `serve(ctx: ServeContext) -> None`. It runs in its own server process
+and must:
+- take new connections only through `ctx.make_intake()` (which handles the fd limit),
+- echo every byte back unchanged and in order, reading no more from a connection while its unsent
+  output is above `MAX_PENDING` (a client that never reads cannot grow server memory),
+- call `ctx.ready()` once it is set up, and `ctx.tick()` about every `TICK_S`,
+- return when SIGTERM arrives (`StopSignal` or the event loop's signal handler).
+The supervisor (`servers.supervisor`) owns processes, sockets and the fd limit; the registry
+(`servers.registry`) names the backends.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from servers import proc
+from servers.gauges import SERVING, STOPPED, Counters, Slot
+from servers.intake import FD_SETSIZE, Intake, RateLimitedLog
+
+TICK_S = 0.25
+RECV_BYTES = 64 * 1024
+MAX_PENDING = 64 * 1024  # per connection: stop reading above this much unsent echo
+SHARE_MODES = ("reuseport", "fork", "handoff")
+SELECTORS = ("epoll", "poll", "select")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    backend: str
+    host: str = "127.0.0.1"
+    port: int = 9999
+    processes: int = 1
+    share: str = "reuseport"
+    fd_limit: int | None = None  # soft RLIMIT_NOFILE of every server process; None = the hard limit
+    selector: str = "epoll"
+    backlog: int = 4096
+
+
+class ServeContext:
+    """What a backend gets from its server process."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        source: socket.socket,
+        slot: Slot,
+        *,
+        handoff: bool = False,
+        siblings_have_room: Callable[[], bool] | None = None,
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.slot = slot
+        self.handoff = handoff
+        self.siblings_have_room = siblings_have_room
+        self.counters = Counters()
+        self.cap = 0
+        self.fd_soft, self.fd_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self._rss = proc.RssReader()
+        self.log = RateLimitedLog(f"{config.backend}[pid {os.getpid()}]", self.status)
+
+    def make_intake(self, fd_ceiling: int | None = None) -> Intake:
+        self.fd_ceiling = fd_ceiling
+        return Intake(self.source, self.counters, self.log, handoff=self.handoff,
+                      fd_ceiling=fd_ceiling, siblings_have_room=self.siblings_have_room)
+
+    def ready(self) -> None:
+        """Record the fds held before serving and the resulting cap, then mark the slot serving."""
+        base = proc.count_open_fds()
+        ceiling = min(self.fd_soft, getattr(self, "fd_ceiling", None) or self.fd_soft)
+        self.cap = ceiling - base
+        self.slot.set(fd_soft=self.fd_soft, fd_hard=self.fd_hard, base_fds=base, cap=self.cap,
+                      state=SERVING)
+        self.tick()
+
+    def tick(self) -> None:
+        self.slot.publish(self.counters, self._rss.rss_bytes(), time.time_ns())
+        self.log.flush()
+
+    def stopped(self) -> None:
+        self.log.flush(force=True)
+        self.tick()
+        self.slot.set(state=STOPPED)
+
+    def status(self) -> str:
+        return (f"{self.counters.open} open of cap {self.cap} "
+                f"(fd limit {self.fd_soft} minus {self.fd_soft - self.cap} held)")
+
+
+class StopSignal:
+    """SIGTERM (and SIGINT) as a flag plus a readable fd, for loops that wait in select/poll."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def fileno(self) -> int:
+        return self._r
+
+    def drain(self) -> None:
+        try:
+            os.read(self._r, 512)
+        except BlockingIOError:
+            pass

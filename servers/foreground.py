@@ -1,0 +1,124 @@
+"""`harness serve` / `python -m servers`: run a server group in the foreground and show its gauges.
+
+Prints one "listening on HOST:PORT" line once the servers answer an echo, then one gauge line per
+interval; stops every server process on Ctrl-C or SIGTERM. Exit codes: 0 after a clean stop,
+2 for bad input (unknown backend, port in use, fd limit above the hard limit), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import signal
+import sys
+import time
+
+from servers import registry
+from servers.contract import SELECTORS, SHARE_MODES, ServerConfig
+from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, refusals
+from servers.supervisor import ConfigError, ServerGroup
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("backend", help=f"one of: {', '.join(registry.BACKENDS)}")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9999, help="TCP port (0 picks a free one)")
+    parser.add_argument("--processes", type=int, default=1, help="server processes on the port")
+    parser.add_argument("--share", choices=SHARE_MODES, default="reuseport",
+                        help="how processes share the port (default reuseport)")
+    parser.add_argument("--fd-limit", type=int, default=None,
+                        help="soft RLIMIT_NOFILE of every server process (default: the hard limit)")
+    parser.add_argument("--selector", choices=SELECTORS, default="epoll",
+                        help="selectors backend only: readiness mechanism (default epoll)")
+    parser.add_argument("--gauges", default=None, help="gauge file to create (default: in /dev/shm)")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between gauge lines")
+    parser.add_argument("--json", action="store_true", help="gauge lines as JSON objects")
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(backend=args.backend, host=args.host, port=args.port,
+                        processes=args.processes, share=args.share, fd_limit=args.fd_limit,
+                        selector=args.selector)
+
+
+def snapshot(board: GaugeBoard) -> list[dict]:
+    """Every slot's gauges plus the fds in use, counted by the kernel in /proc."""
+    rows = board.read_all()
+    for row in rows:
+        try:
+            row["fds_in_use"] = len(os.listdir(f"/proc/{row['pid']}/fd")) if row["pid"] else 0
+        except OSError:
+            row["fds_in_use"] = 0
+    return rows
+
+
+def format_line(elapsed: float, rows: list[dict]) -> str:
+    servers = [r for r in rows if r["role"] != ROLE_ACCEPTOR]
+    refused: dict[str, int] = {}
+    for row in rows:
+        for reason, n in refusals(row).items():
+            refused[reason] = refused.get(reason, 0) + n
+    per_process = " ".join(f"p{r['index']} {r['open']}/{r['cap']}" for r in servers)
+    return (f"[{elapsed:5.0f}s] open {sum(r['open'] for r in servers):,} ({per_process}) | "
+            f"accepted {sum(r['accepted'] for r in servers):,} | "
+            f"refused {', '.join(f'{k} {v:,}' for k, v in refused.items()) or 0} | "
+            f"echoed {sum(r['bytes_echoed'] for r in servers) / 1e6:,.1f} MB | "
+            f"rss {sum(r['rss_bytes'] for r in rows) / 2**20:,.0f} MiB | "
+            f"fds {sum(r['fds_in_use'] for r in rows):,}")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+        if not ipaddress.ip_address(config.host).is_loopback:
+            print(f"warning: binding {config.host}, which is reachable from other machines",
+                  file=sys.stderr)
+        group = ServerGroup(config, gauges_path=args.gauges)
+    except (ConfigError, registry.UnknownBackend, ValueError) as exc:
+        print(f"harness serve: error: {exc}", file=sys.stderr)
+        return 2
+    stopping = []
+    previous = {sig: signal.signal(sig, lambda s, f: stopping.append(s))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            group.start()
+        except ConfigError as exc:
+            print(f"harness serve: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"listening on {config.host}:{group.port} ({config.backend}, {config.processes} "
+              f"process(es), share={config.share}, fd limit {group.fd_limit} each, "
+              f"gauges {group.gauges_path})", flush=True)
+        start = time.monotonic()
+        next_line = start + args.interval
+        while not stopping:
+            time.sleep(min(0.1, max(0.0, next_line - time.monotonic())))
+            for index, status in group.reap().items():
+                print(f"server process {index} exited ({_status(status)}); the others keep serving",
+                      file=sys.stderr, flush=True)
+            now = time.monotonic()
+            if now >= next_line:
+                rows = snapshot(group.board)
+                print(json.dumps({"elapsed_s": round(now - start, 1), "processes": rows})
+                      if args.json else format_line(now - start, rows), flush=True)
+                next_line = now + args.interval
+        return 0
+    finally:
+        group.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("stopped: every server process has exited", file=sys.stderr, flush=True)
+
+
+def _status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m servers", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

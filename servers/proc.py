@@ -1,0 +1,73 @@
+"""Process-level setup for server processes: the fd limit, dying with the parent, cheap RSS reads."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+
+_PR_SET_PDEATHSIG = 1
+
+
+class FdLimitError(ValueError):
+    """An fd limit that cannot be applied (e.g. above the hard limit)."""
+
+
+def check_fd_limit(limit: int) -> None:
+    """Refuse a soft fd limit this process could not set, with the fix in the message."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if limit < 16:
+        raise FdLimitError(f"fd limit {limit} is too small to run a server; use at least 16")
+    if hard != resource.RLIM_INFINITY and limit > hard:
+        raise FdLimitError(
+            f"fd limit {limit} exceeds the hard limit {hard} of this process; "
+            f"lower --fd-limit or raise the hard limit (ulimit -Hn, needs CAP_SYS_RESOURCE)"
+        )
+
+
+def set_fd_limit(limit: int) -> tuple[int, int]:
+    """Set the soft RLIMIT_NOFILE of this process to `limit` exactly; never clamp silently."""
+    check_fd_limit(limit)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    return limit, hard
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send `sig` when the parent exits, so a killed supervisor leaves no orphan."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the supervisor's own stop path still applies
+        pass
+
+
+def close_fds_except(keep: set[int]) -> None:
+    """Close every fd but `keep` (and stdio), so inherited fds neither count against the fd limit
+    nor keep other processes' sockets alive."""
+    keep = keep | {0, 1, 2}
+    for fd in sorted(int(name) for name in os.listdir("/proc/self/fd")):
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:  # listdir's own fd, already gone
+                pass
+
+
+def count_open_fds(pid: int | str = "self") -> int:
+    """Open fds of a process, as /proc lists them (needs one free fd in the caller)."""
+    names = os.listdir(f"/proc/{pid}/fd")
+    return len(names) - (1 if pid == "self" else 0)  # listdir's own directory fd
+
+
+class RssReader:
+    """Reads this process's RSS through a /proc/self/statm fd opened up front (works at EMFILE)."""
+
+    def __init__(self) -> None:
+        self._fd = os.open("/proc/self/statm", os.O_RDONLY)
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss_bytes(self) -> int:
+        fields = os.pread(self._fd, 128, 0).split()
+        return int(fields[1]) * self._page

@@ -1,0 +1,77 @@
+"""The `threaded` backend: one thread per connection, socketserver style.
+
+The main thread waits in poll() on the intake and the stop signal (not in a blocking accept, so
+SIGTERM and the fd limit are handled there); each connection gets a thread doing blocking
+recv/sendall, which bounds per-connection buffering by itself: a client that does not read
+blocks its thread in sendall, and nothing more is read from it. A thread that cannot start
+(pid_max, threads-max, vm.max_map_count, memory) refuses that connection with a logged reason.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+import time
+
+from servers.contract import RECV_BYTES, TICK_S, ServeContext, StopSignal
+from servers.gauges import Counters
+
+THREAD_STACK_BYTES = 256 * 1024  # the handler is shallow; a small stack leaves room for more threads
+
+
+def serve(ctx: ServeContext) -> None:
+    threading.stack_size(THREAD_STACK_BYTES)
+    stop = StopSignal()
+    intake = ctx.make_intake()
+    sel = selectors.DefaultSelector()
+    sel.register(stop, selectors.EVENT_READ)
+    sel.register(intake, selectors.EVENT_READ)
+    counters = ctx.counters
+    lock = threading.Lock()
+    resume_at = 0.0
+    ctx.ready()
+    next_tick = time.monotonic() + TICK_S
+    while not stop.requested:
+        now = time.monotonic()
+        if now >= next_tick:
+            ctx.tick()
+            next_tick = now + TICK_S
+            if resume_at and now >= resume_at:
+                sel.register(intake, selectors.EVENT_READ)
+                resume_at = 0.0
+        for key, _ in sel.select(max(0.0, next_tick - now)):
+            if key.fileobj is stop:
+                stop.drain()
+                continue
+            new, pause = intake.take()
+            for conn in new:
+                conn.setblocking(True)
+                try:
+                    threading.Thread(target=_echo, args=(conn, counters, lock), daemon=True).start()
+                except RuntimeError:  # "can't start new thread"
+                    conn.close()
+                    with lock:
+                        counters.closed += 1
+                    counters.refuse("threads")
+                    ctx.log.note("threads", hint="no thread could start: see kernel.threads-max, "
+                                 "kernel.pid_max and vm.max_map_count in `harness limits`")
+            if pause:
+                sel.unregister(intake)
+                resume_at = time.monotonic() + pause
+                next_tick = min(next_tick, resume_at)
+    ctx.stopped()
+
+
+def _echo(conn: socket.socket, counters: Counters, lock: threading.Lock) -> None:
+    try:
+        while data := conn.recv(RECV_BYTES):
+            conn.sendall(data)
+            with lock:
+                counters.bytes_echoed += len(data)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+        with lock:
+            counters.closed += 1

@@ -1,0 +1,142 @@
+"""Shared test helpers: a server group run as a real subprocess, and plain blocking clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from servers.gauges import ROLE_ACCEPTOR, GaugeBoard
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServerProcess:
+    """`python -m servers ...` on port 0, with its gauge file in a temporary directory."""
+
+    def __init__(self, tmp_path: Path, backend: str, *args: str, processes: int = 1,
+                 share: str = "reuseport", fd_limit: int | None = None) -> None:
+        self.gauge_file = tmp_path / f"gauges-{backend}-{share}-{time.monotonic_ns()}"
+        cmd = [sys.executable, "-m", "servers", backend, "--port", "0", "--processes", str(processes),
+               "--share", share, "--gauges", str(self.gauge_file), "--interval", "3600", *args]
+        if fd_limit is not None:
+            cmd += ["--fd-limit", str(fd_limit)]
+        self.stderr_path = tmp_path / f"stderr-{time.monotonic_ns()}"
+        self.stderr = open(self.stderr_path, "w+")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening on"):
+            self.proc.wait(5)
+            raise RuntimeError(f"server did not start: {line!r}\n{self.stderr_text()}")
+        self.port = int(line.split()[2].rsplit(":", 1)[1])
+        self.board = GaugeBoard.open(str(self.gauge_file))
+
+    def stderr_text(self) -> str:
+        self.stderr.flush()
+        return self.stderr_path.read_text()
+
+    def gauges(self) -> list[dict]:
+        return self.board.read_all()
+
+    def servers(self) -> list[dict]:
+        return [g for g in self.gauges() if g["role"] != ROLE_ACCEPTOR]
+
+    def pids(self) -> list[int]:
+        return [g["pid"] for g in self.gauges()]
+
+    def wait_gauges(self, predicate, timeout: float = 3.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.servers()
+            if predicate(rows) or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for pid in self.pids():
+            try:
+                t = psutil.Process(pid).cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            for pid in self.pids():  # never leave a server process behind, even when a test fails
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            self.stderr.close()
+
+
+def connect(port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = sock.recv(min(1 << 20, size - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def echo(sock: socket.socket, payload: bytes) -> bytes:
+    sock.sendall(payload)
+    return recv_exactly(sock, len(payload))
+
+
+def answered_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the server closed or reset this connection, or None if it stayed open."""
+    sock.settimeout(seconds)
+    start = time.monotonic()
+    try:
+        data = sock.recv(1)
+    except (ConnectionResetError, BrokenPipeError):
+        return time.monotonic() - start
+    except socket.timeout:
+        return None
+    return time.monotonic() - start if data == b"" else None
+
+
+def served_or_answered(sock: socket.socket, seconds: float = 1.0) -> bool:
+    """True if, within `seconds`, the server either echoed a byte or closed the connection;
+    False if it left the client hanging."""
+    try:
+        sock.sendall(b"?")
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) in (b"?", b"")
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
