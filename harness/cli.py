@@ -29,6 +29,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if run_check() else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness import bench
+
+    backends = args.backends.split(",") if args.backends else None
+    if args.kind == "echo":
+        doc = bench.bench_echo(backends or ["selectors", "uvloop", "asyncio", "threaded"],
+                               args.connections or 100, args.size, args.seconds)
+    elif args.kind == "memory":
+        doc = bench.bench_memory(backends or ["selectors", "uvloop", "asyncio", "threaded"],
+                                 args.connections or 18_000)
+    else:
+        doc = bench.bench_hold(args.backend, args.connections or 100_000, args.processes, args.share,
+                               args.clients, args.hold)
+    print(f"written {bench.save(args.kind, doc, Path(args.out))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from servers.foreground import add_arguments
     from servers.registry import BACKENDS
@@ -44,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run an echo server backend in the foreground, with live gauges")
     add_arguments(p)
     sub.add_parser("check", help="short self-check: every backend stops exactly at its fd limit")
+    p = sub.add_parser("bench", help="server benchmarks: echo throughput, memory per connection, N held on one port")
+    p.add_argument("kind", choices=["echo", "memory", "hold"])
+    p.add_argument("--backends", default=None, help="comma-separated (echo, memory); default all")
+    p.add_argument("--backend", choices=list(BACKENDS), default="asyncio", help="hold: the backend")
+    p.add_argument("--connections", type=_positive, default=None,
+                   help="echo: 100 clients; memory: 18,000 held; hold: 100,000 held")
+    p.add_argument("--processes", type=_positive, default=None, help="hold: server processes (default: planned)")
+    p.add_argument("--share", default="reuseport", choices=["reuseport", "fork", "handoff"])
+    p.add_argument("--clients", type=_positive, default=None, help="hold: client processes (default: planned)")
+    p.add_argument("--hold", type=float, default=5.0, help="hold: seconds to hold before re-verifying")
+    p.add_argument("--size", type=_positive, default=1024, help="echo: message bytes")
+    p.add_argument("--seconds", type=float, default=5.0, help="echo: measured seconds per backend")
+    p.add_argument("--out", default="results", help="directory for the result JSON")
     return parser
 
 
@@ -54,7 +86,7 @@ def _positive(text: str) -> int:
     return value
 
 
-COMMANDS = {"limits": cmd_limits, "serve": cmd_serve, "check": cmd_check}
+COMMANDS = {"limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,10 +19,12 @@ from servers.gauges import Counters
 
 
 class EchoProtocol(asyncio.Protocol):
-    __slots__ = ("transport", "counters")
+    """One per connection, so it holds only its transport; the counters are per process."""
 
-    def __init__(self, counters: Counters) -> None:
-        self.counters = counters
+    __slots__ = ("transport",)
+    counters: Counters  # set once per server process, in serve()
+
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -59,10 +61,10 @@ async def _serve(ctx: ServeContext, loop: asyncio.AbstractEventLoop) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
     intake = ctx.make_intake()
-    counters = ctx.counters
+    counters = EchoProtocol.counters = ctx.counters
 
     def adopt(conn) -> None:
-        protocol = EchoProtocol(counters)
+        protocol = EchoProtocol()
         task = loop.create_task(loop.connect_accepted_socket(lambda: protocol, conn))
         task.add_done_callback(_adopted(conn, counters))
 

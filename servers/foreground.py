@@ -79,37 +79,42 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, registry.UnknownBackend, ValueError) as exc:
         print(f"harness serve: error: {exc}", file=sys.stderr)
         return 2
-    stopping = []
+    stopping: list[int] = []
     previous = {sig: signal.signal(sig, lambda s, f: stopping.append(s))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        try:
-            group.start()
-        except ConfigError as exc:
-            print(f"harness serve: error: {exc}", file=sys.stderr)
-            return 2
+        group.start()  # stops whatever it started if it fails
+    except ConfigError as exc:
+        print(f"harness serve: error: {exc}", file=sys.stderr)
+        return 2
+    try:
         print(f"listening on {config.host}:{group.port} ({config.backend}, {config.processes} "
               f"process(es), share={config.share}, fd limit {group.fd_limit} each, "
               f"gauges {group.gauges_path})", flush=True)
-        start = time.monotonic()
-        next_line = start + args.interval
-        while not stopping:
-            time.sleep(min(0.1, max(0.0, next_line - time.monotonic())))
-            for index, status in group.reap().items():
-                print(f"server process {index} exited ({_status(status)}); the others keep serving",
-                      file=sys.stderr, flush=True)
-            now = time.monotonic()
-            if now >= next_line:
-                rows = snapshot(group.board)
-                print(json.dumps({"elapsed_s": round(now - start, 1), "processes": rows})
-                      if args.json else format_line(now - start, rows), flush=True)
-                next_line = now + args.interval
+        _show_gauges(group, args.interval, args.json, stopping)
         return 0
     finally:
         group.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         print("stopped: every server process has exited", file=sys.stderr, flush=True)
+
+
+def _show_gauges(group: ServerGroup, interval: float, as_json: bool, stopping: list[int]) -> None:
+    """One gauge line per interval until a stop signal arrives; report processes that die."""
+    start = time.monotonic()
+    next_line = start + interval
+    while not stopping:
+        time.sleep(min(0.1, max(0.0, next_line - time.monotonic())))
+        for index, status in group.reap().items():
+            print(f"server process {index} exited ({_status(status)}); the others keep serving",
+                  file=sys.stderr, flush=True)
+        now = time.monotonic()
+        if now >= next_line:
+            rows = snapshot(group.board)
+            print(json.dumps({"elapsed_s": round(now - start, 1), "processes": rows})
+                  if as_json else format_line(now - start, rows), flush=True)
+            next_line = now + interval
 
 
 def _status(status: int) -> str:

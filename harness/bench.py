@@ -1,0 +1,197 @@
+"""`harness bench`: the server-side numbers, each measured against real server processes.
+
+- echo: ping-pong throughput per backend (one server process, a uvloop client process);
+  ratios are taken within one run, because timings on a shared 2-core machine are noisy.
+- memory: server userland memory per idle connection per backend (RSS from the server's own
+  gauges, before and after N echo-verified idle connections), plus kernel memory per connection.
+- hold: N echo-verified connections to ONE port, held by a server group and counted three ways
+  (client, server gauges, kernel).
+Each writes a JSON file under results/ and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import limits as limits_mod
+from harness.results import machine, utc_stamp, write_json_atomic
+from servers.contract import ServerConfig
+from servers.gauges import ROLE_ACCEPTOR
+from servers.registry import BACKENDS
+from servers.supervisor import ServerGroup
+
+CLIENT = [sys.executable, "-m", "servers.bench_clients"]
+
+
+def _lines(proc: subprocess.Popen, until: str, timeout: float) -> dict:
+    """Read a client's JSON lines until an event named `until`; return that line."""
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        doc = json.loads(line)
+        if doc.get("event") == until:
+            return doc
+        if time.monotonic() > deadline:
+            break
+    raise RuntimeError(f"bench client ended without a {until!r} line (exit {proc.poll()})")
+
+
+def _meminfo(*names: str) -> dict[str, int]:
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, value = line.split(":", 1)
+            if key in names:
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def _servers(group: ServerGroup) -> list[dict]:
+    return [g for g in group.board.read_all() if g["role"] != ROLE_ACCEPTOR]
+
+
+def kernel_established(port: int) -> int:
+    """Established TCP connections whose local port is `port`, counted by the kernel (ss)."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(1 for line in out.splitlines() if line.strip())
+
+
+def bench_echo(backends: list[str], connections: int, size: int, seconds: float) -> dict:
+    rows = []
+    for name in backends:
+        with ServerGroup(ServerConfig(backend=name, port=0)) as group:
+            out = subprocess.run([*CLIENT, "echo", "--port", str(group.port), "--connections",
+                                  str(connections), "--size", str(size), "--seconds", str(seconds)],
+                                 capture_output=True, text=True, check=True, timeout=seconds + 60)
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append({"backend": name, **{k: result[k] for k in ("req_per_s", "requests", "mismatched")}})
+        print(f"  {name:<10} {result['req_per_s']:>10,.0f} req/s  ({result['requests']:,} echoes, "
+              f"{result['mismatched']} mismatched)", flush=True)
+    return {"connections": connections, "size": size, "seconds": seconds, "rows": rows}
+
+
+def bench_memory(backends: list[str], connections: int, steps: int = 5) -> dict:
+    """Per-connection memory as the slope of a line fitted (numpy) through `steps` points, each
+    after another client process has added connections/steps idle, echo-verified connections:
+    the marginal cost, without the fixed costs a plain average would spread over N."""
+    import numpy as np
+
+    rows = []
+    for name in backends:
+        with ServerGroup(ServerConfig(backend=name, port=0)) as group:
+            time.sleep(0.5)
+            points = [(0, _servers(group)[0]["rss_bytes"], _meminfo("SUnreclaim", "KernelStack"))]
+            clients = []
+            try:
+                for _ in range(steps):
+                    client = subprocess.Popen([*CLIENT, "hold", "--port", str(group.port), "--count",
+                                               str(connections // steps)], stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, text=True)
+                    clients.append(client)
+                    _lines(client, "held", 120)
+                    time.sleep(0.6)  # let the server publish its gauges
+                    g = _servers(group)[0]
+                    points.append((g["open"], g["rss_bytes"], _meminfo("SUnreclaim", "KernelStack")))
+                reverified = 0
+                for client in clients:
+                    client.stdin.write("\n")
+                    client.stdin.flush()
+                    reverified += _lines(client, "result", 60)["reverified"]
+            finally:
+                for client in clients:
+                    client.kill()
+                    client.wait()
+        n = np.array([p[0] for p in points], dtype=float)
+
+        def slope(values) -> float:
+            return float(np.polyfit(n, np.array(values, dtype=float), 1)[0])
+
+        row = {"backend": name, "connections": int(n[-1]), "reverified": reverified,
+               "points": [{"open": p[0], "rss_bytes": p[1], **p[2]} for p in points],
+               "server_rss_per_conn_bytes": slope([p[1] for p in points]),
+               "server_rss_average_bytes": (points[-1][1] - points[0][1]) / n[-1],
+               "kernel_slab_per_conn_bytes": slope([p[2]["SUnreclaim"] for p in points]),
+               "kernel_stack_per_conn_bytes": slope([p[2]["KernelStack"] for p in points])}
+        rows.append(row)
+        print(f"  {name:<10} server userland {row['server_rss_per_conn_bytes'] / 1024:6.2f} KB/conn "
+              f"(average {row['server_rss_average_bytes'] / 1024:.2f})  kernel slab "
+              f"{row['kernel_slab_per_conn_bytes'] / 1024:5.2f} KB/conn (both ends)  kernel stacks "
+              f"{row['kernel_stack_per_conn_bytes'] / 1024:5.2f} KB/conn  ({int(n[-1]):,} held, "
+              f"{reverified:,} re-verified)", flush=True)
+    return {"method": f"slope of RSS over {steps} steps of idle echo-verified connections", "rows": rows}
+
+
+def source_address(i: int) -> str:
+    """The i-th client source address: 127.0.1.2, 127.0.1.3, ... (all of 127/8 is on lo)."""
+    return f"127.0.{1 + i // 250}.{2 + i % 250}"
+
+
+def bench_hold(backend: str, connections: int, processes: int | None, share: str, clients: int | None,
+               hold_s: float = 5.0) -> dict:
+    limits = limits_mod.read_limits()
+    plan = limits_mod.plan(limits, connections, backend=backend, processes=processes)
+    for reason in plan.reasons:
+        print(f"  plan: {reason}", flush=True)
+    # Each client process holds at most its own fd limit's worth, and at most one source
+    # address's share per address.
+    per_client_max = limits_mod.usable_fd_limit(limits) - 64
+    clients = clients or max(1, -(-connections // per_client_max))
+    counts = [connections // clients + (1 if i < connections % clients else 0) for i in range(clients)]
+    # Each client gets its own source addresses, enough to stay under half the ephemeral range each.
+    shares, addresses = [], []
+    for count in counts:
+        need = -(-count // plan.per_source)
+        shares.append([source_address(len(addresses) + k) for k in range(need)])
+        addresses += shares[-1]
+    print(f"  plan: {clients} client process(es), {len(addresses)} source addresses", flush=True)
+    with ServerGroup(ServerConfig(backend=backend, port=0, processes=plan.server_processes, share=share)) as group:
+        start = time.monotonic()
+        procs = []
+        for count, mine in zip(counts, shares):
+            procs.append(subprocess.Popen([*CLIENT, "hold", "--port", str(group.port), "--count", str(count),
+                                           "--sources", ",".join(mine)], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, text=True))
+        try:
+            held = [_lines(p, "held", 300) for p in procs]
+            ramp_s = time.monotonic() - start
+            time.sleep(max(1.0, hold_s))
+            servers = _servers(group)
+            kernel = kernel_established(group.port)
+            for p in procs:
+                p.stdin.write("\n")
+                p.stdin.flush()
+            results = [_lines(p, "result", 120) for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+    failed: dict[str, int] = {}
+    for r in results:
+        for k, v in r["failed"].items():
+            failed[k] = failed.get(k, 0) + v
+    doc = {"backend": backend, "share": share, "target": connections, "server_processes": plan.server_processes,
+           "client_processes": clients, "source_addresses": addresses, "port": group.port,
+           "held_by_clients": sum(h["open"] for h in held),
+           "verified_at_connect": sum(r["verified_at_connect"] for r in results),
+           "reverified_after_hold": sum(r["reverified"] for r in results),
+           "server_open": sum(g["open"] for g in servers),
+           "server_open_by_process": [g["open"] for g in servers],
+           "kernel_established": kernel, "ramp_s": round(ramp_s, 2), "hold_s": hold_s,
+           "connect_rate_per_s": round(sum(h["open"] for h in held) / ramp_s), "failed": failed}
+    print(f"  held {doc['held_by_clients']:,} connections to 127.0.0.1:{group.port} "
+          f"(kernel: {kernel:,} established; servers: {doc['server_open']:,} open in "
+          f"{plan.server_processes} processes: {doc['server_open_by_process']})", flush=True)
+    print(f"  echo-verified at connect {doc['verified_at_connect']:,}, again after the hold "
+          f"{doc['reverified_after_hold']:,}; ramp {ramp_s:.1f} s ({doc['connect_rate_per_s']:,}/s); "
+          f"{len(addresses)} source addresses; failures {failed or 0}", flush=True)
+    return doc
+
+
+def save(kind: str, doc: dict, out_dir: Path) -> Path:
+    doc = {"schema": 1, "kind": f"bench-{kind}", "started_at": utc_stamp(), "machine": machine(),
+           "limits": limits_mod.read_limits(), **doc}
+    return write_json_atomic(out_dir / f"bench-{kind}-{doc['started_at']}.json", doc)

@@ -1,0 +1,247 @@
+"""Measuring clients for the server benchmarks, run as their own processes by `harness bench`.
+
+They are instruments, like wrk or vmbench's echo client, not a load engine: Locust (`scenarios/`)
+is the load engine of the harness's runs. Each prints JSON lines on stdout (progress, then one
+result) so the orchestrator can read them without importing anything from here.
+
+- `echo`: ping-pong throughput on uvloop: C connections, each sending a fixed-size message and
+  waiting for its full echo before the next, for D seconds.
+- `hold`: opens N connections from given source addresses (IP_BIND_ADDRESS_NO_PORT, so the port
+  is picked per destination at connect time), echo-verifies each once, holds them until told to
+  stop (SIGTERM or a line on stdin), verifies every one again, and closes them with SO_LINGER 0
+  so no TIME_WAIT is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # no name in Python 3.11
+LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def emit(**fields) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+# -- echo throughput -------------------------------------------------------------------------
+def echo_throughput(host: str, port: int, connections: int, size: int, seconds: float) -> dict:
+    import asyncio
+
+    import uvloop
+
+    payload = os.urandom(size)
+    counts = [0]
+    mismatches = [0]
+
+    class PingPong(asyncio.Protocol):
+        def connection_made(self, transport):
+            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.transport, self.buf = transport, bytearray()
+            transport.write(payload)
+
+        def data_received(self, data):
+            self.buf += data
+            if len(self.buf) >= size:
+                if self.buf[:size] != payload:
+                    mismatches[0] += 1
+                del self.buf[:size]
+                counts[0] += 1
+                if not stopping:
+                    self.transport.write(payload)
+
+    stopping = False
+
+    async def main():
+        nonlocal stopping
+        loop = asyncio.get_running_loop()
+        transports = [(await loop.create_connection(PingPong, host, port))[0] for _ in range(connections)]
+        await asyncio.sleep(0.5)  # warm-up
+        start_count, start = counts[0], time.perf_counter()
+        await asyncio.sleep(seconds)
+        done, elapsed = counts[0] - start_count, time.perf_counter() - start
+        stopping = True
+        for t in transports:
+            t.close()
+        return done, elapsed
+
+    done, elapsed = uvloop.run(main())
+    return {"requests": done, "seconds": elapsed, "req_per_s": done / elapsed,
+            "mismatched": mismatches[0], "connections": connections, "size": size}
+
+
+# -- holding N connections -------------------------------------------------------------------
+class Holder:
+    """Non-blocking connects through one epoll, at most `inflight` at once."""
+
+    def __init__(self, host: str, port: int, sources: list[str], payload_size: int = 16,
+                 inflight: int = 2000) -> None:
+        self.dest = (host, port)
+        self.sources = sources
+        self.payload = os.urandom(payload_size)
+        self.inflight = inflight
+        self.ep = select.epoll()
+        self.socks: dict[int, socket.socket] = {}
+        self.state: dict[int, int] = {}  # fd -> 0 connecting, 1 echo sent, 2 verified
+        self.got: dict[int, bytes] = {}
+        self.verified = 0
+        self.failed: dict[str, int] = {}
+
+    def _count(self, err: int | str | None) -> None:
+        name = errno.errorcode.get(err, str(err)) if isinstance(err, int) else str(err)
+        self.failed[name] = self.failed.get(name, 0) + 1
+
+    def _fail(self, fd: int, err: int | str) -> None:
+        self._count(err)
+        self.ep.unregister(fd)
+        self.socks.pop(fd).close()
+        self.state.pop(fd, None)
+        self.got.pop(fd, None)
+
+    def _open(self, i: int) -> None:
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as exc:  # EMFILE: this client process is at its own fd limit
+            self._count(exc.errno)
+            return
+        s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        s.bind((self.sources[i % len(self.sources)], 0))
+        err = s.connect_ex(self.dest)
+        fd = s.fileno()
+        self.socks[fd] = s
+        self.state[fd] = 0
+        self.ep.register(fd, select.EPOLLOUT)
+        if err not in (0, errno.EINPROGRESS):
+            self._fail(fd, err)
+
+    def _on_event(self, fd: int, ev: int) -> None:
+        s, st = self.socks[fd], self.state[fd]
+        if st == 0:
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                return self._fail(fd, err)
+            try:
+                s.send(self.payload)
+            except OSError as exc:
+                return self._fail(fd, exc.errno)
+            self.state[fd] = 1
+            self.got[fd] = b""
+            self.ep.modify(fd, select.EPOLLIN)
+            return
+        try:
+            data = s.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            return self._fail(fd, exc.errno)
+        if not data:
+            return self._fail(fd, "EOF")
+        buf = self.got[fd] + data
+        if len(buf) < len(self.payload):
+            self.got[fd] = buf
+            return
+        if buf != self.payload:
+            return self._fail(fd, "mismatch")
+        del self.got[fd]
+        self.state[fd] = 2
+        self.verified += 1
+        self.ep.unregister(fd)
+
+    def open_all(self, count: int, deadline: float, progress=None) -> None:
+        opened = 0
+        pending = 0
+        next_report = time.monotonic() + 1
+        while (opened < count or pending) and time.monotonic() < deadline:
+            while opened < count and pending < self.inflight:
+                self._open(opened)
+                opened += 1
+                pending = len(self.socks) - self.verified
+            for fd, ev in self.ep.poll(0.1):
+                self._on_event(fd, ev)
+            pending = len(self.socks) - self.verified
+            if progress and time.monotonic() >= next_report:
+                progress(self)
+                next_report += 1
+
+    def reverify(self, deadline: float) -> int:
+        """Echo once more on every held connection; returns how many came back intact."""
+        self.verified = 0
+        for fd, s in self.socks.items():
+            self.state[fd] = 1
+            self.got[fd] = b""
+            self.ep.register(fd, select.EPOLLIN)
+            try:
+                s.send(self.payload)
+            except OSError as exc:
+                self._count(exc.errno)
+        while self.verified < len(self.socks) and time.monotonic() < deadline:
+            for fd, ev in self.ep.poll(0.1):
+                self._on_event(fd, ev)
+        return self.verified
+
+    def close_all(self) -> None:
+        for s in self.socks.values():
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            s.close()
+        self.socks.clear()
+
+
+def hold_main(args: argparse.Namespace) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    signal.signal(signal.SIGTERM, lambda *_: None)  # wakes the wait below; we then verify and exit
+    holder = Holder(args.host, args.port, args.sources.split(","))
+    start = time.monotonic()
+
+    def progress(h: Holder) -> None:
+        emit(event="progress", open=len(h.socks), verified=h.verified, failed=h.failed,
+             elapsed_s=round(time.monotonic() - start, 2))
+
+    holder.open_all(args.count, start + args.timeout, progress)
+    ramp_s = time.monotonic() - start
+    emit(event="held", open=len(holder.socks), verified=holder.verified, failed=holder.failed,
+         ramp_s=round(ramp_s, 3))
+    select.select([sys.stdin], [], [], args.hold)  # hold until told (a line on stdin), or SIGTERM
+    verified_at_connect = holder.verified
+    reverified = holder.reverify(time.monotonic() + 30)
+    emit(event="result", held=len(holder.socks), verified_at_connect=verified_at_connect,
+         reverified=reverified, failed=holder.failed, ramp_s=round(ramp_s, 3))
+    holder.close_all()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m servers.bench_clients")
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("echo")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--connections", type=int, default=100)
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p = sub.add_parser("hold")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--sources", default="127.0.0.1", help="comma-separated source addresses")
+    p.add_argument("--timeout", type=float, default=120.0, help="give up opening after this many s")
+    p.add_argument("--hold", type=float, default=3600.0, help="hold at most this many s")
+    args = parser.parse_args(argv)
+    if args.mode == "echo":
+        emit(event="result", **echo_throughput(args.host, args.port, args.connections, args.size, args.seconds))
+    else:
+        hold_main(args)
+
+
+if __name__ == "__main__":
+    main()
