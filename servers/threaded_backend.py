@@ -56,8 +56,8 @@ def serve(ctx: ServeContext) -> None:
                     with lock:
                         counters.closed += 1
                     counters.refuse("threads")
-                    ctx.log.note("threads", hint="no thread could start: see kernel.threads-max, "
-                                 "kernel.pid_max and vm.max_map_count in `harness limits`")
+                    ctx.log.note("threads", hint="no thread could start (memory or RLIMIT_AS, "
+                                 "kernel.threads-max, kernel.pid_max, vm.max_map_count: see `harness limits`)")
             if pause:
                 sel.unregister(intake)
                 resume_at = time.monotonic() + pause

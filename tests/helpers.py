@@ -21,7 +21,7 @@ class ServerProcess:
     """`python -m servers ...` on port 0, with its gauge file in a temporary directory."""
 
     def __init__(self, tmp_path: Path, backend: str, *args: str, processes: int = 1,
-                 share: str = "reuseport", fd_limit: int | None = None) -> None:
+                 share: str = "reuseport", fd_limit: int | None = None, preexec_fn=None) -> None:
         self.gauge_file = tmp_path / f"gauges-{backend}-{share}-{time.monotonic_ns()}"
         cmd = [sys.executable, "-m", "servers", backend, "--port", "0", "--processes", str(processes),
                "--share", share, "--gauges", str(self.gauge_file), "--interval", "3600", *args]
@@ -29,7 +29,8 @@ class ServerProcess:
             cmd += ["--fd-limit", str(fd_limit)]
         self.stderr_path = tmp_path / f"stderr-{time.monotonic_ns()}"
         self.stderr = open(self.stderr_path, "w+")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+                                     preexec_fn=preexec_fn)
         line = self.proc.stdout.readline()
         if not line.startswith("listening on"):
             self.proc.wait(5)

@@ -8,6 +8,7 @@ stop. A backend added to the registry is tested here the moment it is registered
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import threading
 import time
@@ -183,6 +184,26 @@ def test_client_that_never_reads_cannot_grow_server_memory(start_server, backend
     sock.settimeout(10)
     assert recv_exactly(sock, sent) == b"".join(stream)
     sock.close()
+
+
+def test_threaded_refuses_promptly_when_no_thread_can_start(start_server):
+    # A 64 MiB address-space limit leaves room for about a hundred 256 KiB thread stacks: the
+    # kernel then refuses the stack mmap and Python raises "can't start new thread".
+    limit = 64 << 20
+    server = start_server("threaded", preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    result = fill("127.0.0.1", server.port, 400)
+    try:
+        assert 20 < len(result.held) < 400 and result.unanswered == 0
+        rows = server.wait_gauges(lambda r: r[0]["refused_threads"] == result.refused)
+        assert rows[0]["refused_threads"] == result.refused and rows[0]["open"] == len(result.held)
+        assert "no thread could start" in server.stderr_text()
+        assert len(server.stderr_text().splitlines()) <= 3
+        for sock in result.held[::10]:
+            sock.settimeout(2)
+            assert echo(sock, b"alive") == b"alive"
+    finally:
+        result.close()
+    assert server.stop() == 0
 
 
 def _rss(pid: int) -> int:
