@@ -21,6 +21,7 @@ from harness import limits as limits_mod
 from harness.results import machine, utc_stamp, write_json_atomic
 from servers.contract import ServerConfig
 from servers.gauges import ROLE_ACCEPTOR
+from servers.proc import established_on_port
 from servers.registry import BACKENDS
 from servers.supervisor import ServerGroup
 
@@ -51,13 +52,6 @@ def _meminfo(*names: str) -> dict[str, int]:
 
 def _servers(group: ServerGroup) -> list[dict]:
     return [g for g in group.board.read_all() if g["role"] != ROLE_ACCEPTOR]
-
-
-def kernel_established(port: int) -> int:
-    """Established TCP connections whose local port is `port`, counted by the kernel (ss)."""
-    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
-                         capture_output=True, text=True, check=True).stdout
-    return sum(1 for line in out.splitlines() if line.strip())
 
 
 def bench_echo(backends: list[str], connections: int, size: int, seconds: float) -> dict:
@@ -160,7 +154,7 @@ def bench_hold(backend: str, connections: int, processes: int | None, share: str
             ramp_s = time.monotonic() - start
             time.sleep(max(1.0, hold_s))
             servers = _servers(group)
-            kernel = kernel_established(group.port)
+            kernel = established_on_port(group.port)
             for p in procs:
                 p.stdin.write("\n")
                 p.stdin.flush()

@@ -48,6 +48,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from harness.ui import run_ui
+    return run_ui(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from servers.foreground import add_arguments
     from servers.registry import BACKENDS
@@ -63,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run an echo server backend in the foreground, with live gauges")
     add_arguments(p)
     sub.add_parser("check", help="short self-check: every backend stops exactly at its fd limit")
+    p = sub.add_parser("ui", help="servers + Locust master (web UI) + workers, until Ctrl-C")
+    p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
+    p.add_argument("--processes", type=_positive, default=1, help="server processes on the port")
+    p.add_argument("--share", default="reuseport", choices=["reuseport", "fork", "handoff"])
+    p.add_argument("--server-fd-limit", type=_positive, default=None, help="soft fd limit of each server process")
+    p.add_argument("--workers", type=_positive, default=2, help="Locust worker processes")
+    p.add_argument("--worker-fd-limit", type=_positive, default=None, help="soft fd limit of each worker")
+    p.add_argument("--port", type=int, default=9999, help="the servers' port")
+    p.add_argument("--web-port", type=_positive, default=8089)
+    p.add_argument("--connections", type=_positive, default=1000, help="initial target in the start form")
+    p.add_argument("--echo-interval", type=float, default=5.0)
     p = sub.add_parser("bench", help="server benchmarks: echo throughput, memory per connection, N held on one port")
     p.add_argument("kind", choices=["echo", "memory", "hold"])
     p.add_argument("--backends", default=None, help="comma-separated (echo, memory); default all")
@@ -86,7 +102,7 @@ def _positive(text: str) -> int:
     return value
 
 
-COMMANDS = {"limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench}
+COMMANDS = {"limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

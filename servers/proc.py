@@ -1,4 +1,5 @@
-"""Process-level setup for server processes: the fd limit, dying with the parent, cheap RSS reads."""
+"""Process-level facts and setup: the fd limit, dying with the parent, cheap RSS reads, and the
+kernel's count of established connections on a port."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import ctypes
 import os
 import resource
 import signal
+import subprocess
 
 _PR_SET_PDEATHSIG = 1
 
@@ -71,3 +73,10 @@ class RssReader:
     def rss_bytes(self) -> int:
         fields = os.pread(self._fd, 128, 0).split()
         return int(fields[1]) * self._page
+
+
+def established_on_port(port: int) -> int:
+    """Established TCP connections whose local port is `port`, counted by the kernel (ss)."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, check=True).stdout
+    return out.count(b"\n")

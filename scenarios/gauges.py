@@ -1,0 +1,148 @@
+"""Connection gauges across Locust processes, joined with the servers' gauges and the kernel.
+
+Every Locust process that runs users (a worker, or the local runner) sends its `WorkerTally` to the
+master once a second as a custom message ("harness_gauges"). The master keeps the latest report
+of each worker in `BOARD`, adds them up, and joins them with the server processes' own gauges
+(their gauge file, `--server-gauges`) and the kernel's count of established connections on the
+port (`ss`). The web UI's Connections tab, the load shape and the status file all read `BOARD`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import gevent
+
+from scenarios.tcp_echo import TALLY
+from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, refusals
+from servers.proc import RssReader, established_on_port
+
+MESSAGE = "harness_gauges"
+REPORT_INTERVAL_S = 1.0
+KERNEL_INTERVAL_S = 2.0
+
+
+def worker_report(worker_index: int, rss: RssReader) -> dict:
+    try:
+        fds = len(os.listdir("/proc/self/fd")) - 1
+    except OSError:  # at this process's own fd limit
+        fds = -1
+    return {"worker_index": worker_index, "pid": os.getpid(), "open": TALLY.open,
+            "connects_ok": TALLY.connects_ok, "connects_failed": dict(TALLY.connects_failed),
+            "echo_failed": dict(TALLY.echo_failed), "echoes_verified": TALLY.echoes_verified,
+            "bytes_echoed": TALLY.bytes_echoed, "rss_bytes": rss.rss_bytes(), "fds": fds,
+            "max_users": TALLY.max_users, "sources": TALLY.sources, "at": time.time()}
+
+
+def start_reporting(runner) -> None:
+    """In a process that runs users: report to the master every REPORT_INTERVAL_S."""
+    rss = RssReader()  # opened now, before any connection: works at EMFILE later
+
+    def loop() -> None:
+        while True:
+            runner.send_message(MESSAGE, worker_report(getattr(runner, "worker_index", 0), rss))
+            gevent.sleep(REPORT_INTERVAL_S)
+
+    gevent.spawn(loop)
+
+
+@dataclass
+class Board:
+    """The master's view: latest report per worker, the servers' gauges, the kernel's count."""
+
+    workers: dict[str, dict] = field(default_factory=dict)
+    server_board: GaugeBoard | None = None
+    port: int | None = None
+    kernel_established: int | None = None
+    kernel_at: float = 0.0
+    peak_kernel: int = 0
+    stopped_by: str | None = None
+    phase: str = "idle"
+
+    def on_message(self, environment, msg, **kwargs) -> None:
+        self.workers[msg.node_id] = msg.data
+
+    def totals(self) -> dict:
+        w = list(self.workers.values())
+        failed: dict[str, int] = {}
+        for report in w:
+            for name, n in report["connects_failed"].items():
+                failed[name] = failed.get(name, 0) + n
+        return {"open": sum(r["open"] for r in w), "connects_ok": sum(r["connects_ok"] for r in w),
+                "connects_failed": failed, "echoes_verified": sum(r["echoes_verified"] for r in w),
+                "echo_failed": sum(sum(r["echo_failed"].values()) for r in w),
+                "bytes_echoed": sum(r["bytes_echoed"] for r in w),
+                "rss_bytes": sum(r["rss_bytes"] for r in w),
+                "max_users": sum(r["max_users"] for r in w), "workers": len(w)}
+
+    def servers(self) -> list[dict]:
+        if self.server_board is None:
+            return []
+        return [g for g in self.server_board.read_all() if g["role"] != ROLE_ACCEPTOR]
+
+    def server_refusals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        if self.server_board is not None:
+            for row in self.server_board.read_all():
+                for reason, n in refusals(row).items():
+                    out[reason] = out.get(reason, 0) + n
+        return out
+
+    def refresh_kernel(self) -> None:
+        if self.port is not None:
+            self.kernel_established = established_on_port(self.port)
+            self.peak_kernel = max(self.peak_kernel, self.kernel_established)
+            self.kernel_at = time.time()
+
+    def next_limit(self) -> str:
+        """The limit predicted to stop the run next, from the gauges."""
+        t = self.totals()
+        candidates = []
+        servers = self.servers()
+        if servers:
+            room = sum(max(0, g["cap"] - g["open"]) for g in servers)
+            candidates.append((room, f"server fd limits ({sum(g['cap'] for g in servers):,} in all)"))
+        if t["max_users"]:
+            candidates.append((max(0, t["max_users"] - t["open"]),
+                               f"Locust workers' fd limits ({t['max_users']:,} users in all)"))
+        if not candidates:
+            return "unknown"
+        room, name = min(candidates)
+        return f"{name}: room for {room:,} more"
+
+    def snapshot(self) -> dict:
+        return {"phase": self.phase, "stopped_by": self.stopped_by, "totals": self.totals(),
+                "workers": sorted(self.workers.values(), key=lambda r: r["worker_index"]),
+                "servers": self.servers(), "server_refusals": self.server_refusals(),
+                "kernel_established": self.kernel_established, "peak_kernel_established": self.peak_kernel,
+                "next_limit": self.next_limit()}
+
+
+BOARD = Board()
+
+
+def start_master(runner, server_gauges: str | None, port: int | None, status_file: str | None) -> None:
+    """On the master (or local runner): collect reports, poll the kernel, write the status file."""
+    runner.register_message(MESSAGE, BOARD.on_message)
+    BOARD.port = port
+    if server_gauges:
+        BOARD.server_board = GaugeBoard.open(server_gauges)
+
+    def loop() -> None:
+        while True:
+            BOARD.refresh_kernel()
+            if status_file:
+                write_status(status_file)
+            gevent.sleep(KERNEL_INTERVAL_S)
+
+    gevent.spawn(loop)
+
+
+def write_status(path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(BOARD.snapshot(), f)
+    os.replace(tmp, path)

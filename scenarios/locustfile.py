@@ -1,0 +1,82 @@
+"""The harness's locustfile: `locust -f scenarios/locustfile.py --host tcp://127.0.0.1:9999 ...`.
+
+Declares the harness's own arguments (shown in the web UI's start form where marked), and wires
+each process at init: a process that runs users sets its own fd limit and source addresses and
+reports its gauges; the master (or local runner) collects them; the web UI gets its tab.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import resource
+
+from locust import events
+from locust.runners import LocalRunner, MasterRunner, WorkerRunner
+
+from harness.limits import per_source_address, read_limits
+from scenarios import gauges, webui
+from scenarios.shape import StepRampShape  # noqa: F401  (Locust picks shapes up from this module)
+from scenarios.tcp_echo import TALLY, EchoUser, parse_host  # noqa: F401
+
+# fds a Locust worker needs for itself (zmq, logging, /proc reads of its CPU monitor): users per
+# worker stay this far below its fd limit, so Locust's own monitor never meets EMFILE.
+FD_RESERVE = 100
+
+
+@events.init_command_line_parser.add_listener
+def add_arguments(parser) -> None:
+    group = parser  # include_in_web_ui is understood by Locust's parser, not by argument groups
+    group.add_argument("--target-connections", type=int, default=1000, include_in_web_ui=True,
+                       help="connections (users) to ramp to")
+    group.add_argument("--echo-interval", type=float, default=5.0, include_in_web_ui=True,
+                       help="seconds between echoes on each connection")
+    group.add_argument("--payload-size", type=int, default=64, include_in_web_ui=True,
+                       help="bytes per echo")
+    group.add_argument("--ramp-rate", type=float, default=1000.0, include_in_web_ui=True,
+                       help="new connections per second while ramping")
+    group.add_argument("--hold-seconds", type=float, default=10.0, include_in_web_ui=True,
+                       help="seconds to hold once the ramp ends")
+    group.add_argument("--step-seconds", type=float, default=1.0, help="ramp step length")
+    group.add_argument("--max-seconds", type=float, default=600.0, help="end the ramp after this many seconds")
+    group.add_argument("--echo-timeout", type=float, default=10.0, help="seconds to wait for an echo")
+    group.add_argument("--source-addresses", default="auto",
+                       help="'auto' (worker i binds 127.0.i+1.2, 127.0.i+1.3, ...) or a comma list")
+    group.add_argument("--worker-fd-limit", type=int, default=0,
+                       help="soft RLIMIT_NOFILE of each user-running process (0: keep Locust's)")
+    group.add_argument("--server-gauges", default="", help="the servers' gauge file (master)")
+    group.add_argument("--status-file", default="", help="write the master's gauges here every 2 s")
+
+
+def configure_user_process(opts, worker_index: int) -> None:
+    """Set this process's fd limit, the users it may hold, and its source addresses."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if opts.worker_fd_limit:
+        if hard != resource.RLIM_INFINITY and opts.worker_fd_limit > hard:
+            raise SystemExit(f"--worker-fd-limit {opts.worker_fd_limit} exceeds the hard limit {hard}; lower it")
+        soft = opts.worker_fd_limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    TALLY.max_users = max(0, soft - FD_RESERVE)
+    if opts.source_addresses == "auto":
+        count = max(1, math.ceil(TALLY.max_users / per_source_address(read_limits())))
+        TALLY.sources = [f"127.0.{worker_index + 1}.{2 + k}" for k in range(count)]
+    else:
+        TALLY.sources = [a.strip() for a in opts.source_addresses.split(",") if a.strip()]
+    for address in TALLY.sources:
+        if not ipaddress.ip_address(address).is_loopback:
+            raise SystemExit(f"source address {address} is not loopback; load stays on 127.0.0.0/8")
+
+
+@events.init.add_listener
+def on_init(environment, runner, web_ui=None, **kwargs) -> None:
+    opts = environment.parsed_options
+    if opts is None:
+        return
+    if isinstance(runner, (WorkerRunner, LocalRunner)):
+        configure_user_process(opts, getattr(runner, "worker_index", 0))
+        gauges.start_reporting(runner)
+    if isinstance(runner, (MasterRunner, LocalRunner)):
+        port = parse_host(environment.host)[1] if environment.host else None
+        gauges.start_master(runner, opts.server_gauges or None, port, opts.status_file or None)
+    if web_ui is not None:
+        webui.extend(web_ui)

@@ -1,0 +1,69 @@
+"""The load shape: ramp in steps to a target number of connections, hold, stop by itself.
+
+Theory of operation, as a table of phases (`PHASES`): the shape ramps by `--ramp-rate` users a
+second in steps of `--step-seconds`, never past the target or past what the workers may hold
+(each worker's fd limit minus a reserve, as the workers report it). It leaves the ramp when the
+target is reached ("target"), when connects start failing (the failure's name, e.g. "EMFILE" or
+"EADDRNOTAVAIL": the run found a cap), or at the time bound ("timeout"); it then holds the users it
+has for `--hold-seconds` and stops. `BOARD.stopped_by` records why.
+"""
+
+from __future__ import annotations
+
+import math
+
+from locust import LoadTestShape
+
+from scenarios.gauges import BOARD
+
+PHASES = {
+    "ramp": "adding users step by step",
+    "hold": "holding the users reached; echoing every --echo-interval",
+    "done": "stopped",
+}
+
+
+class StepRampShape(LoadTestShape):
+    use_common_options = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held_users = 0
+        self.hold_started = 0.0
+        self.phase = "ramp"
+
+    def _opts(self):
+        return self.runner.environment.parsed_options
+
+    def _capacity(self, target: int) -> int:
+        """The target, lowered to what the workers' fd limits allow (once they have reported)."""
+        allowed = BOARD.totals()["max_users"]
+        return min(target, allowed) if allowed else target
+
+    def tick(self):
+        opts = self._opts()
+        now = self.get_run_time()
+        BOARD.phase = self.phase
+        if self.phase == "ramp":
+            failures = BOARD.totals()["connects_failed"]
+            target = self._capacity(opts.target_connections)
+            if failures:
+                return self._hold(max(failures, key=failures.get), now)
+            if self.runner.user_count >= target and BOARD.totals()["open"] >= target:
+                return self._hold("target", now)
+            if now >= opts.max_seconds:
+                return self._hold("timeout", now)
+            step = max(1, int(opts.ramp_rate * opts.step_seconds))
+            users = min(target, step * (math.floor(now / opts.step_seconds) + 1))
+            return users, min(opts.ramp_rate * 2, max(1.0, float(step)))
+        if self.phase == "hold" and now - self.hold_started < opts.hold_seconds:
+            return self.held_users, max(1.0, float(opts.ramp_rate))
+        self.phase = BOARD.phase = "done"
+        return None
+
+    def _hold(self, reason: str, now: float):
+        BOARD.stopped_by = reason
+        self.phase = BOARD.phase = "hold"
+        self.hold_started = now
+        self.held_users = self.runner.user_count
+        return self.held_users, max(1.0, float(self._opts().ramp_rate))

@@ -1,0 +1,161 @@
+"""The raw-TCP echo User: one socket per user, opened in on_start, held, echo-checked byte for byte.
+
+Connects and echoes are fired as Locust `request` events (type "TCP", names "connect" and
+"echo"), so they appear in Locust's stats, CSVs and HTML report. Failures carry a short,
+low-cardinality name (EMFILE, EADDRNOTAVAIL, ECONNREFUSED, ECONNRESET, EOF, timeout, mismatch):
+Locust groups failures by the exception's repr. A user whose connect failed records it once and
+then stays idle; it never retries in a loop. Every process also keeps a `WorkerTally` of what its
+users hold, which `scenarios.gauges` reports to the master.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import socket
+import time
+
+from locust import User, task
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # no name in Python 3.11
+LINGER_RESET = (1).to_bytes(4, "little") + (0).to_bytes(4, "little")
+
+
+class TCPError(Exception):
+    """A failure named by one short word, so Locust groups failures by that word alone."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+    __str__ = __repr__
+
+
+def error_name(exc: BaseException) -> str:
+    if isinstance(exc, TCPError):
+        return exc.name
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, OSError) and exc.errno:
+        return errno.errorcode.get(exc.errno, f"errno{exc.errno}")
+    return type(exc).__name__
+
+
+class WorkerTally:
+    """What this Locust process's users hold and have done (plain counters, read by gauges)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.connects_ok = 0
+        self.connects_failed: dict[str, int] = {}
+        self.echo_failed: dict[str, int] = {}
+        self.echoes_verified = 0
+        self.bytes_echoed = 0
+        self.sources: list[str] = ["127.0.0.1"]
+        self.max_users = 0  # the most users this process may hold (fd limit minus a reserve)
+
+    def failed(self, where: dict[str, int], name: str) -> None:
+        where[name] = where.get(name, 0) + 1
+
+
+TALLY = WorkerTally()
+_user_numbers = itertools.count()
+
+
+def parse_host(host: str | None) -> tuple[str, int]:
+    """'tcp://127.0.0.1:9999', '127.0.0.1:9999' -> ('127.0.0.1', 9999)."""
+    if not host:
+        raise ValueError("no target: pass --host tcp://127.0.0.1:PORT")
+    address = host.split("://", 1)[-1].rstrip("/")
+    name, _, port = address.rpartition(":")
+    return name, int(port)
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks, got = [], 0
+    while got < size:
+        chunk = sock.recv(size - got)
+        if not chunk:
+            raise TCPError("EOF")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+class EchoUser(User):
+    """Holds one TCP connection to the target and echoes a random payload every interval."""
+
+    def wait_time(self) -> float:  # read each time: the web UI's start form can change it
+        return self.environment.parsed_options.echo_interval
+
+    def on_start(self) -> None:
+        self.sock: socket.socket | None = None
+        opts = self.environment.parsed_options
+        self.timeout = getattr(opts, "echo_timeout", 10.0)
+        self.payload_size = getattr(opts, "payload_size", 64)
+        host, port = parse_host(self.host)
+        source = TALLY.sources[next(_user_numbers) % len(TALLY.sources)]
+        start = time.perf_counter()
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as exc:  # EMFILE in this Locust process
+            return self._fire_failure("connect", start, exc, TALLY.connects_failed)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if source != "0.0.0.0":
+                sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((source, 0))
+            sock.settimeout(self.timeout)
+            sock.connect((host, port))
+        except OSError as exc:
+            sock.close()
+            return self._fire_failure("connect", start, exc, TALLY.connects_failed)
+        self.sock = sock
+        TALLY.open += 1
+        TALLY.connects_ok += 1
+        self._fire("connect", start, 0, None)
+        self.echo()  # every connection is echo-verified once, right away
+
+    @task
+    def echo(self) -> None:
+        if self.sock is None:
+            return  # connect failed: stay idle; the load shape decides what happens next
+        payload = os.urandom(self.payload_size)
+        start = time.perf_counter()
+        try:
+            self.sock.sendall(payload)
+            if recv_exactly(self.sock, len(payload)) != payload:
+                raise TCPError("mismatch")
+        except (OSError, TCPError) as exc:
+            self._drop()
+            return self._fire_failure("echo", start, exc, TALLY.echo_failed)
+        TALLY.echoes_verified += 1
+        TALLY.bytes_echoed += len(payload)
+        self._fire("echo", start, len(payload), None)
+
+    def on_stop(self) -> None:
+        self._drop()
+
+    def _drop(self) -> None:
+        if self.sock is not None:
+            try:  # RST instead of FIN: no TIME_WAIT pile-up between runs
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            except OSError:
+                pass
+            self.sock.close()
+            self.sock = None
+            TALLY.open -= 1
+
+    def _fire(self, name: str, start: float, length: int, exc: BaseException | None) -> None:
+        self.environment.events.request.fire(
+            request_type="TCP", name=name, response_time=(time.perf_counter() - start) * 1000,
+            response_length=length, exception=exc, context={})
+
+    def _fire_failure(self, name: str, start: float, exc: BaseException, where: dict[str, int]) -> None:
+        failure = TCPError(error_name(exc))
+        TALLY.failed(where, failure.name)
+        self._fire(name, start, 0, failure)

@@ -1,0 +1,60 @@
+"""The web UI's Connections tab, through Locust's own extension points.
+
+`extended_tabs` / `extended_tables` in the template args declare the tab and its columns; every
+poll of /stats/requests gets an `extended_stats` entry with the rows, built from `BOARD`: each
+server process's open connections against its cap, each worker's sockets and source addresses,
+the kernel's count on the port, refusals by errno, and the limit predicted to stop the run next.
+"""
+
+from __future__ import annotations
+
+import json
+
+from flask import request
+
+from scenarios.gauges import BOARD
+
+TAB = "connections"
+COLUMNS = [("what", "What"), ("name", "Name"), ("open", "Open"), ("limit", "Limit"), ("detail", "Detail")]
+
+
+def rows() -> list[dict]:
+    snap = BOARD.snapshot()
+    out = []
+    for g in snap["servers"]:
+        out.append({"what": "server process", "name": f"p{g['index']} (pid {g['pid']})", "open": g["open"],
+                    "limit": g["cap"], "detail": f"fd limit {g['fd_soft']:,} − {g['base_fds']} held; "
+                    f"accepted {g['accepted']:,}; RSS {g['rss_bytes'] / 2**20:,.0f} MiB"})
+    for w in snap["workers"]:
+        out.append({"what": "locust worker", "name": f"w{w['worker_index']} (pid {w['pid']})", "open": w["open"],
+                    "limit": w["max_users"], "detail": f"sources {', '.join(w['sources'])}; "
+                    f"connects ok {w['connects_ok']:,}; echoes verified {w['echoes_verified']:,}; "
+                    f"RSS {w['rss_bytes'] / 2**20:,.0f} MiB; fds {w['fds']:,}"})
+    t = snap["totals"]
+    out.append({"what": "kernel", "name": f"established on port {BOARD.port}", "open": snap["kernel_established"],
+                "limit": "", "detail": f"peak {snap['peak_kernel_established']:,}"})
+    for reason, n in snap["server_refusals"].items():
+        out.append({"what": "refused by servers", "name": reason, "open": n, "limit": "", "detail": ""})
+    for reason, n in t["connects_failed"].items():
+        out.append({"what": "failed connects", "name": reason, "open": n, "limit": "", "detail": ""})
+    out.append({"what": "next limit", "name": snap["phase"], "open": t["open"], "limit": "",
+                "detail": snap["next_limit"] + (f"; stopped by {snap['stopped_by']}" if snap["stopped_by"] else "")})
+    return out
+
+
+def extend(web_ui) -> None:
+    web_ui.template_args["extended_tabs"] = [{"title": "Connections", "key": TAB}]
+    web_ui.template_args["extended_tables"] = [
+        {"key": TAB, "structure": [{"key": k, "title": t} for k, t in COLUMNS]}]
+    web_ui.template_args["extended_csv_files"] = [{"href": "/connections/json", "title": "Connections (JSON)"}]
+
+    @web_ui.app.after_request
+    def add_connections(response):
+        if request.path == "/stats/requests" and response.is_json:
+            response.set_data(json.dumps({**response.json, "extended_stats": [{"key": TAB, "data": rows()}]}))
+        return response
+
+    @web_ui.app.route("/connections/json")
+    @web_ui.auth_required_if_enabled
+    def connections_json():
+        return BOARD.snapshot()
