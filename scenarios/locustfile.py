@@ -26,7 +26,9 @@ FD_RESERVE = 100
 
 @events.init_command_line_parser.add_listener
 def add_arguments(parser) -> None:
-    group = parser  # include_in_web_ui is understood by Locust's parser, not by argument groups
+    # include_in_web_ui (True unless said otherwise) is understood by Locust's parser, not by
+    # argument groups: the start form shows the run's knobs, not the plumbing.
+    group = parser
     group.add_argument("--target-connections", type=int, default=1000, include_in_web_ui=True,
                        help="connections (users) to ramp to")
     group.add_argument("--echo-interval", type=float, default=5.0, include_in_web_ui=True,
@@ -37,15 +39,15 @@ def add_arguments(parser) -> None:
                        help="new connections per second while ramping")
     group.add_argument("--hold-seconds", type=float, default=10.0, include_in_web_ui=True,
                        help="seconds to hold once the ramp ends")
-    group.add_argument("--step-seconds", type=float, default=1.0, help="ramp step length")
-    group.add_argument("--max-seconds", type=float, default=600.0, help="end the ramp after this many seconds")
-    group.add_argument("--echo-timeout", type=float, default=10.0, help="seconds to wait for an echo")
-    group.add_argument("--source-addresses", default="auto",
+    group.add_argument("--step-seconds", type=float, default=1.0, include_in_web_ui=False, help="ramp step length")
+    group.add_argument("--max-seconds", type=float, default=600.0, include_in_web_ui=False, help="end the ramp after this many seconds")
+    group.add_argument("--echo-timeout", type=float, default=10.0, include_in_web_ui=False, help="seconds to wait for an echo")
+    group.add_argument("--source-addresses", default="auto", include_in_web_ui=False,
                        help="'auto' (worker i binds 127.0.i+1.2, 127.0.i+1.3, ...) or a comma list")
-    group.add_argument("--worker-fd-limit", type=int, default=0,
+    group.add_argument("--worker-fd-limit", type=int, default=0, include_in_web_ui=False,
                        help="soft RLIMIT_NOFILE of each user-running process (0: keep Locust's)")
-    group.add_argument("--server-gauges", default="", help="the servers' gauge file (master)")
-    group.add_argument("--status-file", default="", help="write the master's gauges here every 2 s")
+    group.add_argument("--server-gauges", default="", include_in_web_ui=False, help="the servers' gauge file (master)")
+    group.add_argument("--status-file", default="", include_in_web_ui=False, help="write the master's gauges here every 2 s")
 
 
 def configure_user_process(opts, worker_index: int) -> None:

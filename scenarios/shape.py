@@ -48,7 +48,10 @@ class StepRampShape(LoadTestShape):
             failures = BOARD.totals()["connects_failed"]
             target = self._capacity(opts.target_connections)
             if failures:
-                return self._hold(max(failures, key=failures.get), now)
+                # The servers' own errno (EMFILE, FD_SETSIZE, ...) says more than the EOF a refused
+                # client sees; the client's failure name stands where the servers refused nothing.
+                refused = BOARD.server_refusals() or failures
+                return self._hold(max(refused, key=refused.get), now)
             if self.runner.user_count >= target and BOARD.totals()["open"] >= target:
                 return self._hold("target", now)
             if now >= opts.max_seconds:

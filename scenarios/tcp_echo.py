@@ -50,8 +50,8 @@ class WorkerTally:
 
     def __init__(self) -> None:
         self.open = 0
-        self.connects_ok = 0
-        self.connects_failed: dict[str, int] = {}
+        self.connects_ok = 0  # connections established and echo-verified once
+        self.connects_failed: dict[str, int] = {}  # by name: no connection, or no first echo
         self.echo_failed: dict[str, int] = {}
         self.echoes_verified = 0
         self.bytes_echoed = 0
@@ -116,14 +116,21 @@ class EchoUser(User):
             return self._fire_failure("connect", start, exc, TALLY.connects_failed)
         self.sock = sock
         TALLY.open += 1
-        TALLY.connects_ok += 1
         self._fire("connect", start, 0, None)
-        self.echo()  # every connection is echo-verified once, right away
+        # Every connection is echo-verified once, right away. A server at its fd limit completes
+        # the handshake (the kernel does) and then closes: the client sees EOF here, so a failed
+        # first echo counts as a failed connection.
+        failure = self.echo()
+        if failure is None:
+            TALLY.connects_ok += 1
+        else:
+            TALLY.failed(TALLY.connects_failed, failure)
 
     @task
-    def echo(self) -> None:
+    def echo(self) -> str | None:
+        """One echo, checked byte for byte; returns the failure's name, or None."""
         if self.sock is None:
-            return  # connect failed: stay idle; the load shape decides what happens next
+            return None  # connect failed: stay idle; the load shape decides what happens next
         payload = os.urandom(self.payload_size)
         start = time.perf_counter()
         try:
@@ -136,6 +143,7 @@ class EchoUser(User):
         TALLY.echoes_verified += 1
         TALLY.bytes_echoed += len(payload)
         self._fire("echo", start, len(payload), None)
+        return None
 
     def on_stop(self) -> None:
         self._drop()
@@ -155,7 +163,8 @@ class EchoUser(User):
             request_type="TCP", name=name, response_time=(time.perf_counter() - start) * 1000,
             response_length=length, exception=exc, context={})
 
-    def _fire_failure(self, name: str, start: float, exc: BaseException, where: dict[str, int]) -> None:
+    def _fire_failure(self, name: str, start: float, exc: BaseException, where: dict[str, int]) -> str:
         failure = TCPError(error_name(exc))
         TALLY.failed(where, failure.name)
         self._fire(name, start, 0, failure)
+        return failure.name
