@@ -39,6 +39,9 @@ def add_arguments(parser) -> None:
                        help="new connections per second while ramping")
     group.add_argument("--hold-seconds", type=float, default=10.0, include_in_web_ui=True,
                        help="seconds to hold once the ramp ends")
+    group.add_argument("--user-mode", choices=["driver", "greenlet"], default="driver", include_in_web_ui=False,
+                       help="driver: one greenlet per process serves every user (lean, the default); "
+                            "greenlet: one greenlet per user, as Locust users usually run")
     group.add_argument("--step-seconds", type=float, default=1.0, include_in_web_ui=False, help="ramp step length")
     group.add_argument("--max-seconds", type=float, default=600.0, include_in_web_ui=False, help="end the ramp after this many seconds")
     group.add_argument("--echo-timeout", type=float, default=10.0, include_in_web_ui=False, help="seconds to wait for an echo")

@@ -52,7 +52,8 @@ class StepRampShape(LoadTestShape):
                 # client sees; the client's failure name stands where the servers refused nothing.
                 refused = BOARD.server_refusals() or failures
                 return self._hold(max(refused, key=refused.get), now)
-            if self.runner.user_count >= target and BOARD.totals()["open"] >= target:
+            totals = BOARD.totals()
+            if self.runner.user_count >= target and min(totals["open"], totals["connects_ok"]) >= target:
                 return self._hold("target", now)
             if now >= opts.max_seconds:
                 return self._hold("timeout", now)

@@ -18,7 +18,8 @@ from servers.registry import BACKENDS
 from tests.helpers import ServerProcess, process_alive
 
 
-def run_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, hold: float = 3.0):
+def run_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, hold: float = 3.0,
+                user_mode: str = "driver"):
     """Run the scenario headless; return (status during the hold, kernel count then, servers' gauges
     then, the master's exit code, the Locust CSV stats rows)."""
     status_file = tmp_path / "status.json"
@@ -28,7 +29,7 @@ def run_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, 
                      "--ramp-rate", str(target), "--hold-seconds", str(hold), "--echo-interval", "0.5",
                      "--max-seconds", "60", "--server-gauges", str(server.gauge_file),
                      "--status-file", str(status_file), "--csv", str(tmp_path / "run")],
-        worker_args=["--worker-fd-limit", "2000"])
+        worker_args=["--worker-fd-limit", "2000", "--user-mode", user_mode])
     cluster.start()
     try:
         deadline = time.monotonic() + 60
@@ -36,7 +37,9 @@ def run_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, 
         while time.monotonic() < deadline:
             if status_file.exists():
                 status = json.loads(status_file.read_text())
-                if status["phase"] == "hold" and status["totals"]["workers"] == workers:
+                t = status["totals"]
+                if status["phase"] == "hold" and t["workers"] == workers and \
+                        t["connects_ok"] + sum(t["connects_failed"].values()) >= min(target, t["open"]):
                     break
             if cluster.dead():
                 break
@@ -55,10 +58,10 @@ def run_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, 
     return status, kernel, servers, code, stats, log
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
-def test_two_workers_hold_and_echo_every_connection(tmp_path, start_server, backend):
+@pytest.mark.parametrize("backend, user_mode", [(b, "driver") for b in BACKENDS] + [("asyncio", "greenlet")])
+def test_two_workers_hold_and_echo_every_connection(tmp_path, start_server, backend, user_mode):
     server = start_server(backend)
-    status, kernel, servers, code, stats, log = run_cluster(tmp_path, server, target=300)
+    status, kernel, servers, code, stats, log = run_cluster(tmp_path, server, target=300, user_mode=user_mode)
     totals = status["totals"]
     assert status["stopped_by"] == "target", log[-2000:]
     assert totals["open"] == totals["connects_ok"] == 300 and totals["connects_failed"] == {}
@@ -73,11 +76,12 @@ def test_two_workers_hold_and_echo_every_connection(tmp_path, start_server, back
     assert int(stats["echo"]["Request Count"]) >= 600 and int(stats["echo"]["Failure Count"]) == 0
 
 
-def test_run_stops_at_the_servers_fd_limit_and_names_emfile(tmp_path, start_server):
+@pytest.mark.parametrize("user_mode", ["driver", "greenlet"])
+def test_run_stops_at_the_servers_fd_limit_and_names_emfile(tmp_path, start_server, user_mode):
     server = start_server("selectors", fd_limit=128)
     cap = server.servers()[0]["cap"]
     assert cap == 128 - BACKENDS["selectors"].held_fds
-    status, kernel, servers, code, stats, log = run_cluster(tmp_path, server, target=300)
+    status, kernel, servers, code, stats, log = run_cluster(tmp_path, server, target=300, user_mode=user_mode)
     assert status["stopped_by"] == "EMFILE", log[-2000:]
     assert servers[0]["open"] == cap and servers[0]["refused_EMFILE"] > 0
     assert status["totals"]["open"] == cap and kernel == cap
