@@ -53,13 +53,45 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return run_ui(args)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness import run as run_mod
+
+    cfg = run_mod.RunConfig(backend=args.backend, connections=args.connections, processes=args.processes,
+                            share=args.share, server_fd_limit=args.server_fd_limit, selector=args.selector,
+                            workers=args.workers, worker_fd_limit=args.worker_fd_limit, user_mode=args.user_mode,
+                            port=args.port, hold=args.hold, echo_interval=args.echo_interval,
+                            ramp_rate=args.ramp_rate, max_seconds=args.max_seconds, out=args.out)
+    if args.proof:
+        from harness.proof import run_proof
+        return run_proof(cfg)
+    try:
+        prepared = run_mod.prepare(cfg)
+        for reason in prepared.plan.reasons:
+            print(f"plan: {reason}", file=sys.stderr)
+        doc, run_dir = run_mod.execute(prepared, progress=not args.json)
+    except run_mod.RunError as exc:
+        print(f"harness run: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(doc, indent=2) if args.json else run_mod.summary(doc, Path(run_dir)))
+    return 130 if doc["stopped_by"] == "interrupted" else 0
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad arguments are one line naming the problem (and exit code 2), not a usage dump."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from servers.foreground import add_arguments
     from servers.registry import BACKENDS
 
-    parser = argparse.ArgumentParser(prog="harness", description="Connections per port are capped by "
+    parser = OneLineErrorParser(prog="harness", description="Connections per port are capped by "
                                      "file descriptors and memory, not by 65,535 port numbers: prove it here.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     p = sub.add_parser("limits", help="the limits that cap connections on this machine, and what they predict")
     p.add_argument("--connections", type=_positive, default=100_000, help="plan for this many (default 100,000)")
     p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
@@ -68,6 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run an echo server backend in the foreground, with live gauges")
     add_arguments(p)
     sub.add_parser("check", help="short self-check: every backend stops exactly at its fd limit")
+    p = sub.add_parser("run", help="the proof run (no arguments), or one headless run: servers + Locust, "
+                       "ramp to N or the cap, hold, write results/<time>-<backend>-<N>/run.json")
+    p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
+    p.add_argument("--connections", type=_positive, default=100_000, help="target connections (default 100,000)")
+    p.add_argument("--processes", type=_positive, default=None, help="server processes (default: planned)")
+    p.add_argument("--share", default="reuseport", choices=["reuseport", "fork", "handoff"])
+    p.add_argument("--server-fd-limit", type=_positive, default=None, help="soft fd limit per server process")
+    p.add_argument("--selector", default="epoll", choices=["epoll", "poll", "select"], help="selectors backend")
+    p.add_argument("--workers", type=_positive, default=None, help="Locust workers (default: planned)")
+    p.add_argument("--worker-fd-limit", type=_positive, default=None, help="soft fd limit per Locust worker")
+    p.add_argument("--user-mode", default="driver", choices=["driver", "greenlet"],
+                   help="driver: one greenlet per worker serves all its users (lean); greenlet: one per user")
+    p.add_argument("--port", type=int, default=9999)
+    p.add_argument("--hold", type=float, default=10.0, help="seconds to hold once the ramp ends")
+    p.add_argument("--echo-interval", type=float, default=5.0, help="seconds between echoes per connection")
+    p.add_argument("--ramp-rate", type=float, default=None, help="connections per second (default 10,000; the ramp slows down where the machine cannot keep up)")
+    p.add_argument("--max-seconds", type=float, default=240.0, help="end the ramp after this long")
+    p.add_argument("--out", default="results", help="directory for run directories")
+    p.add_argument("--json", action="store_true", help="print the result document")
+    p.add_argument("--proof", action="store_true", help=argparse.SUPPRESS)
     p = sub.add_parser("ui", help="servers + Locust master (web UI) + workers, until Ctrl-C")
     p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
     p.add_argument("--processes", type=_positive, default=1, help="server processes on the port")
@@ -102,10 +154,13 @@ def _positive(text: str) -> int:
     return value
 
 
-COMMANDS = {"limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "run" and len(argv) == 1:
+        argv = ["run", "--proof"]  # `harness run` with no arguments is the default proof
     args = build_parser().parse_args(argv)
     return COMMANDS[args.command](args)
 

@@ -90,7 +90,7 @@ class Driver:
                 if user is not None:
                     self._on_event(user, events)
             now = time.perf_counter()
-            while self.schedule and self.schedule[0][0] <= now:
+            while self.schedule and self.schedule[0][0] <= now and not TALLY.ramping:
                 _, user = self.schedule.popleft()
                 if user.sock is not None and user.phase == IDLE:
                     self._send_echo(user, now)
@@ -102,7 +102,8 @@ class Driver:
 
     def _wait(self) -> float:
         now = time.perf_counter()
-        heads = [q[0][0] for q in (self.schedule, self.inflight) if q]
+        queues = (self.inflight,) if TALLY.ramping else (self.schedule, self.inflight)
+        heads = [q[0][0] for q in queues if q]
         return max(0.0, min([MAX_WAIT_S, *(h - now for h in heads)]))
 
     def _connect(self, user) -> None:

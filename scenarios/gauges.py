@@ -21,11 +21,12 @@ from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, refusals
 from servers.proc import RssReader, established_on_port
 
 MESSAGE = "harness_gauges"
+PHASE_MESSAGE = "harness_phase"  # master -> workers: {"ramping": bool}
 REPORT_INTERVAL_S = 1.0
 KERNEL_INTERVAL_S = 2.0
 
 
-def worker_report(worker_index: int, rss: RssReader) -> dict:
+def worker_report(worker_index: int, rss: RssReader, rss_base: int) -> dict:
     try:
         fds = len(os.listdir("/proc/self/fd")) - 1
     except OSError:  # at this process's own fd limit
@@ -33,17 +34,24 @@ def worker_report(worker_index: int, rss: RssReader) -> dict:
     return {"worker_index": worker_index, "pid": os.getpid(), "open": TALLY.open,
             "connects_ok": TALLY.connects_ok, "connects_failed": dict(TALLY.connects_failed),
             "echo_failed": dict(TALLY.echo_failed), "echoes_verified": TALLY.echoes_verified,
-            "bytes_echoed": TALLY.bytes_echoed, "rss_bytes": rss.rss_bytes(), "fds": fds,
+            "bytes_echoed": TALLY.bytes_echoed, "rss_bytes": rss.rss_bytes(), "rss_base_bytes": rss_base, "fds": fds,
             "max_users": TALLY.max_users, "sources": TALLY.sources, "at": time.time()}
 
 
+def on_phase(environment, msg, **kwargs) -> None:
+    TALLY.ramping = bool(msg.data["ramping"])
+
+
 def start_reporting(runner) -> None:
-    """In a process that runs users: report to the master every REPORT_INTERVAL_S."""
+    """In a process that runs users: report to the master every REPORT_INTERVAL_S, and follow
+    the master's phase (periodic echoes wait while it ramps)."""
+    runner.register_message(PHASE_MESSAGE, on_phase)
     rss = RssReader()  # opened now, before any connection: works at EMFILE later
+    base = rss.rss_bytes()  # before any user: what the users cost is measured from here
 
     def loop() -> None:
         while True:
-            runner.send_message(MESSAGE, worker_report(getattr(runner, "worker_index", 0), rss))
+            runner.send_message(MESSAGE, worker_report(getattr(runner, "worker_index", 0), rss, base))
             gevent.sleep(REPORT_INTERVAL_S)
 
     gevent.spawn(loop)
@@ -65,17 +73,27 @@ class Board:
     def on_message(self, environment, msg, **kwargs) -> None:
         self.workers[msg.node_id] = msg.data
 
+    def set_phase(self, runner, phase: str) -> None:
+        """The shape's phase; workers are told whether it is ramping."""
+        if phase != self.phase:
+            self.phase = phase
+            runner.send_message(PHASE_MESSAGE, {"ramping": phase == "ramp"})
+
     def totals(self) -> dict:
         w = list(self.workers.values())
         failed: dict[str, int] = {}
+        echo_failed: dict[str, int] = {}
         for report in w:
             for name, n in report["connects_failed"].items():
                 failed[name] = failed.get(name, 0) + n
+            for name, n in report["echo_failed"].items():
+                echo_failed[name] = echo_failed.get(name, 0) + n
         return {"open": sum(r["open"] for r in w), "connects_ok": sum(r["connects_ok"] for r in w),
                 "connects_failed": failed, "echoes_verified": sum(r["echoes_verified"] for r in w),
-                "echo_failed": sum(sum(r["echo_failed"].values()) for r in w),
+                "echo_failed": echo_failed,
                 "bytes_echoed": sum(r["bytes_echoed"] for r in w),
                 "rss_bytes": sum(r["rss_bytes"] for r in w),
+                "rss_base_bytes": sum(r["rss_base_bytes"] for r in w),
                 "max_users": sum(r["max_users"] for r in w), "workers": len(w)}
 
     def servers(self) -> list[dict]:
@@ -124,7 +142,8 @@ class Board:
 BOARD = Board()
 
 
-def start_master(runner, server_gauges: str | None, port: int | None, status_file: str | None) -> None:
+def start_master(runner, server_gauges: str | None, port: int | None, status_file: str | None,
+                 kernel_interval: float = KERNEL_INTERVAL_S) -> None:
     """On the master (or local runner): collect reports, poll the kernel every KERNEL_INTERVAL_S
     (ss is slow at 100k connections), write the status file every REPORT_INTERVAL_S."""
     runner.register_message(MESSAGE, BOARD.on_message)
@@ -135,7 +154,7 @@ def start_master(runner, server_gauges: str | None, port: int | None, status_fil
     def loop() -> None:
         last_kernel = 0.0
         while True:
-            if time.monotonic() - last_kernel >= KERNEL_INTERVAL_S:
+            if kernel_interval and time.monotonic() - last_kernel >= kernel_interval:
                 BOARD.refresh_kernel()
                 last_kernel = time.monotonic()
             if status_file:

@@ -50,7 +50,9 @@ def add_arguments(parser) -> None:
     group.add_argument("--worker-fd-limit", type=int, default=0, include_in_web_ui=False,
                        help="soft RLIMIT_NOFILE of each user-running process (0: keep Locust's)")
     group.add_argument("--server-gauges", default="", include_in_web_ui=False, help="the servers' gauge file (master)")
-    group.add_argument("--status-file", default="", include_in_web_ui=False, help="write the master's gauges here every 2 s")
+    group.add_argument("--status-file", default="", include_in_web_ui=False, help="write the master's gauges here every s")
+    group.add_argument("--kernel-interval", type=float, default=2.0, include_in_web_ui=False,
+                       help="seconds between the master's counts of established connections (ss); 0: never")
 
 
 def configure_user_process(opts, worker_index: int) -> None:
@@ -82,6 +84,7 @@ def on_init(environment, runner, web_ui=None, **kwargs) -> None:
         gauges.start_reporting(runner)
     if isinstance(runner, (MasterRunner, LocalRunner)):
         port = parse_host(environment.host)[1] if environment.host else None
-        gauges.start_master(runner, opts.server_gauges or None, port, opts.status_file or None)
+        gauges.start_master(runner, opts.server_gauges or None, port, opts.status_file or None,
+                            opts.kernel_interval)
     if web_ui is not None:
         webui.extend(web_ui)

@@ -18,7 +18,7 @@ from scenarios.gauges import BOARD
 
 PHASES = {
     "ramp": "adding users step by step",
-    "hold": "holding the users reached; echoing every --echo-interval",
+    "hold": "holding the users reached; echoing every --echo-interval (workers are told by message)",
     "done": "stopped",
 }
 
@@ -43,7 +43,7 @@ class StepRampShape(LoadTestShape):
     def tick(self):
         opts = self._opts()
         now = self.get_run_time()
-        BOARD.phase = self.phase
+        BOARD.set_phase(self.runner, self.phase)
         if self.phase == "ramp":
             failures = BOARD.totals()["connects_failed"]
             target = self._capacity(opts.target_connections)
@@ -58,16 +58,23 @@ class StepRampShape(LoadTestShape):
             if now >= opts.max_seconds:
                 return self._hold("timeout", now)
             step = max(1, int(opts.ramp_rate * opts.step_seconds))
-            users = min(target, step * (math.floor(now / opts.step_seconds) + 1))
+            # Never more than one step ahead of the connections already answered (verified or
+            # failed): on a busy machine the ramp slows down instead of piling up connects that
+            # time out. The target is never passed.
+            answered = totals["connects_ok"] + sum(failures.values())
+            users = min(target, step * (math.floor(now / opts.step_seconds) + 1), answered + step)
+            users = max(users, self.runner.user_count)  # never ramp down
             return users, min(opts.ramp_rate * 2, max(1.0, float(step)))
         if self.phase == "hold" and now - self.hold_started < opts.hold_seconds:
             return self.held_users, max(1.0, float(opts.ramp_rate))
-        self.phase = BOARD.phase = "done"
+        self.phase = "done"
+        BOARD.set_phase(self.runner, self.phase)
         return None
 
     def _hold(self, reason: str, now: float):
         BOARD.stopped_by = reason
-        self.phase = BOARD.phase = "hold"
+        self.phase = "hold"
+        BOARD.set_phase(self.runner, self.phase)
         self.hold_started = now
         self.held_users = self.runner.user_count
         return self.held_users, max(1.0, float(self._opts().ramp_rate))
