@@ -15,8 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/harness limits
-	$(VENV)/bin/harness check
+	$(VENV)/bin/harness run
 
 # The web UI test drives Debian's Chromium (Playwright's own browser download does not work here).
 $(CHROMIUM):

@@ -78,6 +78,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 130 if doc["stopped_by"] == "interrupted" else 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.run import RunError
+    from harness.sweep import sweep, table
+    from servers.registry import BACKENDS, UnknownBackend, get
+
+    try:
+        backends = [get(b).name for b in args.backends.split(",")] if args.backends else list(BACKENDS)
+        limits = [int(x) for x in args.fd_limits.split(",")]
+    except (UnknownBackend, ValueError) as exc:
+        print(f"harness sweep: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        doc = sweep(backends, limits, args.connections, Path(args.out), selector=args.selector)
+    except RunError as exc:
+        print(f"harness sweep: error: {exc}", file=sys.stderr)
+        return 2
+    print(table(doc))
+    print(f"results: {doc['path']}")
+    return 0
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """Bad arguments are one line naming the problem (and exit code 2), not a usage dump."""
 
@@ -120,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results", help="directory for run directories")
     p.add_argument("--json", action="store_true", help="print the result document")
     p.add_argument("--proof", action="store_true", help=argparse.SUPPRESS)
+    p = sub.add_parser("sweep", help="one run per (backend, fd limit), then cap against limit with the fitted line")
+    p.add_argument("--backends", default=None, help="comma-separated (default: all)")
+    p.add_argument("--fd-limits", default="256,512,1024", help="comma-separated soft fd limits")
+    p.add_argument("--connections", type=_positive, default=None, help="per run (default: 1.25 × the limit)")
+    p.add_argument("--selector", default="epoll", choices=["epoll", "poll", "select"], help="selectors backend")
+    p.add_argument("--out", default="results")
     p = sub.add_parser("ui", help="servers + Locust master (web UI) + workers, until Ctrl-C")
     p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
     p.add_argument("--processes", type=_positive, default=1, help="server processes on the port")
@@ -154,7 +183,7 @@ def _positive(text: str) -> int:
     return value
 
 
-COMMANDS = {"run": cmd_run, "limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

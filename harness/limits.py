@@ -113,6 +113,8 @@ def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int
          processes: int | None = None, selector: str = "epoll") -> Plan:
     fd_limit = fd_limit or usable_fd_limit(limits)
     held = BACKENDS[backend].held_fds
+    if backend == "selectors" and selector != "epoll":
+        held -= 1  # poll and select need no epoll fd
     per_process = fd_limit - held
     reasons, problems = [], []
     if backend == "selectors" and selector == "select":

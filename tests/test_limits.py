@@ -46,7 +46,7 @@ def test_memory_is_the_binding_limit_when_it_is_smaller():
 
 def test_select_is_capped_at_fd_setsize():
     p = plan(THIS_MACHINE, 5000, backend="selectors", selector="select", processes=1)
-    assert p.per_process == 1024 - 10 and p.binding == "FD_SETSIZE" and p.predicted_cap == 1014
+    assert p.per_process == 1024 - 9 and p.binding == "FD_SETSIZE" and p.predicted_cap == 1015
 
 
 @pytest.mark.parametrize("processes", [1, 3])

@@ -1,0 +1,142 @@
+"""`harness run` as a user runs it: small real runs, the result document, interruptions, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from harness.runfile import SCHEMA, SchemaError, load, validate
+from servers.registry import BACKENDS
+from tests.helpers import ROOT, process_alive
+
+HARNESS = [sys.executable, "-m", "harness.cli"]
+SMALL = ["--processes", "1", "--workers", "1", "--hold", "1", "--port", "0", "--echo-interval", "60"]
+
+
+def harness_run(tmp_path: Path, *args: str, timeout: float = 120) -> tuple[int, dict | None, str]:
+    out = [] if "--out" in args else ["--out", str(tmp_path)]
+    result = subprocess.run([*HARNESS, "run", *args, *out, "--json"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=timeout)
+    doc = json.loads(result.stdout) if result.returncode == 0 else None
+    return result.returncode, doc, result.stderr
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_small_run_stops_by_emfile_at_the_predicted_cap(tmp_path, backend):
+    code, doc, err = harness_run(tmp_path, "--backend", backend, "--connections", "300",
+                                 "--server-fd-limit", "256", *SMALL)
+    assert code == 0, err
+    cap = 256 - BACKENDS[backend].held_fds
+    assert doc["stopped_by"] == "EMFILE"
+    assert doc["peak_connections"] == doc["peak_connections_servers"] == doc["predicted_cap"] == cap
+    assert doc["connects"]["server_refused"]["EMFILE"] > 0
+    run_dir = next(tmp_path.iterdir())
+    assert run_dir.name.endswith(f"-{backend}-300")
+    assert load(run_dir)["peak_connections"] == cap  # the file, validated against the schema
+    for name in ("locust_stats.csv", "locust.html", "logs"):
+        assert (run_dir / name).exists()
+
+
+def test_run_below_the_cap_stops_by_target_and_verifies_every_echo(tmp_path):
+    code, doc, err = harness_run(tmp_path, "--backend", "uvloop", "--connections", "200", *SMALL)
+    assert code == 0, err
+    assert doc["stopped_by"] == "target" and doc["peak_connections"] == 200
+    assert doc["echo"]["verified"] >= 200 and doc["echo"]["mismatched"] == 0
+    assert len(doc["series"]) >= 2 and doc["machine"]["locust"] == "2.47.0"
+    assert doc["source_addresses"][0] == "127.0.1.2"
+
+
+def test_select_run_stops_at_fd_setsize(tmp_path):
+    code, doc, err = harness_run(tmp_path, "--backend", "selectors", "--selector", "select",
+                                 "--server-fd-limit", "1200", "--connections", "1100", *SMALL)
+    assert code == 0, err
+    assert doc["stopped_by"] == "FD_SETSIZE" and doc["peak_connections"] == doc["predicted_cap"] == 1024 - 9
+
+
+def _wait_for(path: Path, predicate, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            doc = json.loads(path.read_text())
+            if predicate(doc):
+                return doc
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{path} never matched")
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "kill -9 of a worker"])
+def test_interrupted_run_leaves_a_valid_run_json_and_no_process(tmp_path, how):
+    proc = subprocess.Popen([*HARNESS, "run", "--backend", "asyncio", "--connections", "200", "--processes", "2",
+                             "--workers", "2", "--hold", "60", "--port", "0", "--out", str(tmp_path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob("*/status.json")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        status_file = next(tmp_path.glob("*/status.json"))
+        _wait_for(status_file, lambda s: s["phase"] == "hold")
+        family = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert len(family) >= 5  # 2 servers, a master, 2 workers
+        if how == "kill -9 of a worker":
+            worker = _wait_for(status_file, lambda s: len(s["workers"]) == 2)["workers"][0]["pid"]
+            os.kill(worker, signal.SIGKILL)
+        else:
+            proc.send_signal(getattr(signal, how))
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 130, proc.stderr.read()
+    doc = load(status_file.parent)
+    assert doc["stopped_by"] == "interrupted" and doc["peak_connections"] == 200
+    deadline = time.monotonic() + 5
+    while any(process_alive(p) for p in family) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(process_alive(p) for p in family), "the interrupted run left processes behind"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--backend", "nosuch"], ["invalid choice: 'nosuch'"]),
+    (["--server-fd-limit", str(10**7)], ["exceeds the hard limit", "--server-fd-limit"]),
+    (["--connections", str(10**10)], ["connections exceed the", "cap of", "lower --connections"]),
+    (["--workers", "1", "--connections", "50000"], ["use --workers 3"]),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, words):
+    code, _, err = harness_run(tmp_path, *args)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_port_in_use_and_unwritable_out_are_refused(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        code, _, err = harness_run(tmp_path, "--connections", "10", "--port", str(holder.getsockname()[1]))
+    assert code == 2 and "already in use" in err and list(tmp_path.iterdir()) == []
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = harness_run(tmp_path, "--connections", "10", "--out", str(blocker / "sub"))
+    assert code == 2 and "cannot write results" in err
+
+
+def test_reader_refuses_unknown_schema_and_missing_fields(tmp_path):
+    with pytest.raises(SchemaError, match="schema 2"):
+        validate({"schema": 2})
+    with pytest.raises(SchemaError, match="no 'schema'"):
+        validate({"peak_connections": 1})
+    with pytest.raises(SchemaError, match="lacks the field 'duration_s'"):
+        validate({"schema": SCHEMA, "started_at": "20261125T000000Z"})
