@@ -266,7 +266,7 @@ def build_document(prepared: Prepared, group: ServerGroup, started_at: str, dura
         "predicted_cap": plan.predicted_cap, "stopped_by": stopped_by,
         "stop_detail": error or (f"Locust master exit code {master_code}" if master_code else None),
         "ramp_s": ramp_s, "connect_rate_per_s": round(peak_n / ramp_s) if ramp_s else 0,
-        "echo": {"sent": stats.get("echo", {}).get("requests", 0),
+        "echo": {"sent": status.get("totals", {}).get("echoes_sent", 0),
                  "verified": status.get("totals", {}).get("echoes_verified", 0),
                  "mismatched": echo_failed.get("mismatch", 0), "failed": echo_failed},
         "connects": {"ok": status.get("totals", {}).get("connects_ok", 0),

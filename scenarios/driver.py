@@ -184,6 +184,7 @@ class Driver:
         user.phase = ECHOING
         user.op += 1
         self.inflight.append((now + user.timeout, user, user.op))
+        TALLY.echoes_sent += 1
         try:
             sent = user.sock.send(user.payload)
         except OSError as exc:

@@ -33,7 +33,8 @@ def worker_report(worker_index: int, rss: RssReader, rss_base: int) -> dict:
         fds = -1
     return {"worker_index": worker_index, "pid": os.getpid(), "open": TALLY.open,
             "connects_ok": TALLY.connects_ok, "connects_failed": dict(TALLY.connects_failed),
-            "echo_failed": dict(TALLY.echo_failed), "echoes_verified": TALLY.echoes_verified,
+            "echo_failed": dict(TALLY.echo_failed), "echoes_sent": TALLY.echoes_sent,
+            "echoes_verified": TALLY.echoes_verified,
             "bytes_echoed": TALLY.bytes_echoed, "rss_bytes": rss.rss_bytes(), "rss_base_bytes": rss_base, "fds": fds,
             "max_users": TALLY.max_users, "sources": TALLY.sources, "at": time.time()}
 
@@ -89,7 +90,8 @@ class Board:
             for name, n in report["echo_failed"].items():
                 echo_failed[name] = echo_failed.get(name, 0) + n
         return {"open": sum(r["open"] for r in w), "connects_ok": sum(r["connects_ok"] for r in w),
-                "connects_failed": failed, "echoes_verified": sum(r["echoes_verified"] for r in w),
+                "connects_failed": failed, "echoes_sent": sum(r["echoes_sent"] for r in w),
+                "echoes_verified": sum(r["echoes_verified"] for r in w),
                 "echo_failed": echo_failed,
                 "bytes_echoed": sum(r["bytes_echoed"] for r in w),
                 "rss_bytes": sum(r["rss_bytes"] for r in w),

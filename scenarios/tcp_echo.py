@@ -53,6 +53,7 @@ class WorkerTally:
         self.connects_ok = 0  # connections established and echo-verified once
         self.connects_failed: dict[str, int] = {}  # by name: no connection, or no first echo
         self.echo_failed: dict[str, int] = {}
+        self.echoes_sent = 0
         self.echoes_verified = 0
         self.bytes_echoed = 0
         self.sources: list[str] = ["127.0.0.1"]
@@ -152,6 +153,7 @@ class EchoUser(User):
             return None
         payload = os.urandom(self.payload_size)
         start = time.perf_counter()
+        TALLY.echoes_sent += 1
         try:
             self.sock.sendall(payload)
             if recv_exactly(self.sock, len(payload)) != payload:

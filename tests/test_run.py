@@ -51,6 +51,7 @@ def test_run_below_the_cap_stops_by_target_and_verifies_every_echo(tmp_path):
     assert code == 0, err
     assert doc["stopped_by"] == "target" and doc["peak_connections"] == 200
     assert doc["echo"]["verified"] >= 200 and doc["echo"]["mismatched"] == 0
+    assert doc["echo"]["sent"] >= doc["echo"]["verified"]
     assert len(doc["series"]) >= 2 and doc["machine"]["locust"] == "2.47.0"
     assert doc["source_addresses"][0] == "127.0.1.2"
 
