@@ -75,6 +75,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"harness run: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(doc, indent=2) if args.json else run_mod.summary(doc, Path(run_dir)))
+    if args.report:
+        from harness.report import build
+        print(f"report: {build([run_dir], Path(run_dir) / 'report')}", file=sys.stderr if args.json else sys.stdout)
     return 130 if doc["stopped_by"] == "interrupted" else 0
 
 
@@ -98,6 +101,37 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 2
     print(table(doc))
     print(f"results: {doc['path']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from harness.report import ReportError, build
+    from harness.runfile import SchemaError
+
+    start = time.monotonic()
+    out = Path(args.out) if args.out else Path(args.paths[0]).with_suffix("") / "report"
+    try:
+        report = build(args.paths, out)
+    except (ReportError, SchemaError, OSError) as exc:
+        print(f"harness report: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {report} ({report.stat().st_size / 1e6:.2f} MB, {time.monotonic() - start:.1f} s)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import compare
+    from harness.runfile import SchemaError, load
+
+    try:
+        a, b = load(args.run_a), load(args.run_b)
+    except (SchemaError, OSError, ValueError) as exc:
+        print(f"harness compare: error: {exc}", file=sys.stderr)
+        return 2
+    print(compare(a, b))
     return 0
 
 
@@ -142,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=240.0, help="end the ramp after this long")
     p.add_argument("--out", default="results", help="directory for run directories")
     p.add_argument("--json", action="store_true", help="print the result document")
+    p.add_argument("--report", action="store_true", help="also write RUN_DIR/report/report.html")
     p.add_argument("--proof", action="store_true", help=argparse.SUPPRESS)
     p = sub.add_parser("sweep", help="one run per (backend, fd limit), then cap against limit with the fitted line")
     p.add_argument("--backends", default=None, help="comma-separated (default: all)")
@@ -149,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=_positive, default=None, help="per run (default: 1.25 × the limit)")
     p.add_argument("--selector", default="epoll", choices=["epoll", "poll", "select"], help="selectors backend")
     p.add_argument("--out", default="results")
+    p = sub.add_parser("report", help="PNG plots and a self-contained report.html from result files alone")
+    p.add_argument("paths", nargs="+", help="run directories, sweep directories, bench-*.json files")
+    p.add_argument("--out", default=None, help="directory for the report (default: FIRST_PATH/report)")
+    p = sub.add_parser("compare", help="two runs' key figures side by side, with what is significant")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
     p = sub.add_parser("ui", help="servers + Locust master (web UI) + workers, until Ctrl-C")
     p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
     p.add_argument("--processes", type=_positive, default=1, help="server processes on the port")
@@ -183,7 +224,7 @@ def _positive(text: str) -> int:
     return value
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "compare": cmd_compare, "limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

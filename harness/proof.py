@@ -16,6 +16,7 @@ from pathlib import Path
 
 from harness import limits as limits_mod
 from harness.run import WORKER_FD_RESERVE, RunConfig, RunError, execute, prepare, summary
+from harness.report import build as build_report
 from harness.sweep import sweep, table
 from servers.registry import BACKENDS
 
@@ -61,7 +62,20 @@ def run_proof(base: RunConfig, out=print) -> int:
     out("Step 3: what it shows")
     out(verdict(doc, sweep_doc))
     out(f"results: {run_dir} and {Path(sweep_doc['path']).parent}")
+    report = build_report([run_dir, Path(sweep_doc["path"]).parent, *latest_benches(Path(base.out))],
+                          run_dir / "report")
+    out(f"report: {report}")
     return 0
+
+
+def latest_benches(out: Path) -> list[Path]:
+    """The newest echo and memory benchmark files under `out`, if any were recorded there."""
+    found = []
+    for kind in ("echo", "memory"):
+        files = sorted(out.glob(f"bench-{kind}-*.json"))
+        if files:
+            found.append(files[-1])
+    return found
 
 
 def verdict(doc: dict, sweep_doc: dict) -> str:

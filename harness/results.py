@@ -27,19 +27,23 @@ def machine() -> dict:
             "kernel": platform.release(), "python": sys.version.split()[0]}
 
 
-def write_json_atomic(path: Path, doc: dict) -> Path:
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
     """Write to a temporary name in the same directory, then rename: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for sharing
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
     return path
+
+
+def write_json_atomic(path: Path, doc: dict) -> Path:
+    return write_bytes_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())

@@ -103,6 +103,13 @@ def prepare(cfg: RunConfig) -> Prepared:
     if workers > 1 and cfg.workers is None:
         plan.reasons.append(f"{worker_fd:,} fds per Locust worker − {WORKER_FD_RESERVE} reserve = {per_worker:,} "
                             f"users per worker → {workers} workers")
+    # Each worker binds enough addresses of its own for all the users its fd limit allows
+    # (scenarios.locustfile.configure_user_process): that, not N alone, sets the count.
+    per_worker_sources = math.ceil(per_worker / plan.per_source)
+    plan.source_addresses = workers * per_worker_sources
+    plan.reasons = [r for r in plan.reasons if "per client source address" not in r] + [
+        f"{plan.per_source:,} connections per client source address (half of ip_local_port_range) → "
+        f"{per_worker_sources} address(es) per worker (worker i: 127.0.i+1.2 …), {plan.source_addresses} in all"]
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +170,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
     cfg, plan = prepared.config, prepared.plan
     started_at = utc_stamp()
     t0 = time.monotonic()
+    epoch0 = time.time()
     stop_reason: list[str] = []
     previous = {sig: signal.signal(sig, lambda s, f: stop_reason.append("interrupted"))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -185,7 +193,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
                      "--hold-seconds", str(cfg.hold), "--echo-interval", str(cfg.echo_interval),
                      "--max-seconds", str(cfg.max_seconds), "--server-gauges", group.gauges_path,
                      "--status-file", str(status_file), "--kernel-interval", "0", "--csv", str(run_dir / "locust"),
-                     "--html", str(run_dir / "locust.html"), "--only-summary"],
+                     "--csv-full-history", "--html", str(run_dir / "locust.html"), "--only-summary"],
         worker_args=["--worker-fd-limit", str(prepared.worker_fd_limit), "--user-mode", cfg.user_mode])
     sampler = Sampler(group, cluster, status_file, t0)
     display = RunProgress(cfg.connections, "starting") if progress else None
@@ -230,13 +238,14 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         _move(scratch / "servers.log", run_dir / "logs" / "servers.log")
         _restore(previous)
         doc = build_document(prepared, group, started_at, time.monotonic() - t0, sampler, run_dir,
-                             stop_reason[0] if stop_reason else None, master_code, error)
+                             stop_reason[0] if stop_reason else None, master_code, error, epoch0)
         write_json_atomic(run_dir / "run.json", doc)
     return doc, run_dir
 
 
 def build_document(prepared: Prepared, group: ServerGroup, started_at: str, duration: float, sampler: Sampler,
-                   run_dir: Path, stop_reason: str | None, master_code: int | None, error: str | None) -> dict:
+                   run_dir: Path, stop_reason: str | None, master_code: int | None, error: str | None,
+                   epoch0: float) -> dict:
     cfg, plan = prepared.config, prepared.plan
     series = sampler.series
     status = sampler.status
@@ -278,6 +287,7 @@ def build_document(prepared: Prepared, group: ServerGroup, started_at: str, dura
         "latency_ms": {name: {k: v for k, v in row.items() if k != "requests"} for name, row in stats.items()},
         "limits": prepared.limits, "machine": {**machine(), "locust": version("locust")},
         "plan": plan.as_dict(), "config": asdict(cfg), "series": series,
+        "latency_series": _latency_series(run_dir / "locust_stats_history.csv", epoch0),
         "files": {name: name for name in ("locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv",
                                           "locust_exceptions.csv", "locust.html", "logs")
                   if (run_dir / name).exists()},
@@ -327,6 +337,18 @@ def _locust_stats(path: Path) -> dict:
     return {name: {"requests": int(r["Request Count"]), "failures": int(r["Failure Count"]),
                    "p50": _num(r.get("50%")), "p90": _num(r.get("90%")), "p99": _num(r.get("99%")),
                    "max": _num(r.get("Max Response Time"))} for name, r in rows.items()}
+
+
+def _latency_series(path: Path, epoch0: float) -> list[dict]:
+    """Echo latency percentiles per second from Locust's own stats history (its histogram of the
+    last 10 s), against the users held at that moment; t is seconds since the run started."""
+    if not path.exists():
+        return []
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if r["Name"] == "echo" and r["50%"] not in ("N/A", "")]
+    return [{"t": round(int(r["Timestamp"]) - epoch0, 1), "held": int(r["User Count"]),
+             "rps": _num(r["Requests/s"]), "p50": _num(r["50%"]), "p90": _num(r["90%"]),
+             "p99": _num(r["99%"]), "max": _num(r["100%"])} for r in rows]
 
 
 def _num(text: str | None) -> float | None:

@@ -19,7 +19,7 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
     "user_mode": str, "source_addresses": list, "target_connections": int, "peak_connections": int,
     "peak_connections_servers": int, "peak_connections_by_process": list, "predicted_cap": int,
     "stopped_by": str, "echo": dict, "memory": dict, "limits": dict, "machine": dict, "plan": dict,
-    "series": list, "files": dict,
+    "series": list, "latency_series": list, "files": dict,
 }
 ECHO_FIELDS = ("sent", "verified", "mismatched")
 MEMORY_FIELDS = ("server_rss_per_conn_bytes", "locust_rss_per_conn_bytes", "kernel_slab_per_conn_bytes")

@@ -47,8 +47,10 @@ def test_small_run_stops_by_emfile_at_the_predicted_cap(tmp_path, backend):
 
 
 def test_run_below_the_cap_stops_by_target_and_verifies_every_echo(tmp_path):
-    code, doc, err = harness_run(tmp_path, "--backend", "uvloop", "--connections", "200", *SMALL)
+    code, doc, err = harness_run(tmp_path, "--backend", "uvloop", "--connections", "200", "--report", *SMALL)
     assert code == 0, err
+    report = next(tmp_path.glob("*/report/report.html"))
+    assert report.read_text().count("data:image/png;base64,") == 3  # connections, rate/latency, memory
     assert doc["stopped_by"] == "target" and doc["peak_connections"] == 200
     assert doc["echo"]["verified"] >= 200 and doc["echo"]["mismatched"] == 0
     assert doc["echo"]["sent"] >= doc["echo"]["verified"]

@@ -1,0 +1,141 @@
+"""The report's plots, one function per question a user asks, each returning a matplotlib Figure
+drawn from result documents alone (run.json, sweep.json, bench-*.json). Agg backend: no display.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+PORT_NUMBERS = 65_535
+FD_SETSIZE = 1024
+PARTS = (("server_rss_per_conn_bytes", "server userland"), ("locust_rss_per_conn_bytes", "Locust"),
+         ("kernel_slab_per_conn_bytes", "kernel slab (both ends)"),
+         ("kernel_stack_per_conn_bytes", "kernel thread stacks"))
+
+
+def _figure(title: str, ncols: int = 1) -> tuple[Figure, list]:
+    fig, axes = plt.subplots(1, ncols, figsize=(9 if ncols == 1 else 12, 4.5), squeeze=False)
+    fig.suptitle(title, fontsize=12)
+    return fig, list(axes[0])
+
+
+def connections_over_time(run: dict) -> Figure:
+    """Which limit is real? Connections per server process against each process's cap, the
+    kernel's total on the port, and 65,535 for reference."""
+    fig, (ax,) = _figure(f"Connections held on port {run['port']} ({run['backend']}, "
+                         f"{run['server_processes']} server process(es))")
+    series = run["series"]
+    t = [p["t"] for p in series]
+    by_process = np.array([p["server_open_by_process"] for p in series if p["server_open_by_process"]])
+    if by_process.size:
+        for i in range(by_process.shape[1]):
+            ax.plot(t[:len(by_process)], by_process[:, i], lw=1, alpha=0.8, label=f"server process {i}" if i < 8 else None)
+    ax.plot(t, [p["kernel_established"] for p in series], color="black", lw=2, label="all (kernel count)")
+    cap = run["server_fd_limit"] - run.get("server_held_fds", 0)
+    ax.axhline(cap, color="tab:red", ls="--", lw=1.5, label=f"fd limit − held fds = {cap:,} per process")
+    ax.axhline(PORT_NUMBERS, color="tab:gray", ls=":", lw=1.5, label="65,535 (port numbers)")
+    peak = max([run["peak_connections"], PORT_NUMBERS, cap])
+    ax.set_ylim(0, peak * 1.12)
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("connections")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def cap_vs_fd_limit(sweep: dict) -> Figure:
+    """Does every extra fd buy one connection? Measured caps, the fitted line per backend, and
+    select()'s FD_SETSIZE wall."""
+    fig, (ax,) = _figure("Connections one server process held, against its soft fd limit")
+    limits = sorted({p["fd_limit"] for p in sweep["points"]})
+    for backend, fit in sweep["fits"].items():
+        points = [p for p in sweep["points"] if p["backend"] == backend]
+        x = np.array([p["fd_limit"] for p in points], dtype=float)
+        ax.scatter(x, [p["cap"] for p in points], s=30, zorder=3)
+        if fit["slope"] is not None:
+            xs = np.array([min(limits), max(limits)], dtype=float)
+            ax.plot(xs, fit["slope"] * xs - fit["offset"], lw=1.2,
+                    label=f"{backend}: cap = {fit['slope']:.3f} × limit − {fit['offset']:g}")
+    top = max(max(limits), FD_SETSIZE) * 1.1
+    ax.axhline(FD_SETSIZE, color="tab:red", ls=":", lw=1.2, label="select(): FD_SETSIZE = 1,024")
+    ax.plot([0, top], [0, top], color="tab:gray", ls="--", lw=0.8, label="cap = limit")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("soft RLIMIT_NOFILE of the server process")
+    ax.set_ylabel("connections held")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def memory_per_connection(runs: list[dict], bench_memory: dict | None = None) -> Figure:
+    """What does one connection cost, and where? Stacked: server userland, Locust, kernel slab."""
+    fig, (ax,) = _figure("Memory per held connection, by part")
+    labels, bottoms = [], []
+    bars = [(f"{r['backend']}\n{r['peak_connections']:,} held\n{r['user_mode']} users", r["memory"]) for r in runs]
+    if bench_memory:
+        bars += [(f"{row['backend']}\nserver only\n(bench)", row) for row in bench_memory["rows"]]
+    x = np.arange(len(bars))
+    bottoms = np.zeros(len(bars))
+    for key, name in PARTS:
+        values = np.array([m.get(key, 0.0) / 1024 for _, m in bars])
+        if values.any():
+            ax.bar(x, values, bottom=bottoms, label=name, width=0.6)
+            bottoms += values
+    for i, total in enumerate(bottoms):
+        ax.text(i, total, f"{total:.1f} KB", ha="center", va="bottom", fontsize=8)
+    labels = [label for label, _ in bars]
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("KB per connection")
+    ax.set_ylim(0, max(bottoms.max() * 1.2, 1))
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def rate_and_latency(run: dict) -> Figure:
+    """How fast did connections come, and did echo latency grow with connections held?"""
+    fig, (ax_rate, ax_lat) = _figure("Connect rate, and echo latency against connections held", ncols=2)
+    series = run["series"]
+    t = np.array([p["t"] for p in series])
+    # The servers' gauges are sampled every second (the kernel's count every 2 s, as ss is slow).
+    held = np.array([p["server_open"] for p in series], dtype=float)
+    if len(t) > 1:
+        rate = np.clip(np.diff(held) / np.maximum(np.diff(t), 1e-6), 0, None)
+        ax_rate.plot(t[1:], rate, color="tab:blue")
+    ax_rate.set_xlabel("seconds since start")
+    ax_rate.set_ylabel("new connections per second")
+    ax_rate.grid(alpha=0.3)
+    lat = run.get("latency_series", [])
+    for key in ("p50", "p90", "p99", "max"):
+        points = [(p["held"], p[key]) for p in lat if p[key] is not None]
+        if points:
+            xs, ys = zip(*points)
+            ax_lat.plot(xs, ys, marker=".", lw=1, label=key)
+    ax_lat.set_xlabel("connections held (Locust users)")
+    ax_lat.set_ylabel("echo latency, ms (Locust's histogram, last 10 s)")
+    if lat:
+        ax_lat.legend(fontsize=8)
+    ax_lat.grid(alpha=0.3)
+    return fig
+
+
+def echo_throughput(bench_echo: dict) -> Figure:
+    """Which backend echoes fastest? Ping-pong req/s per backend, one server process each."""
+    fig, (ax,) = _figure(f"Echo throughput: {bench_echo['size']} B ping-pong, {bench_echo['connections']} connections, "
+                         "one server process")
+    rows = bench_echo["rows"]
+    ax.bar([r["backend"] for r in rows], [r["req_per_s"] for r in rows], color="tab:green", width=0.6)
+    for i, r in enumerate(rows):
+        ax.text(i, r["req_per_s"], f"{r['req_per_s']:,.0f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("requests per second")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.grid(axis="y", alpha=0.3)
+    return fig

@@ -1,0 +1,145 @@
+"""Reports and comparisons built from a small recorded run (tests/fixtures: the default proof's
+100,000-connection run.json with its series thinned, its sweep, and two benchmark files)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import plots
+from harness.compare import compare, figures, verdict
+from harness.report import build, collect
+from harness.runfile import load
+from tests.helpers import ROOT
+
+FIXTURES = Path(__file__).parent / "fixtures"
+INPUTS = [FIXTURES / "run-100k", FIXTURES / "sweep", FIXTURES / "bench-echo.json", FIXTURES / "bench-memory.json"]
+EXPECTED_PNGS = {"connections-0-asyncio-100000.png", "rate-latency-0-asyncio-100000.png", "cap-vs-limit-0.png",
+                 "memory.png", "echo-throughput.png"}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    return build(INPUTS, tmp_path_factory.mktemp("report"))
+
+
+def test_report_has_every_plot_embedded_and_nothing_outside(report):
+    assert {p.name for p in report.parent.glob("*.png")} == EXPECTED_PNGS
+    page = report.read_text()
+    assert page.count('src="data:image/png;base64,') == len(EXPECTED_PNGS)
+    assert not re.search(r'(src|href)="(?!data:)', page), "the report references something outside itself"
+    assert report.stat().st_size < 2_000_000
+    assert "held 100,000 connections on 127.0.0.1:9999: stopped by target; 65,535 crossed at" in page
+    assert oct(report.stat().st_mode & 0o777) == "0o644"
+
+
+def test_report_opens_offline_in_chromium_with_every_image_loaded(report, tmp_path):
+    pw = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make test installs it)")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.skip("Debian's chromium is not installed here (make test installs it with apt-get as root)")
+    failed = []
+    with pw.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu",
+                                    "--disable-background-networking", "--disable-component-update"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("requestfailed", lambda request: failed.append(request.url))
+        page.goto(report.as_uri())
+        widths = page.evaluate("Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert len(widths) == len(EXPECTED_PNGS) and all(w > 300 for w in widths), widths
+    assert failed == []
+    assert (tmp_path / "report.png").stat().st_size > 50_000
+
+
+def test_connections_plot_draws_each_process_its_cap_and_65535():
+    run = load(FIXTURES / "run-100k")
+    fig = plots.connections_over_time(run)
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert len(lines) == run["server_processes"] + 3  # each process, the kernel total, the cap, 65,535
+    levels = {line.get_ydata()[0] for line in lines if len(set(line.get_ydata())) == 1}
+    assert 65_535 in levels and run["server_fd_limit"] - run["server_held_fds"] in levels
+    kernel = next(line for line in lines if line.get_label() == "all (kernel count)")
+    assert max(kernel.get_ydata()) == run["peak_connections"] == 100_000
+    assert ax.get_ylim()[1] == pytest.approx(100_000 * 1.12)
+
+
+def test_cap_plot_draws_the_fit_and_fd_setsize():
+    sweep = json.loads((FIXTURES / "sweep" / "sweep.json").read_text())
+    fig = plots.cap_vs_fd_limit(sweep)
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert sum("cap = 1.000 × limit" in label for label in labels) == len(sweep["fits"])
+    assert any("FD_SETSIZE" in label for label in labels)
+    points = sum(len(c.get_offsets()) for c in ax.collections)
+    assert points == len(sweep["points"])
+
+
+def test_memory_and_throughput_bars_hold_the_recorded_figures():
+    run = load(FIXTURES / "run-100k")
+    bench_memory = json.loads((FIXTURES / "bench-memory.json").read_text())
+    ax = plots.memory_per_connection([run], bench_memory).axes[0]
+    tops = {}
+    for patch in ax.patches:
+        x = round(patch.get_x() + patch.get_width() / 2)
+        tops[x] = max(tops.get(x, 0), patch.get_y() + patch.get_height())
+    m = run["memory"]
+    assert tops[0] == pytest.approx(sum(m.values()) / 1024)
+    bench_echo = json.loads((FIXTURES / "bench-echo.json").read_text())
+    bars = plots.echo_throughput(bench_echo).axes[0].patches
+    assert [b.get_height() for b in bars] == [r["req_per_s"] for r in bench_echo["rows"]]
+
+
+def test_latency_is_drawn_against_connections_held():
+    run = load(FIXTURES / "run-100k")
+    ax = plots.rate_and_latency(run).axes[1]
+    assert [line.get_label() for line in ax.get_lines()] == ["p50", "p90", "p99", "max"]
+    held = [p["held"] for p in run["latency_series"] if p["p50"] is not None]
+    assert list(ax.get_lines()[0].get_xdata()) == held
+
+
+def test_compare_same_run_is_same_or_not_significant():
+    run = load(FIXTURES / "run-100k")
+    text = compare(run, copy.deepcopy(run))
+    assert "warning" not in text
+    changes = [line.rsplit("   ", 1)[-1] for line in text.splitlines()[1:]]
+    assert set(changes) <= {"same", "not significant", "no data"}, text
+
+
+def test_compare_flags_real_changes_and_different_machines():
+    a = load(FIXTURES / "run-100k")
+    b = copy.deepcopy(a)
+    b["machine"]["hostname"] = "elsewhere"
+    b["limits"]["nofile_hard"] = 1024
+    b["peak_connections"] = 50_000
+    for point in b["series"]:
+        point["server_rss_bytes"] = a["series"][0]["server_rss_bytes"] + 2 * (point["server_rss_bytes"] - a["series"][0]["server_rss_bytes"])
+    text = compare(a, b)
+    assert "warning: machines differ in hostname" in text and "warning: limits differ in nofile_hard" in text
+    assert "-50.0%" in text
+    fa = {f.name: f for f in figures(a)}
+    fb = {f.name: f for f in figures(b)}
+    name = "server memory per connection, KB"
+    assert verdict(fa[name], fb[name]) not in ("not significant", "same")
+
+
+def test_cli_report_and_bad_input():
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "report", *map(str, INPUTS), "--out",
+                             str(FIXTURES.parent / ".." / "results" / "test-report")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "report.html" in result.stdout
+    shutil.rmtree(ROOT / "results" / "test-report")
+    bad = subprocess.run([sys.executable, "-m", "harness.cli", "report", "/nonexistent"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "is not a run directory" in bad.stderr
+    assert collect([FIXTURES / "sweep"]).sweeps
