@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/harness run
 
-# The web UI test drives Debian's Chromium (Playwright's own browser download does not work here).
+# The web UI and report tests drive Debian's Chromium (Playwright's own browser download does not
+# work here); the tour's optional capture step uses tcpdump.
 $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium tcpdump >/dev/null; \
 	else echo "chromium is not installed and this user cannot apt-get it: the web UI test will be skipped"; fi
 
 test: $(STAMP) $(CHROMIUM)

@@ -135,6 +135,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tour(args: argparse.Namespace) -> int:
+    from harness.tour import STEPS, run_tour
+
+    names = [args.step] if args.step else list(STEPS)
+    steps, path = run_tour(names, args.quick or bool(args.step) and args.step != "fd-limit", args.out)
+    shown = sum(s.ok for s in steps)
+    print(f"\n{shown} of {len(steps)} claims shown live on this machine" + (f"; evidence in {path}" if path else ""))
+    return 0 if shown == len(steps) else 1
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """Bad arguments are one line naming the problem (and exit code 2), not a usage dump."""
 
@@ -190,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="two runs' key figures side by side, with what is significant")
     p.add_argument("run_a")
     p.add_argument("run_b")
+    p = sub.add_parser("tour", help="the seed article's claims, each shown live on loopback with the kernel's evidence")
+    p.add_argument("step", nargs="?", choices=["demo", "4-tuple", "fd", "sharing", "ports", "ephemeral", "fd-limit",
+                                               "capture"], help="run one step only")
+    p.add_argument("--quick", action="store_true", help="keep the fd-limit step small (no 100,000-connection proof)")
+    p.add_argument("--out", default="results", help="where to write tour-<time>.json (the report can include it)")
     p = sub.add_parser("ui", help="servers + Locust master (web UI) + workers, until Ctrl-C")
     p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
     p.add_argument("--processes", type=_positive, default=1, help="server processes on the port")
@@ -224,7 +239,7 @@ def _positive(text: str) -> int:
     return value
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "compare": cmd_compare, "limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "compare": cmd_compare, "tour": cmd_tour, "limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ class Inputs:
     sweeps: list[dict] = field(default_factory=list)
     bench_echo: dict | None = None
     bench_memory: dict | None = None
+    tours: list[dict] = field(default_factory=list)
 
 
 class ReportError(ValueError):
@@ -50,11 +51,13 @@ def collect(paths: list[str | Path]) -> Inputs:
                 found.bench_echo = doc
             elif kind == "bench-memory":
                 found.bench_memory = doc
+            elif kind == "tour":
+                found.tours.append(doc)
             else:
                 found.runs.append(load(path))
         else:
             raise ReportError(f"{path} is not a run directory, sweep directory or result file")
-    if not (found.runs or found.sweeps or found.bench_echo or found.bench_memory):
+    if not (found.runs or found.sweeps or found.bench_echo or found.bench_memory or found.tours):
         raise ReportError("nothing to report: give run directories, sweep directories or bench files")
     return found
 
@@ -176,6 +179,13 @@ def _page(found: Inputs, sections: list[str]) -> str:
         parts.append(f"<h2>fd-limit sweep {html.escape(sweep['started_at'])}</h2><p>{html.escape(fits)}</p>"
                      "<table><tr><th>backend</th><th>fd limit</th><th>held</th><th>predicted</th><th>off</th>"
                      f"<th>stopped by</th></tr>{rows}</table>")
+    for tour in found.tours:
+        parts.append(f"<h2>The seed article's claims, shown live ({html.escape(tour['started_at'])})</h2><ol>")
+        for step in tour["steps"]:
+            evidence = "\n".join(step["lines"])
+            parts.append(f"<li><b>{html.escape(step['title'])}</b><pre>{html.escape(evidence)}</pre>"
+                         f"<p>{'✔' if step['ok'] else '✘'} {html.escape(step['verdict'])}</p></li>")
+        parts.append("</ol>")
     if not found.bench_echo:
         parts.append("<p class=note>No echo benchmark given: <code>harness bench echo</code> writes one.</p>")
     parts.append("<h2>Plots</h2>" + "".join(sections))

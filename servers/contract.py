@@ -42,6 +42,7 @@ class ServerConfig:
     fd_limit: int | None = None  # soft RLIMIT_NOFILE of every server process; None = the hard limit
     selector: str = "epoll"
     backlog: int = 4096
+    upper: bool = False  # threaded only: send back the upper-cased data (the seed article's demo)
 
 
 class ServeContext:

@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="soft RLIMIT_NOFILE of every server process (default: the hard limit)")
     parser.add_argument("--selector", choices=SELECTORS, default="epoll",
                         help="selectors backend only: readiness mechanism (default epoll)")
+    parser.add_argument("--upper", action="store_true", help="threaded only: reply with the upper-cased data")
     parser.add_argument("--gauges", default=None, help="gauge file to create (default: in /dev/shm)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between gauge lines")
     parser.add_argument("--json", action="store_true", help="gauge lines as JSON objects")
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(backend=args.backend, host=args.host, port=args.port,
                         processes=args.processes, share=args.share, fd_limit=args.fd_limit,
-                        selector=args.selector)
+                        selector=args.selector, upper=args.upper)
 
 
 def snapshot(board: GaugeBoard) -> list[dict]:

@@ -31,6 +31,7 @@ from servers.gauges import ROLE_ACCEPTOR, SERVING, STARTING, GaugeBoard
 from servers.probe import echo_once
 
 START_DEADLINE_S = 15.0
+READY_PAYLOAD = b"HARNESS-READY-0123456789"  # the same after --upper: readiness is transform-blind
 STOP_GRACE_S = 5.0
 
 
@@ -53,6 +54,8 @@ def validate(config: ServerConfig) -> None:
         raise ConfigError(f"unknown share mode {config.share!r}; choose one of: {', '.join(SHARE_MODES)}")
     if config.selector not in SELECTORS:
         raise ConfigError(f"unknown selector {config.selector!r}; choose one of: {', '.join(SELECTORS)}")
+    if config.upper and config.backend != "threaded":
+        raise ConfigError("--upper is a transform of the threaded backend only; use `harness serve threaded --upper`")
     if config.processes < 1:
         raise ConfigError(f"--processes {config.processes} must be at least 1")
     if not 0 <= config.port <= 65535:
@@ -210,7 +213,7 @@ class ServerGroup:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server processes not ready after {START_DEADLINE_S:.0f} s")
             time.sleep(0.02)
-        echo_once(self.config.host, self.port, timeout=max(1.0, deadline - time.monotonic()))
+        echo_once(self.config.host, self.port, READY_PAYLOAD, timeout=max(1.0, deadline - time.monotonic()))
         reservation = getattr(self, "_reservation", None)
         if reservation is not None:
             reservation.close()

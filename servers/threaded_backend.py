@@ -5,6 +5,7 @@ SIGTERM and the fd limit are handled there); each connection gets a thread doing
 recv/sendall, which bounds per-connection buffering by itself: a client that does not read
 blocks its thread in sendall, and nothing more is read from it. A thread that cannot start
 (pid_max, threads-max, vm.max_map_count, memory) refuses that connection with a logged reason.
+`--upper` sends the data back upper-cased, as the seed article's SocketServer demo does.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def serve(ctx: ServeContext) -> None:
             for conn in new:
                 conn.setblocking(True)
                 try:
-                    threading.Thread(target=_echo, args=(conn, counters, lock), daemon=True).start()
+                    threading.Thread(target=_echo, args=(conn, counters, lock, ctx.config.upper), daemon=True).start()
                 except RuntimeError:  # "can't start new thread"
                     conn.close()
                     with lock:
@@ -75,10 +76,10 @@ def _pin_to_one_cpu(index: int) -> None:
     os.sched_setaffinity(0, {allowed[index % len(allowed)]})
 
 
-def _echo(conn: socket.socket, counters: Counters, lock: threading.Lock) -> None:
+def _echo(conn: socket.socket, counters: Counters, lock: threading.Lock, upper: bool) -> None:
     try:
         while data := conn.recv(RECV_BYTES):
-            conn.sendall(data)
+            conn.sendall(data.upper() if upper else data)
             with lock:
                 counters.bytes_echoed += len(data)
     except OSError:
