@@ -62,7 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                             share=args.share, server_fd_limit=args.server_fd_limit, selector=args.selector,
                             workers=args.workers, worker_fd_limit=args.worker_fd_limit, user_mode=args.user_mode,
                             port=args.port, hold=args.hold, echo_interval=args.echo_interval,
-                            ramp_rate=args.ramp_rate, max_seconds=args.max_seconds, out=args.out)
+                            ramp_rate=args.ramp_rate, max_seconds=args.max_seconds, out=args.out,
+                            echo_timeout=args.echo_timeout)
     if args.proof:
         from harness.proof import run_proof
         return run_proof(cfg)
@@ -74,10 +75,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except run_mod.RunError as exc:
         print(f"harness run: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before execute() took over Ctrl-C: nothing was started or written
+        print("harness run: interrupted before anything started", file=sys.stderr)
+        return 130
     print(json.dumps(doc, indent=2) if args.json else run_mod.summary(doc, Path(run_dir)))
     if args.report:
         from harness.report import build
         print(f"report: {build([run_dir], Path(run_dir) / 'report')}", file=sys.stderr if args.json else sys.stdout)
+    if doc["faults"]:
+        for fault in doc["faults"]:
+            print(f"fault at {fault['t']:.1f} s: {fault['what']}; {fault['connections_lost']:,} connections lost",
+                  file=sys.stderr)
+        return 1
     return 130 if doc["stopped_by"] == "interrupted" else 0
 
 
@@ -179,11 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-fd-limit", type=_positive, default=None, help="soft fd limit per Locust worker")
     p.add_argument("--user-mode", default="driver", choices=["driver", "greenlet"],
                    help="driver: one greenlet per worker serves all its users (lean); greenlet: one per user")
-    p.add_argument("--port", type=int, default=9999)
-    p.add_argument("--hold", type=float, default=10.0, help="seconds to hold once the ramp ends")
-    p.add_argument("--echo-interval", type=float, default=5.0, help="seconds between echoes per connection")
-    p.add_argument("--ramp-rate", type=float, default=None, help="connections per second (default 10,000; the ramp slows down where the machine cannot keep up)")
-    p.add_argument("--max-seconds", type=float, default=240.0, help="end the ramp after this long")
+    p.add_argument("--port", type=_port, default=9999)
+    p.add_argument("--hold", type=_seconds, default=10.0, help="seconds to hold once the ramp ends")
+    p.add_argument("--echo-interval", type=_positive_float, default=5.0, help="seconds between echoes per connection")
+    p.add_argument("--echo-timeout", type=_positive_float, default=10.0, help="seconds a connect or echo may take")
+    p.add_argument("--ramp-rate", type=_positive_float, default=None, help="connections per second (default 10,000; the ramp slows down where the machine cannot keep up)")
+    p.add_argument("--max-seconds", type=_positive_float, default=240.0, help="end the ramp after this long")
     p.add_argument("--out", default="results", help="directory for run directories")
     p.add_argument("--json", action="store_true", help="print the result document")
     p.add_argument("--report", action="store_true", help="also write RUN_DIR/report/report.html")
@@ -212,10 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-fd-limit", type=_positive, default=None, help="soft fd limit of each server process")
     p.add_argument("--workers", type=_positive, default=2, help="Locust worker processes")
     p.add_argument("--worker-fd-limit", type=_positive, default=None, help="soft fd limit of each worker")
-    p.add_argument("--port", type=int, default=9999, help="the servers' port")
+    p.add_argument("--port", type=_port, default=9999, help="the servers' port")
     p.add_argument("--web-port", type=_positive, default=8089)
     p.add_argument("--connections", type=_positive, default=1000, help="initial target in the start form")
-    p.add_argument("--echo-interval", type=float, default=5.0)
+    p.add_argument("--echo-interval", type=_positive_float, default=5.0)
     p = sub.add_parser("bench", help="server benchmarks: echo throughput, memory per connection, N held on one port")
     p.add_argument("kind", choices=["echo", "memory", "hold"])
     p.add_argument("--backends", default=None, help="comma-separated (echo, memory); default all")
@@ -225,11 +235,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=_positive, default=None, help="hold: server processes (default: planned)")
     p.add_argument("--share", default="reuseport", choices=["reuseport", "fork", "handoff"])
     p.add_argument("--clients", type=_positive, default=None, help="hold: client processes (default: planned)")
-    p.add_argument("--hold", type=float, default=5.0, help="hold: seconds to hold before re-verifying")
+    p.add_argument("--hold", type=_seconds, default=5.0, help="hold: seconds to hold before re-verifying")
     p.add_argument("--size", type=_positive, default=1024, help="echo: message bytes")
-    p.add_argument("--seconds", type=float, default=5.0, help="echo: measured seconds per backend")
+    p.add_argument("--seconds", type=_positive_float, default=5.0, help="echo: measured seconds per backend")
     p.add_argument("--out", default="results", help="directory for the result JSON")
     return parser
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"{value:g} s is out of range; use 0 to 86,400")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be above 0")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port; use 0-65535 (0 picks a free one)")
+    return value
 
 
 def _positive(text: str) -> int:

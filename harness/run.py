@@ -33,9 +33,9 @@ from servers.gauges import ROLE_ACCEPTOR, refusals
 from servers.supervisor import ConfigError, ServerGroup
 
 WORKER_FD_RESERVE = 100  # scenarios.locustfile.FD_RESERVE: fds a Locust worker keeps for itself
+WORKER_EXIT_GRACE_S = 3.0
 DEFAULT_RAMP_RATE = 10_000.0  # the shape slows down by itself where the machine cannot keep up
 KERNEL_EVERY_S = 2.0  # ss costs ~0.2 CPU-s at 100k connections
-WORKER_EXIT_GRACE_S = 3.0
 
 
 class RunError(ValueError):
@@ -56,6 +56,7 @@ class RunConfig:
     port: int = 9999
     hold: float = 10.0
     echo_interval: float = 5.0
+    echo_timeout: float = 10.0
     ramp_rate: float | None = None
     max_seconds: float = 240.0
     out: str = "results"
@@ -145,6 +146,8 @@ class Sampler:
     def sample(self, fresh: bool = False) -> dict:
         status = self.read_status()
         rows = self.group.board.read_all()
+        for index in self.group.exited:  # a dead process's slot keeps its last numbers: it holds nothing
+            rows[index]["open"] = 0
         servers = [r for r in rows if r["role"] != ROLE_ACCEPTOR]
         totals = status.get("totals", {})
         refused = sum(sum(refusals(r).values()) for r in rows)
@@ -191,30 +194,43 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         master_args=["--headless", "--expect-workers", str(prepared.workers),
                      "--target-connections", str(cfg.connections), "--ramp-rate", str(prepared.ramp_rate),
                      "--hold-seconds", str(cfg.hold), "--echo-interval", str(cfg.echo_interval),
+                     "--echo-timeout", str(cfg.echo_timeout),
                      "--max-seconds", str(cfg.max_seconds), "--server-gauges", group.gauges_path,
                      "--status-file", str(status_file), "--kernel-interval", "0", "--csv", str(run_dir / "locust"),
                      "--csv-full-history", "--html", str(run_dir / "locust.html"), "--only-summary"],
-        worker_args=["--worker-fd-limit", str(prepared.worker_fd_limit), "--user-mode", cfg.user_mode])
+        worker_args=["--worker-fd-limit", str(prepared.worker_fd_limit), "--user-mode", cfg.user_mode,
+                     "--echo-timeout", str(cfg.echo_timeout)])
     sampler = Sampler(group, cluster, status_file, t0)
     display = RunProgress(cfg.connections, "starting") if progress else None
     master_code = None
     error = None
+    faults: list[dict] = []
+    reported: set[str] = set()
     try:
+        if stop_reason:  # Ctrl-C while the servers were starting: no Locust to start
+            raise _Interrupted
         cluster.start()
         deadline = t0 + cfg.max_seconds + cfg.hold + 90
         next_sample = time.monotonic()
         while not stop_reason:
             dead = cluster.dead()
-            if dead and "master" not in dead:
-                # Workers quit just before the master at the end of a run; a worker that dies
-                # while its master carries on has crashed, and the result is marked.
-                master_code = cluster.wait_master(WORKER_EXIT_GRACE_S)
-                if master_code is None:
-                    stop_reason.append("interrupted")
-                break
             if "master" in dead:
                 master_code = dead["master"]
                 break
+            new_dead = dead.keys() - reported
+            if new_dead:
+                # Workers quit just before the master at the end of a run; one that dies while its
+                # master carries on with the others is a fault, and the result is marked.
+                master_code = cluster.wait_master(WORKER_EXIT_GRACE_S)
+                if master_code is not None:
+                    break
+                for name in sorted(new_dead):
+                    reported.add(name)
+                    faults.append(_fault(sampler, f"Locust {name} died (exit {dead[name]})",
+                                         _worker_open(sampler, name)))
+            for index, status in group.reap().items():
+                lost = sampler.series[-1]["server_open_by_process"][index] if sampler.series else 0
+                faults.append(_fault(sampler, f"server process {index} died ({_status(status)})", lost))
             if time.monotonic() > deadline:
                 stop_reason.append("timeout")
                 break
@@ -227,6 +243,8 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
                                    sampler.status.get("phase", "starting"))
             time.sleep(0.05)
         sampler.sample()
+    except _Interrupted:
+        pass
     except Exception as exc:  # noqa: BLE001 - whatever happened, stop everything and record it
         error = f"{type(exc).__name__}: {exc}"
         stop_reason.append("error")
@@ -236,16 +254,18 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         cluster.stop()
         group.stop()
         _move(scratch / "servers.log", run_dir / "logs" / "servers.log")
-        _restore(previous)
+        if faults and not stop_reason:
+            stop_reason.append("interrupted")  # the run went on, but not as planned: marked
         doc = build_document(prepared, group, started_at, time.monotonic() - t0, sampler, run_dir,
-                             stop_reason[0] if stop_reason else None, master_code, error, epoch0)
+                             stop_reason[0] if stop_reason else None, master_code, error, epoch0, faults)
         write_json_atomic(run_dir / "run.json", doc)
+        _restore(previous)  # only now: a Ctrl-C while the results are written must not cut them off
     return doc, run_dir
 
 
 def build_document(prepared: Prepared, group: ServerGroup, started_at: str, duration: float, sampler: Sampler,
                    run_dir: Path, stop_reason: str | None, master_code: int | None, error: str | None,
-                   epoch0: float) -> dict:
+                   epoch0: float, faults: list[dict]) -> dict:
     cfg, plan = prepared.config, prepared.plan
     series = sampler.series
     status = sampler.status
@@ -272,7 +292,7 @@ def build_document(prepared: Prepared, group: ServerGroup, started_at: str, dura
         "target_connections": cfg.connections, "peak_connections": peak_n,
         "peak_connections_servers": max((p["server_open"] for p in series), default=0),
         "peak_connections_by_process": peak["server_open_by_process"] if peak else [],
-        "predicted_cap": plan.predicted_cap, "stopped_by": stopped_by,
+        "predicted_cap": plan.predicted_cap, "stopped_by": stopped_by, "faults": faults,
         "stop_detail": error or (f"Locust master exit code {master_code}" if master_code else None),
         "ramp_s": ramp_s, "connect_rate_per_s": round(peak_n / ramp_s) if ramp_s else 0,
         "echo": {"sent": status.get("totals", {}).get("echoes_sent", 0),
@@ -311,6 +331,26 @@ def summary(doc: dict, run_dir: Path) -> str:
         f"results: {run_dir / 'run.json'}",
     ]
     return "\n".join(lines)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _fault(sampler: Sampler, what: str, lost: int) -> dict:
+    return {"t": round(time.monotonic() - sampler.t0, 2), "what": what, "connections_lost": lost}
+
+
+def _worker_open(sampler: Sampler, name: str) -> int:
+    """What a worker held at its last report (worker i is 'worker{i}' to the harness)."""
+    index = int(name.removeprefix("worker"))
+    return next((w["open"] for w in sampler.status.get("workers", []) if w["worker_index"] == index), 0)
+
+
+def _status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
 def _rate(series: list[dict]) -> float:

@@ -18,7 +18,7 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
     "host": str, "port": int, "server_processes": int, "server_fd_limit": int, "workers": int,
     "user_mode": str, "source_addresses": list, "target_connections": int, "peak_connections": int,
     "peak_connections_servers": int, "peak_connections_by_process": list, "predicted_cap": int,
-    "stopped_by": str, "echo": dict, "memory": dict, "limits": dict, "machine": dict, "plan": dict,
+    "stopped_by": str, "faults": list, "echo": dict, "memory": dict, "limits": dict, "machine": dict, "plan": dict,
     "series": list, "latency_series": list, "files": dict,
 }
 ECHO_FIELDS = ("sent", "verified", "mismatched")

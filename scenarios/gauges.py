@@ -21,6 +21,7 @@ from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, refusals
 from servers.proc import RssReader, established_on_port
 
 MESSAGE = "harness_gauges"
+STALE_S = 5.0  # a worker silent this long is gone (Locust marks it missing after 3 s)
 PHASE_MESSAGE = "harness_phase"  # master -> workers: {"ramping": bool}
 REPORT_INTERVAL_S = 1.0
 KERNEL_INTERVAL_S = 2.0
@@ -80,8 +81,12 @@ class Board:
             self.phase = phase
             runner.send_message(PHASE_MESSAGE, {"ramping": phase == "ramp"})
 
+    def live_workers(self) -> list[dict]:
+        now = time.time()
+        return [r for r in self.workers.values() if now - r["at"] < STALE_S]
+
     def totals(self) -> dict:
-        w = list(self.workers.values())
+        w = self.live_workers()
         failed: dict[str, int] = {}
         echo_failed: dict[str, int] = {}
         for report in w:
@@ -135,7 +140,7 @@ class Board:
 
     def snapshot(self) -> dict:
         return {"phase": self.phase, "stopped_by": self.stopped_by, "totals": self.totals(),
-                "workers": sorted(self.workers.values(), key=lambda r: r["worker_index"]),
+                "workers": sorted(self.live_workers(), key=lambda r: r["worker_index"]),
                 "servers": self.servers(), "server_refusals": self.server_refusals(),
                 "kernel_established": self.kernel_established, "peak_kernel_established": self.peak_kernel,
                 "next_limit": self.next_limit()}

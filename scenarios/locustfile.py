@@ -49,6 +49,8 @@ def add_arguments(parser) -> None:
                        help="'auto' (worker i binds 127.0.i+1.2, 127.0.i+1.3, ...) or a comma list")
     group.add_argument("--worker-fd-limit", type=int, default=0, include_in_web_ui=False,
                        help="soft RLIMIT_NOFILE of each user-running process (0: keep Locust's)")
+    group.add_argument("--allow-non-loopback", action="store_true", include_in_web_ui=False,
+                       help="allow a target outside 127.0.0.0/8 (load goes only to loopback otherwise)")
     group.add_argument("--server-gauges", default="", include_in_web_ui=False, help="the servers' gauge file (master)")
     group.add_argument("--status-file", default="", include_in_web_ui=False, help="write the master's gauges here every s")
     group.add_argument("--kernel-interval", type=float, default=2.0, include_in_web_ui=False,
@@ -74,11 +76,23 @@ def configure_user_process(opts, worker_index: int) -> None:
             raise SystemExit(f"source address {address} is not loopback; load stays on 127.0.0.0/8")
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 @events.init.add_listener
 def on_init(environment, runner, web_ui=None, **kwargs) -> None:
     opts = environment.parsed_options
     if opts is None:
         return
+    if environment.host:
+        target = parse_host(environment.host)[0]
+        if not _is_loopback(target) and not opts.allow_non_loopback:
+            raise SystemExit(f"target {target} is not on loopback: load goes to 127.0.0.0/8 only; "
+                             "pass --allow-non-loopback if this host is yours to load")
     if isinstance(runner, (WorkerRunner, LocalRunner)):
         configure_user_process(opts, getattr(runner, "worker_index", 0))
         gauges.start_reporting(runner)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from flask import request
+from flask import jsonify, request
 
 from scenarios.gauges import BOARD
 
@@ -42,11 +42,39 @@ def rows() -> list[dict]:
     return out
 
 
+# The start form's harness fields: (form key, type, lowest allowed, highest allowed).
+FORM_RULES = (("target_connections", int, 1, 10_000_000), ("echo_interval", float, 0.01, 3600.0),
+              ("payload_size", int, 1, 65_536), ("ramp_rate", float, 1.0, 1_000_000.0),
+              ("hold_seconds", float, 0.0, 86_400.0))
+
+
+def form_error(form) -> str | None:
+    """What is wrong with the start form's harness fields, said so a user can fix it; or None."""
+    for key, kind, low, high in FORM_RULES:
+        if key not in form or form[key] == "":
+            continue
+        try:
+            value = kind(form[key])
+        except ValueError:
+            return f"{key.replace('_', ' ')} must be a{'n integer' if kind is int else ' number'}, not {form[key]!r}"
+        if not low <= value <= high:
+            return f"{key.replace('_', ' ')} {value:g} is out of range: use {low:g} to {high:g}"
+    return None
+
+
 def extend(web_ui) -> None:
     web_ui.template_args["extended_tabs"] = [{"title": "Connections", "key": TAB}]
     web_ui.template_args["extended_tables"] = [
         {"key": TAB, "structure": [{"key": k, "title": t} for k, t in COLUMNS]}]
     web_ui.template_args["extended_csv_files"] = [{"href": "/connections/json", "title": "Connections (JSON)"}]
+
+    @web_ui.app.before_request
+    def check_start_form():
+        if request.path == "/swarm" and request.method == "POST":
+            error = form_error(request.form)
+            if error:
+                return jsonify({"success": False, "message": error, "host": web_ui.environment.host})
+        return None
 
     @web_ui.app.after_request
     def add_connections(response):

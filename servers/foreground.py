@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="soft RLIMIT_NOFILE of every server process (default: the hard limit)")
     parser.add_argument("--selector", choices=SELECTORS, default="epoll",
                         help="selectors backend only: readiness mechanism (default epoll)")
+    parser.add_argument("--allow-non-loopback", action="store_true",
+                        help="allow --host outside 127.0.0.0/8 (reachable from other machines)")
     parser.add_argument("--upper", action="store_true", help="threaded only: reply with the upper-cased data")
     parser.add_argument("--gauges", default=None, help="gauge file to create (default: in /dev/shm)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between gauge lines")
@@ -74,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         if not ipaddress.ip_address(config.host).is_loopback:
+            if not args.allow_non_loopback:
+                raise ConfigError(f"--host {config.host} would expose the echo server beyond this machine; "
+                                  "use 127.0.0.1, or pass --allow-non-loopback to do it anyway")
             print(f"warning: binding {config.host}, which is reachable from other machines",
                   file=sys.stderr)
         group = ServerGroup(config, gauges_path=args.gauges)

@@ -78,7 +78,7 @@ def _wait_for(path: Path, predicate, timeout: float = 60) -> dict:
     raise AssertionError(f"{path} never matched")
 
 
-@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "kill -9 of a worker"])
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
 def test_interrupted_run_leaves_a_valid_run_json_and_no_process(tmp_path, how):
     proc = subprocess.Popen([*HARNESS, "run", "--backend", "asyncio", "--connections", "200", "--processes", "2",
                              "--workers", "2", "--hold", "60", "--port", "0", "--out", str(tmp_path)],
@@ -91,11 +91,7 @@ def test_interrupted_run_leaves_a_valid_run_json_and_no_process(tmp_path, how):
         _wait_for(status_file, lambda s: s["phase"] == "hold")
         family = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
         assert len(family) >= 5  # 2 servers, a master, 2 workers
-        if how == "kill -9 of a worker":
-            worker = _wait_for(status_file, lambda s: len(s["workers"]) == 2)["workers"][0]["pid"]
-            os.kill(worker, signal.SIGKILL)
-        else:
-            proc.send_signal(getattr(signal, how))
+        proc.send_signal(getattr(signal, how))
         code = proc.wait(60)
     finally:
         if proc.poll() is None:

@@ -1,0 +1,136 @@
+"""Faults during a run: a server process or a Locust worker killed, a server stalled, Ctrl-C in
+every phase. Each run must finish by itself, say what happened, and leave no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from harness.runfile import load
+from tests.helpers import ROOT, process_alive
+
+HARNESS = [sys.executable, "-m", "harness.cli", "run"]
+
+
+def start_run(tmp_path: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([*HARNESS, "--port", "0", "--out", str(tmp_path), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_status(tmp_path: Path, predicate, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in tmp_path.glob("*/status.json"):
+            try:
+                status = json.loads(path.read_text())
+            except ValueError:
+                continue
+            if predicate(status):
+                return status
+        time.sleep(0.1)
+    raise AssertionError("the run never reached the expected state")
+
+
+def family(proc: subprocess.Popen) -> list[int]:
+    return [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+
+
+def assert_all_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + 5
+    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(process_alive(p) for p in pids), "processes were left behind"
+
+
+def test_kill_9_of_a_server_process_is_reported_and_the_others_keep_serving(tmp_path):
+    proc = start_run(tmp_path, "--connections", "300", "--processes", "3", "--workers", "1", "--hold", "6",
+                     "--echo-interval", "0.5", "--share", "fork")
+    status = wait_status(tmp_path, lambda s: s["phase"] == "hold")
+    victim = next(s for s in status["servers"] if s["open"] > 0)
+    pids = family(proc)
+    os.kill(victim["pid"], signal.SIGKILL)
+    code = proc.wait(60)
+    doc = load(next(tmp_path.iterdir()))
+    assert code == 1 and doc["stopped_by"] == "interrupted"
+    [fault] = doc["faults"]
+    assert f"server process {victim['index']} died (killed by SIGKILL)" == fault["what"]
+    assert fault["connections_lost"] == victim["open"] > 0
+    after = [p for p in doc["series"] if p["t"] > fault["t"] + 1 and p["kernel_established"]]  # before teardown
+    assert len(after) >= 2 and all(p["server_open"] == p["kernel_established"] == 300 - victim["open"] for p in after)
+    assert after[-1]["echoes_verified"] > after[0]["echoes_verified"], "the other processes stopped echoing"
+    assert_all_gone(pids)
+
+
+def test_kill_9_of_a_worker_the_master_carries_on(tmp_path):
+    proc = start_run(tmp_path, "--connections", "200", "--processes", "1", "--workers", "2", "--hold", "6",
+                     "--echo-interval", "0.5")
+    status = wait_status(tmp_path, lambda s: s["phase"] == "hold" and len(s["workers"]) == 2)
+    pids = family(proc)
+    start = time.monotonic()
+    os.kill(status["workers"][0]["pid"], signal.SIGKILL)
+    code = proc.wait(60)
+    assert time.monotonic() - start > 3, "the run should have gone on after the worker died"
+    doc = load(next(tmp_path.iterdir()))
+    assert code == 1 and doc["stopped_by"] == "interrupted"
+    [fault] = doc["faults"]
+    assert fault["what"].startswith("Locust worker0 died") and fault["connections_lost"] == 100
+    assert doc["series"][-1]["locust_open"] in (0, 100)  # the survivor held its 100 to the end
+    assert_all_gone(pids)
+
+
+def test_sigstop_of_a_server_shows_in_the_latency_and_clients_time_out_cleanly(tmp_path):
+    proc = start_run(tmp_path, "--backend", "selectors", "--connections", "100", "--processes", "1",
+                     "--workers", "1", "--hold", "12", "--echo-interval", "0.5", "--echo-timeout", "3")
+    status = wait_status(tmp_path, lambda s: s["phase"] == "hold")
+    server = status["servers"][0]["pid"]
+    os.kill(server, signal.SIGSTOP)
+    time.sleep(5)
+    os.kill(server, signal.SIGCONT)
+    code = proc.wait(60)
+    doc = load(next(tmp_path.iterdir()))
+    assert code == 0, proc.stderr.read()
+    assert doc["echo"]["mismatched"] == 0
+    assert doc["echo"]["failed"].get("timeout", 0) > 0  # echoes in flight during the stall timed out
+    assert max(p["max"] or 0 for p in doc["latency_series"]) >= 3000, "the stall is hidden in the latency"
+
+
+@pytest.mark.parametrize("phase", ["starting", "ramping", "holding", "writing results"])
+def test_ctrl_c_in_every_phase_leaves_a_valid_run_json_and_no_process(tmp_path, phase):
+    args = ["--connections", "400", "--processes", "1", "--workers", "1", "--hold", "4", "--echo-interval", "1"]
+    if phase == "ramping":
+        args += ["--ramp-rate", "40"]
+    proc = start_run(tmp_path, *args)
+    if phase == "starting":
+        time.sleep(0.6)
+    elif phase == "ramping":
+        wait_status(tmp_path, lambda s: s["phase"] == "ramp" and 0 < s["totals"]["open"] < 400)
+    elif phase == "holding":
+        wait_status(tmp_path, lambda s: s["phase"] == "hold")
+    else:
+        wait_status(tmp_path, lambda s: s["phase"] == "hold")
+        time.sleep(3.5)  # the end of the hold: keep pressing Ctrl-C while results are written
+    pids = family(proc)
+    while proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        if phase != "writing results":
+            break
+        time.sleep(0.05)
+    code = proc.wait(60)
+    runs = list(tmp_path.iterdir())
+    if runs:  # a Ctrl-C before the servers were up writes nothing, which is also whole
+        doc = load(runs[0])
+        assert doc["stopped_by"] in ("interrupted", "target")
+        if phase in ("ramping", "holding"):
+            assert doc["stopped_by"] == "interrupted" and code == 130
+    else:
+        assert phase == "starting" and code == 130
+    assert not list(tmp_path.glob("*/.run.json.*")), "a half-written result was left"
+    assert_all_gone(pids)
