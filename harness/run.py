@@ -295,6 +295,7 @@ def build_document(prepared: Prepared, group: ServerGroup, started_at: str, dura
         "predicted_cap": plan.predicted_cap, "stopped_by": stopped_by, "faults": faults,
         "stop_detail": error or (f"Locust master exit code {master_code}" if master_code else None),
         "ramp_s": ramp_s, "connect_rate_per_s": round(peak_n / ramp_s) if ramp_s else 0,
+        "steady_state": steady_state(series, peak_n),
         "echo": {"sent": status.get("totals", {}).get("echoes_sent", 0),
                  "verified": status.get("totals", {}).get("echoes_verified", 0),
                  "mismatched": echo_failed.get("mismatch", 0), "failed": echo_failed},
@@ -313,6 +314,22 @@ def build_document(prepared: Prepared, group: ServerGroup, started_at: str, dura
                   if (run_dir / name).exists()},
     }
     return validate(doc)
+
+
+def steady_state(series: list[dict], peak: int) -> dict:
+    """The hold, seen from its samples (kernel count within 1% of the peak): how long, how many
+    echoes, and how far server and Locust RSS moved from its first sample to its last (a leak
+    shows as growth; the soak asks for under 5%)."""
+    hold = [p for p in series if peak and p["kernel_established"] >= 0.99 * peak]
+    if len(hold) < 2:
+        return {"seconds": 0.0, "echoes_verified": 0, "server_rss_change_pct": None, "locust_rss_change_pct": None}
+    first, last = hold[0], hold[-1]
+
+    def change(key: str) -> float | None:
+        return round(100.0 * (last[key] - first[key]) / first[key], 2) if first[key] else None
+
+    return {"seconds": round(last["t"] - first["t"], 1), "echoes_verified": last["echoes_verified"] - first["echoes_verified"],
+            "server_rss_change_pct": change("server_rss_bytes"), "locust_rss_change_pct": change("locust_rss_bytes")}
 
 
 def summary(doc: dict, run_dir: Path) -> str:

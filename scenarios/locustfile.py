@@ -7,7 +7,6 @@ reports its gauges; the master (or local runner) collects them; the web UI gets 
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import resource
 
@@ -17,6 +16,7 @@ from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 from harness.limits import per_source_address, read_limits
 from scenarios import gauges, webui
 from scenarios.shape import StepRampShape  # noqa: F401  (Locust picks shapes up from this module)
+from scenarios.targets import is_loopback, target_error
 from scenarios.tcp_echo import TALLY, EchoUser, parse_host  # noqa: F401
 
 # fds a Locust worker needs for itself (zmq, logging, /proc reads of its CPU monitor): users per
@@ -72,15 +72,8 @@ def configure_user_process(opts, worker_index: int) -> None:
     else:
         TALLY.sources = [a.strip() for a in opts.source_addresses.split(",") if a.strip()]
     for address in TALLY.sources:
-        if not ipaddress.ip_address(address).is_loopback:
+        if not is_loopback(address):
             raise SystemExit(f"source address {address} is not loopback; load stays on 127.0.0.0/8")
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 @events.init.add_listener
@@ -89,10 +82,9 @@ def on_init(environment, runner, web_ui=None, **kwargs) -> None:
     if opts is None:
         return
     if environment.host:
-        target = parse_host(environment.host)[0]
-        if not _is_loopback(target) and not opts.allow_non_loopback:
-            raise SystemExit(f"target {target} is not on loopback: load goes to 127.0.0.0/8 only; "
-                             "pass --allow-non-loopback if this host is yours to load")
+        error = target_error(parse_host(environment.host)[0], opts.allow_non_loopback)
+        if error:
+            raise SystemExit(error)
     if isinstance(runner, (WorkerRunner, LocalRunner)):
         configure_user_process(opts, getattr(runner, "worker_index", 0))
         gauges.start_reporting(runner)

@@ -110,6 +110,13 @@ def test_interrupted_run_leaves_a_valid_run_json_and_no_process(tmp_path, how):
     (["--server-fd-limit", str(10**7)], ["exceeds the hard limit", "--server-fd-limit"]),
     (["--connections", str(10**10)], ["connections exceed the", "cap of", "lower --connections"]),
     (["--workers", "1", "--connections", "50000"], ["use --workers 3"]),
+    (["--hold", "-1"], ["--hold", "out of range"]),
+    (["--echo-interval", "0"], ["--echo-interval", "must be above 0"]),
+    (["--ramp-rate", "-3"], ["--ramp-rate", "must be above 0"]),
+    (["--port", "70000"], ["--port", "not a TCP port"]),
+    (["--processes", "0"], ["--processes", "at least 1"]),
+    (["--workers", "0"], ["--workers", "at least 1"]),
+    (["--connections", "many"], ["--connections", "invalid"]),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, words):
     code, _, err = harness_run(tmp_path, *args)

@@ -55,6 +55,9 @@ def test_start_a_run_from_the_form_and_watch_the_connections_tab(tmp_path):
                         raise
                     time.sleep(0.5)
             page.get_by_text("Custom parameters").click()
+            page.fill("input[name=targetConnections]", "-5")  # out of range: a visible error, no run
+            page.get_by_role("button", name="START").click()
+            page.get_by_text("target connections -5 is out of range").wait_for(timeout=10_000)
             page.fill("input[name=targetConnections]", "150")
             page.fill("input[name=echoInterval]", "1")
             page.fill("input[name=holdSeconds]", "60")
