@@ -78,7 +78,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # before execute() took over Ctrl-C: nothing was started or written
         print("harness run: interrupted before anything started", file=sys.stderr)
         return 130
-    print(json.dumps(doc, indent=2) if args.json else run_mod.summary(doc, Path(run_dir)))
+    from harness.rundoc import summary
+
+    print(json.dumps(doc, indent=2) if args.json else summary(doc, Path(run_dir)))
     if args.report:
         from harness.report import build
         print(f"report: {build([run_dir], Path(run_dir) / 'report')}", file=sys.stderr if args.json else sys.stdout)

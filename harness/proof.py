@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness import limits as limits_mod
-from harness.run import WORKER_FD_RESERVE, RunConfig, RunError, execute, prepare, summary
+from harness.run import WORKER_FD_RESERVE, RunConfig, RunError, execute, prepare
+from harness.rundoc import summary
 from harness.report import build as build_report
 from harness.sweep import sweep, table
 from servers.registry import BACKENDS
