@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.rundoc import hold_samples
+
 MIN_SAMPLES = 3
 LIMIT_KEYS = ("nofile_soft", "nofile_hard", "nr_open", "file_max", "ip_local_port_range", "somaxconn", "pid_max")
 MACHINE_KEYS = ("hostname", "cpu", "cpus", "kernel", "python", "locust")
@@ -31,12 +33,6 @@ class Figure:
         return self.std is not None and self.samples < MIN_SAMPLES
 
 
-def _hold(run: dict) -> list[dict]:
-    """Samples taken while the peak was held (kernel count within 1% of the peak)."""
-    peak = run["peak_connections"]
-    return [p for p in run["series"] if peak and p["kernel_established"] >= 0.99 * peak]
-
-
 def _stat(name: str, values: list[float]) -> Figure:
     arr = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     if not arr.size:
@@ -45,7 +41,7 @@ def _stat(name: str, values: list[float]) -> Figure:
 
 
 def figures(run: dict) -> list[Figure]:
-    series, hold = run["series"], _hold(run)
+    series, hold = run["series"], hold_samples(run["series"], run["peak_connections"])
     first = series[0] if series else None
     rates = [(b["kernel_established"] - a["kernel_established"]) / max(1e-6, b["t"] - a["t"])
              for a, b in zip(series, series[1:]) if b["kernel_established"] > a["kernel_established"]]

@@ -151,7 +151,7 @@ class Sampler:
         totals = status.get("totals", {})
         refused = sum(sum(refusals(r).values()) for r in rows)
         point = {
-            "t": round(time.monotonic() - self.t0, 2),
+            "t": round(time.monotonic() - self.t0, 2), "phase": status.get("phase", "starting"),
             "kernel_established": self.kernel_count(fresh or status.get("phase") == "hold"),
             "server_open": sum(r["open"] for r in servers),
             "server_open_by_process": [r["open"] for r in servers],

@@ -68,11 +68,19 @@ def build_document(prepared, group, started_at: str, duration: float, sampler,
     return validate(doc)
 
 
+def hold_samples(series: list[dict], peak: int) -> list[dict]:
+    """Samples taken while the master said "hold" and both the kernel's count (sampled every 2 s)
+    and the servers' (every second) were within 1% of the peak: the steady state, teardown excluded."""
+    return [p for p in series if peak and min(p["kernel_established"], p["server_open"]) >= 0.99 * peak
+            and p.get("phase", "hold") == "hold"]
+
+
 def steady_state(series: list[dict], peak: int) -> dict:
-    """The hold, seen from its samples (kernel count within 1% of the peak): how long, how many
+    """The hold, seen from its samples (`hold_samples`; closing connections moves RSS, so teardown
+    is left out): how long, how many
     echoes, and how far server and Locust RSS moved from its first sample to its last (a leak
     shows as growth; the soak asks for under 5%)."""
-    hold = [p for p in series if peak and p["kernel_established"] >= 0.99 * peak]
+    hold = hold_samples(series, peak)
     if len(hold) < 2:
         return {"seconds": 0.0, "echoes_verified": 0, "server_rss_change_pct": None, "locust_rss_change_pct": None}
     first, last = hold[0], hold[-1]

@@ -51,7 +51,7 @@ def assert_all_gone(pids: list[int]) -> None:
 
 
 def test_kill_9_of_a_server_process_is_reported_and_the_others_keep_serving(tmp_path):
-    proc = start_run(tmp_path, "--connections", "300", "--processes", "3", "--workers", "1", "--hold", "6",
+    proc = start_run(tmp_path, "--connections", "300", "--processes", "3", "--workers", "1", "--hold", "4",
                      "--echo-interval", "0.5", "--share", "fork")
     status = wait_status(tmp_path, lambda s: s["phase"] == "hold")
     victim = next(s for s in status["servers"] if s["open"] > 0)
@@ -88,7 +88,7 @@ def test_kill_9_of_a_worker_the_master_carries_on(tmp_path):
 
 def test_sigstop_of_a_server_shows_in_the_latency_and_clients_time_out_cleanly(tmp_path):
     proc = start_run(tmp_path, "--backend", "selectors", "--connections", "100", "--processes", "1",
-                     "--workers", "1", "--hold", "12", "--echo-interval", "0.5", "--echo-timeout", "3")
+                     "--workers", "1", "--hold", "9", "--echo-interval", "0.5", "--echo-timeout", "3")
     status = wait_status(tmp_path, lambda s: s["phase"] == "hold")
     server = status["servers"][0]["pid"]
     os.kill(server, signal.SIGSTOP)

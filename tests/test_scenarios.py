@@ -18,7 +18,7 @@ from servers.registry import BACKENDS
 from tests.helpers import ServerProcess, process_alive
 
 
-def run_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, hold: float = 3.0,
+def run_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, hold: float = 2.0,
                 user_mode: str = "driver"):
     """Run the scenario headless; return (status during the hold, kernel count then, servers' gauges
     then, the master's exit code, the Locust CSV stats rows)."""
@@ -98,7 +98,7 @@ def test_worker_users_stay_below_its_fd_limit(tmp_path, start_server):
     cluster = LocustCluster(
         host="127.0.0.1", port=server.port, workers=1, log_dir=tmp_path / "logs",
         master_args=["--headless", "--expect-workers", "1", "--target-connections", "500", "--ramp-rate", "500",
-                     "--hold-seconds", "2", "--echo-interval", "0.5", "--status-file", str(status_file)],
+                     "--hold-seconds", "1", "--echo-interval", "0.5", "--status-file", str(status_file)],
         worker_args=["--worker-fd-limit", "300"])
     cluster.start()
     try:
