@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from harness import limits as limits_mod
@@ -244,35 +245,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 86_400:
-        raise argparse.ArgumentTypeError(f"{value:g} s is out of range; use 0 to 86,400")
-    return value
+def _ranged(kind: type, low: float, high: float, advice: str):
+    """An argparse type: `kind` between low and high inclusive, else `advice` (formatted with the value)."""
+    def parse(text: str):
+        value = kind(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(advice.format(value=value))
+        return value
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value:g} must be above 0")
-    return value
+_seconds = _ranged(float, 0, 86_400, "{value:g} s is out of range; use 0 to 86,400")
+_positive_float = _ranged(float, math.nextafter(0, 1), math.inf, "{value:g} must be above 0")
+_port = _ranged(int, 0, 65535, "{value} is not a TCP port; use 0-65535 (0 picks a free one)")
+_positive = _ranged(int, 1, math.inf, "{value} must be at least 1")
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a TCP port; use 0-65535 (0 picks a free one)")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "compare": cmd_compare, "tour": cmd_tour, "limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "compare": cmd_compare, "tour": cmd_tour,
+            "limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

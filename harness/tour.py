@@ -91,6 +91,12 @@ def step_four_tuple(quick: bool) -> Step:
                 "every accepted socket shares the listening port; only the whole 4-tuple must be unique", ok)
 
 
+def _listeners(port: int) -> tuple[list[str], list[int]]:
+    """The LISTEN rows on `port` (ss -ltnp) and the pids that hold them."""
+    rows = ss(f"( sport = :{port} )", flags="-Hltnp")
+    return rows, sorted(set(int(p) for p in re.findall(r"pid=(\d+)", " ".join(rows))))
+
+
 def _socket_inodes(pid: int) -> set[int]:
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -129,8 +135,7 @@ def step_fd(quick: bool) -> Step:
 
 def step_sharing(quick: bool) -> Step:
     with ServerGroup(ServerConfig(backend="selectors", port=0, processes=3, share="fork")) as group:
-        listen = ss(f"( sport = :{group.port} )", flags="-Hltnp")
-        holders = sorted(set(int(p) for p in re.findall(r"pid=(\d+)", " ".join(listen))))
+        listen, holders = _listeners(group.port)
         children = sorted(g["pid"] for g in group.board.read_all())
     with ServerGroup(ServerConfig(backend="asyncio", port=0, processes=1, share="handoff")) as group:
         rows_all = group.board.read_all()
@@ -158,8 +163,7 @@ def step_sharing(quick: bool) -> Step:
 
 def step_ports(quick: bool) -> Step:
     with ServerGroup(ServerConfig(backend="selectors", port=0, processes=3, share="reuseport")) as group:
-        rows = ss(f"( sport = :{group.port} )", flags="-Hltnp")
-        pids = sorted(set(int(p) for p in re.findall(r"pid=(\d+)", " ".join(rows))))
+        rows, pids = _listeners(group.port)
     two = serve_two_ports()
     try:
         replies = [hello("127.0.0.1", p, f"port {p}") for p in two.ports]
