@@ -22,7 +22,6 @@ from harness.results import machine, utc_stamp, write_json_atomic
 from servers.contract import ServerConfig
 from servers.gauges import ROLE_ACCEPTOR
 from servers.proc import established_on_port
-from servers.registry import BACKENDS
 from servers.supervisor import ServerGroup
 
 CLIENT = [sys.executable, "-m", "servers.bench_clients"]

@@ -23,7 +23,7 @@ from typing import Callable
 
 from servers import proc
 from servers.gauges import SERVING, STOPPED, Counters, Slot
-from servers.intake import FD_SETSIZE, Intake, RateLimitedLog
+from servers.intake import Intake, RateLimitedLog
 
 TICK_S = 0.25
 RECV_BYTES = 64 * 1024

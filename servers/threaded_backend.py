@@ -17,7 +17,6 @@ import threading
 import time
 
 from servers.contract import RECV_BYTES, TICK_S, ServeContext, StopSignal
-from servers.gauges import Counters
 
 THREAD_STACK_BYTES = 256 * 1024  # the handler is shallow; a small stack leaves room for more threads
 
@@ -51,7 +50,7 @@ def serve(ctx: ServeContext) -> None:
             for conn in new:
                 conn.setblocking(True)
                 try:
-                    threading.Thread(target=_echo, args=(conn, counters, lock, ctx.config.upper), daemon=True).start()
+                    threading.Thread(target=_echo, args=(conn, ctx, lock), daemon=True).start()
                 except RuntimeError:  # "can't start new thread"
                     conn.close()
                     with lock:
@@ -76,7 +75,8 @@ def _pin_to_one_cpu(index: int) -> None:
     os.sched_setaffinity(0, {allowed[index % len(allowed)]})
 
 
-def _echo(conn: socket.socket, counters: Counters, lock: threading.Lock, upper: bool) -> None:
+def _echo(conn: socket.socket, ctx: ServeContext, lock: threading.Lock) -> None:
+    counters, upper = ctx.counters, ctx.config.upper
     try:
         while data := conn.recv(RECV_BYTES):
             conn.sendall(data.upper() if upper else data)
@@ -84,6 +84,10 @@ def _echo(conn: socket.socket, counters: Counters, lock: threading.Lock, upper: 
                 counters.bytes_echoed += len(data)
     except OSError:
         pass
+    except MemoryError:  # the thread started but cannot allocate (memory, RLIMIT_AS): refuse it
+        with lock:        # as quietly as a failed start, not with a traceback per connection
+            counters.refuse("ENOMEM")
+            ctx.log.note("ENOMEM", hint="a connection's thread ran out of memory (memory or RLIMIT_AS)")
     finally:
         conn.close()
         with lock:

@@ -6,7 +6,6 @@ import ast
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from scenarios.targets import target_error
 from tests.helpers import ROOT
