@@ -225,8 +225,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
                     break
                 for name in sorted(new_dead):
                     reported.add(name)
-                    faults.append(_fault(sampler, f"Locust {name} died (exit {dead[name]})",
-                                         _worker_open(sampler, name)))
+                    faults.append(_worker_fault(sampler, cluster.procs[name].pid, dead[name]))
             for index, status in group.reap().items():
                 lost = sampler.series[-1]["server_open_by_process"][index] if sampler.series else 0
                 faults.append(_fault(sampler, f"server process {index} died ({_status(status)})", lost))
@@ -270,10 +269,12 @@ def _fault(sampler: Sampler, what: str, lost: int) -> dict:
     return {"t": round(time.monotonic() - sampler.t0, 2), "what": what, "connections_lost": lost}
 
 
-def _worker_open(sampler: Sampler, name: str) -> int:
-    """What a worker held at its last report (worker i is 'worker{i}' to the harness)."""
-    index = int(name.removeprefix("worker"))
-    return next((w["open"] for w in sampler.status.get("workers", []) if w["worker_index"] == index), 0)
+def _worker_fault(sampler: Sampler, pid: int, code: int) -> dict:
+    """A dead worker, matched by pid to its last report (Locust numbers workers in the order they
+    connect, not the order the harness started them)."""
+    report = next((w for w in sampler.status.get("workers", []) if w["pid"] == pid), None)
+    index = f"worker {report['worker_index']}" if report else "worker"
+    return _fault(sampler, f"Locust {index} (pid {pid}) died (exit {code})", report["open"] if report else 0)
 
 
 def _status(status: int) -> str:

@@ -75,13 +75,15 @@ def test_kill_9_of_a_worker_the_master_carries_on(tmp_path):
     status = wait_status(tmp_path, lambda s: s["phase"] == "hold" and len(s["workers"]) == 2)
     pids = family(proc)
     start = time.monotonic()
-    os.kill(status["workers"][0]["pid"], signal.SIGKILL)
+    victim = status["workers"][0]
+    os.kill(victim["pid"], signal.SIGKILL)
     code = proc.wait(60)
     assert time.monotonic() - start > 3, "the run should have gone on after the worker died"
     doc = load(next(tmp_path.iterdir()))
     assert code == 1 and doc["stopped_by"] == "interrupted"
     [fault] = doc["faults"]
-    assert fault["what"].startswith("Locust worker0 died") and fault["connections_lost"] == 100
+    assert fault["what"] == f"Locust worker {victim['worker_index']} (pid {victim['pid']}) died (exit -9)"
+    assert fault["connections_lost"] == victim["open"] == 100
     assert doc["series"][-1]["locust_open"] in (0, 100)  # the survivor held its 100 to the end
     assert_all_gone(pids)
 
