@@ -44,10 +44,17 @@ def run_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, 
             if cluster.dead():
                 break
             time.sleep(0.2)
-        time.sleep(1.2)  # a report from every worker after the ramp
-        status = json.loads(status_file.read_text())
-        kernel = established_on_port(server.port)
-        servers = server.servers()
+        # The three counts are sampled at different moments (worker reports and the status file every
+        # second, server gauges every 0.25 s): wait until they agree, then the test checks the values.
+        settle = time.monotonic() + 6
+        while True:
+            time.sleep(0.3)
+            status = json.loads(status_file.read_text())
+            kernel = established_on_port(server.port)
+            servers = server.servers()
+            if kernel == sum(g["open"] for g in servers) == status["totals"]["open"] == status["kernel_established"] \
+                    or time.monotonic() > settle:
+                break
         code = cluster.wait_master(60)
     finally:
         cluster.stop()
