@@ -228,7 +228,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
                     faults.append(_worker_fault(sampler, cluster.procs[name].pid, dead[name]))
             for index, status in group.reap().items():
                 lost = sampler.series[-1]["server_open_by_process"][index] if sampler.series else 0
-                faults.append(_fault(sampler, f"server process {index} died ({_status(status)})", lost))
+                faults.append(_fault(sampler, f"server process {index} died ({proc.describe_exit(status)})", lost))
             if time.monotonic() > deadline:
                 stop_reason.append("timeout")
                 break
@@ -275,12 +275,6 @@ def _worker_fault(sampler: Sampler, pid: int, code: int) -> dict:
     report = next((w for w in sampler.status.get("workers", []) if w["pid"] == pid), None)
     index = f"worker {report['worker_index']}" if report else "worker"
     return _fault(sampler, f"Locust {index} (pid {pid}) died (exit {code})", report["open"] if report else 0)
-
-
-def _status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
 def _rate(series: list[dict]) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import socket
 import subprocess
@@ -232,10 +233,10 @@ def step_capture(quick: bool, out_dir: str | None = None) -> Step:
                     ["tcpdump is not installed (apt-get install tcpdump): skipped"], "skipped", True)
     pcap = os.path.join(out_dir or "/tmp", f"tour-{utc_stamp()}.pcap")
     with ServerGroup(ServerConfig(backend="selectors", port=0)) as group:
-        dump = subprocess.Popen([tcpdump, "-i", "lo", "-U", "-n", "-w", pcap, f"tcp port {group.port}"],
+        dump = subprocess.Popen([tcpdump, "-i", "lo", "-U", "--immediate-mode", "-n", "-w", pcap, f"tcp port {group.port}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            time.sleep(1.0)  # tcpdump needs a moment before it captures
+            _wait_for_line(dump.stderr, "listening on", timeout=10.0)  # tcpdump says when it captures
             for _ in range(3):
                 hello("127.0.0.1", group.port, "captured")
             time.sleep(0.5)
@@ -250,6 +251,16 @@ def step_capture(quick: bool, out_dir: str | None = None) -> Step:
                  *[f"  {line}" for line in lines[:4]]],
                 f"three connections on the wire, each from its own source port (open {pcap} in Wireshark)",
                 len(syns) == 3)
+
+
+def _wait_for_line(stream, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([stream], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            line = stream.readline()
+            if text in line or not line:
+                return
+    raise TimeoutError(f"no {text!r} line within {timeout:.0f} s")
 
 
 STEPS: dict[str, Callable[..., Step]] = {

@@ -26,7 +26,8 @@ import gevent
 from gevent import monkey
 from gevent.select import select as cooperative_select
 
-from scenarios.tcp_echo import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET, TALLY, TCPError, parse_host
+from scenarios.tcp_echo import TALLY, TCPError, parse_host
+from servers.proc import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
 
 _epoll = monkey.get_original("select", "epoll")
 _socket = monkey.get_original("socket", "socket")  # no gevent wrapper: 0.18 KB a socket, not 0.53

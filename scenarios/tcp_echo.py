@@ -18,8 +18,7 @@ import time
 
 from locust import User, task
 
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # no name in Python 3.11
-LINGER_RESET = (1).to_bytes(4, "little") + (0).to_bytes(4, "little")
+from servers.proc import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
 
 
 class TCPError(Exception):

@@ -22,12 +22,10 @@ import resource
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # no name in Python 3.11
-LINGER_RESET = struct.pack("ii", 1, 0)
+from servers.proc import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
 
 
 def emit(**fields) -> None:

@@ -16,8 +16,8 @@ import socket
 from dataclasses import dataclass, field
 
 from servers import proc
+from servers.proc import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
 
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 IP_LOCAL_PORT_RANGE = getattr(socket, "IP_LOCAL_PORT_RANGE", 51)  # Linux 6.3+: a per-socket range
 
 
@@ -98,7 +98,7 @@ def exhaust_ports(dst: tuple[str, int], source: str, lo: int, hi: int, extra_sou
                 "ports_in_range": all(lo <= p <= hi for p in ports), "then": refused, "other_source": lifted}
     finally:
         for s in socks:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, (1).to_bytes(4, "little") + (0).to_bytes(4, "little"))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
             s.close()
 
 

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from servers import registry
+from servers import proc, registry
 from servers.contract import SELECTORS, SHARE_MODES, ServerConfig
 from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, refusals
 from servers.supervisor import ConfigError, ServerGroup
@@ -113,7 +113,7 @@ def _show_gauges(group: ServerGroup, interval: float, as_json: bool, stopping: l
     while not stopping:
         time.sleep(min(0.1, max(0.0, next_line - time.monotonic())))
         for index, status in group.reap().items():
-            print(f"server process {index} exited ({_status(status)}); the others keep serving",
+            print(f"server process {index} exited ({proc.describe_exit(status)}); the others keep serving",
                   file=sys.stderr, flush=True)
         now = time.monotonic()
         if now >= next_line:
@@ -121,12 +121,6 @@ def _show_gauges(group: ServerGroup, interval: float, as_json: bool, stopping: l
             print(json.dumps({"elapsed_s": round(now - start, 1), "processes": rows})
                   if as_json else format_line(now - start, rows), flush=True)
             next_line = now + interval
-
-
-def _status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
 def main(argv: list[str] | None = None) -> int:

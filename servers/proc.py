@@ -7,9 +7,13 @@ import ctypes
 import os
 import resource
 import signal
+import socket
+import struct
 import subprocess
 
 _PR_SET_PDEATHSIG = 1
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # no name in Python 3.11
+LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST, leaves no TIME_WAIT
 
 
 class FdLimitError(ValueError):
@@ -73,6 +77,13 @@ class RssReader:
     def rss_bytes(self) -> int:
         fields = os.pread(self._fd, 128, 0).split()
         return int(fields[1]) * self._page
+
+
+def describe_exit(status: int) -> str:
+    """A wait status as a person reads it: 'killed by SIGKILL' or 'exit code 1'."""
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
 def established_on_port(port: int) -> int:

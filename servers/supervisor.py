@@ -49,7 +49,7 @@ def default_fd_limit() -> int:
 
 
 def validate(config: ServerConfig) -> None:
-    backend = registry.get(config.backend)  # raises UnknownBackend
+    registry.get(config.backend)  # raises UnknownBackend
     if config.share not in SHARE_MODES:
         raise ConfigError(f"unknown share mode {config.share!r}; choose one of: {', '.join(SHARE_MODES)}")
     if config.selector not in SELECTORS:
@@ -65,7 +65,6 @@ def validate(config: ServerConfig) -> None:
             proc.check_fd_limit(config.fd_limit)
         except proc.FdLimitError as exc:
             raise ConfigError(str(exc)) from None
-    del backend
 
 
 def _bind(host: str, port: int, reuseport: bool) -> socket.socket:
@@ -207,7 +206,7 @@ class ServerGroup:
             if self.exited:
                 index, status = next(iter(self.exited.items()))
                 raise RuntimeError(f"server process {index} exited during start-up "
-                                   f"({_describe_status(status)}); its error is printed above")
+                                   f"({proc.describe_exit(status)}); its error is printed above")
             if all(g["state"] == SERVING for g in self.board.read_all()):
                 break
             if time.monotonic() > deadline:
@@ -271,12 +270,6 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
-
-
-def _describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
 def _shm_dir() -> str | None:
