@@ -4,6 +4,7 @@ kernel's count of established connections on a port."""
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import resource
 import signal
@@ -51,7 +52,14 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 
 def close_fds_except(keep: set[int]) -> None:
     """Close every fd but `keep` (and stdio), so inherited fds neither count against the fd limit
-    nor keep other processes' sockets alive."""
+    nor keep other processes' sockets alive.
+
+    A forked child still holds the parent's Python objects, some of them sockets and files whose
+    fds are closed here behind their backs. The child soon reuses those fd numbers (its listener,
+    its connections), and if its cyclic GC then freed such an object, the object would close an fd
+    number that is no longer its own: a server lost its listener this way, mid-test. So the GC is
+    frozen first: objects inherited from the parent are never collected in this process."""
+    gc.freeze()
     keep = keep | {0, 1, 2}
     for fd in sorted(int(name) for name in os.listdir("/proc/self/fd")):
         if fd not in keep:
