@@ -5,14 +5,21 @@ SIGTERM and the fd limit are handled there); each connection gets a thread doing
 recv/sendall, which bounds per-connection buffering by itself: a client that does not read
 blocks its thread in sendall, and nothing more is read from it. A thread that cannot start
 (pid_max, threads-max, vm.max_map_count, memory) refuses that connection with a logged reason.
+
+Threads are started with `_thread.start_new_thread`, not `threading.Thread`: `Thread.start()` waits
+until the new thread says it has started, and a new thread that runs out of memory before saying
+so (seen under RLIMIT_AS) left the accept loop waiting forever while clients queued unanswered.
+A thread that dies of MemoryError before its first line runs is counted by `_count_stillborn`.
 `--upper` sends the data back upper-cased, as the seed article's SocketServer demo does.
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 import selectors
 import socket
+import sys
 import threading
 import time
 
@@ -31,6 +38,7 @@ def serve(ctx: ServeContext) -> None:
     sel.register(intake, selectors.EVENT_READ)
     counters = ctx.counters
     lock = threading.Lock()
+    _count_stillborn(ctx, lock)
     resume_at = 0.0
     ctx.ready()
     next_tick = time.monotonic() + TICK_S
@@ -50,8 +58,8 @@ def serve(ctx: ServeContext) -> None:
             for conn in new:
                 conn.setblocking(True)
                 try:
-                    threading.Thread(target=_echo, args=(conn, ctx, lock), daemon=True).start()
-                except RuntimeError:  # "can't start new thread"
+                    _thread.start_new_thread(_echo, (conn, ctx, lock))
+                except (RuntimeError, MemoryError):  # "can't start new thread", or no memory for its state
                     conn.close()
                     with lock:
                         counters.closed += 1
@@ -75,6 +83,28 @@ def _pin_to_one_cpu(index: int) -> None:
     os.sched_setaffinity(0, {allowed[index % len(allowed)]})
 
 
+def _count_stillborn(ctx: ServeContext, lock: threading.Lock) -> None:
+    """A connection thread can die of MemoryError before `_echo`'s own handler is entered (its
+    first frame needs memory too). Python then reports it through sys.unraisablehook and frees the
+    thread's arguments, closing the connection: count that as the refusal it is, quietly."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if unraisable.object is _echo and issubclass(unraisable.exc_type, MemoryError):
+            with lock:
+                ctx.counters.closed += 1
+                _refuse_out_of_memory(ctx)
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
+def _refuse_out_of_memory(ctx: ServeContext) -> None:
+    ctx.counters.refuse("ENOMEM")
+    ctx.log.note("ENOMEM", hint="a connection's thread ran out of memory (memory or RLIMIT_AS)")
+
+
 def _echo(conn: socket.socket, ctx: ServeContext, lock: threading.Lock) -> None:
     counters, upper = ctx.counters, ctx.config.upper
     try:
@@ -86,8 +116,7 @@ def _echo(conn: socket.socket, ctx: ServeContext, lock: threading.Lock) -> None:
         pass
     except MemoryError:  # the thread started but cannot allocate (memory, RLIMIT_AS): refuse it
         with lock:        # as quietly as a failed start, not with a traceback per connection
-            counters.refuse("ENOMEM")
-            ctx.log.note("ENOMEM", hint="a connection's thread ran out of memory (memory or RLIMIT_AS)")
+            _refuse_out_of_memory(ctx)
     finally:
         conn.close()
         with lock:
