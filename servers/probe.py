@@ -56,7 +56,6 @@ class Fill:
     refused: int = 0
     unanswered: int = 0  # refused clients left hanging for more than the answer timeout
     slowest_answer_s: float = 0.0
-    connect_retries: int = 0  # connects the kernel refused (ECONNREFUSED) and that were retried
 
     def close(self) -> None:
         for sock in self.held:
@@ -64,24 +63,12 @@ class Fill:
         self.held.clear()
 
 
-def _connect(host: str, port: int, timeout: float, result: "Fill", tries: int = 3) -> socket.socket:
-    """Connect, retrying an ECONNREFUSED a few times (counted in the result): once, in CI, a
-    loopback connect to a live listener was refused; a listener that is really gone still fails."""
-    for _ in range(tries - 1):
-        try:
-            return socket.create_connection((host, port), timeout=timeout)
-        except ConnectionRefusedError:
-            result.connect_retries += 1
-            time.sleep(0.05)
-    return socket.create_connection((host, port), timeout=timeout)
-
-
 def fill(host: str, port: int, attempts: int, answer_timeout: float = 1.0) -> Fill:
     """Open `attempts` connections one by one; each must echo (held) or be closed by the server
     within `answer_timeout` (refused). Returns the held sockets, still open."""
     result = Fill()
     for _ in range(attempts):
-        sock = _connect(host, port, answer_timeout, result)
+        sock = socket.create_connection((host, port), timeout=answer_timeout)
         start = time.monotonic()
         payload = os.urandom(32)
         try:
