@@ -14,7 +14,7 @@ from locust import events
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
 from harness.limits import per_source_address, read_limits
-from scenarios import gauges, webui
+from scenarios import gauges, locust_fixes, webui  # noqa: F401  (locust_fixes patches on import)
 from scenarios.shape import StepRampShape  # noqa: F401  (Locust picks shapes up from this module)
 from scenarios.targets import is_loopback, target_error
 from scenarios.tcp_echo import TALLY, EchoUser, parse_host  # noqa: F401
