@@ -94,7 +94,7 @@ async def _warm_up(loop: asyncio.AbstractEventLoop) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
-        with socket.create_connection(listener.getsockname()) as client:
+        with socket.create_connection(listener.getsockname()):
             conn, _ = listener.accept()
             conn.setblocking(False)
             transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, conn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -141,3 +142,19 @@ def process_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def wait_status(directory: Path, predicate, timeout: float = 60, pattern: str = "*/status.json") -> dict:
+    """The first status file (a Locust master's gauges, rewritten every second) under `directory`
+    that satisfies `predicate`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in directory.glob(pattern):
+            try:
+                status = json.loads(path.read_text())
+            except ValueError:  # caught between the master's write and rename
+                continue
+            if predicate(status):
+                return status
+        time.sleep(0.1)
+    raise AssertionError("the run never reached the expected state")

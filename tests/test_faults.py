@@ -3,7 +3,6 @@ every phase. Each run must finish by itself, say what happened, and leave no pro
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import psutil
 import pytest
 
 from harness.runfile import load
-from tests.helpers import ROOT, process_alive
+from tests.helpers import ROOT, process_alive, wait_status
 
 HARNESS = [sys.executable, "-m", "harness.cli", "run"]
 
@@ -23,20 +22,6 @@ HARNESS = [sys.executable, "-m", "harness.cli", "run"]
 def start_run(tmp_path: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([*HARNESS, "--port", "0", "--out", str(tmp_path), *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_status(tmp_path: Path, predicate, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for path in tmp_path.glob("*/status.json"):
-            try:
-                status = json.loads(path.read_text())
-            except ValueError:
-                continue
-            if predicate(status):
-                return status
-        time.sleep(0.1)
-    raise AssertionError("the run never reached the expected state")
 
 
 def family(proc: subprocess.Popen) -> list[int]:

@@ -15,7 +15,7 @@ import pytest
 from harness.cluster import LocustCluster
 from servers.proc import established_on_port
 from servers.registry import BACKENDS
-from tests.helpers import ServerProcess, process_alive
+from tests.helpers import ServerProcess, process_alive, wait_status
 
 
 def run_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, hold: float = 2.0,
@@ -109,10 +109,12 @@ def test_worker_users_stay_below_its_fd_limit(tmp_path, start_server):
         worker_args=["--worker-fd-limit", "300"])
     cluster.start()
     try:
+        # Read during the hold: the last status the master writes may catch the users stopping.
+        status = wait_status(tmp_path, lambda s: s["phase"] == "hold" and s["totals"]["workers"] == 1
+                             and s["totals"]["connects_ok"] >= 200, pattern="status.json")
         assert cluster.wait_master(60) == 0
     finally:
         cluster.stop()
-    status = json.loads(status_file.read_text())
     assert status["totals"]["max_users"] == 200 and status["stopped_by"] == "target"
     assert status["workers"][0]["open"] == 200 and status["totals"]["connects_failed"] == {}
     assert "EMFILE" not in (tmp_path / "logs" / "worker0.log").read_text()
