@@ -225,7 +225,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
                     break
                 for name in sorted(new_dead):
                     reported.add(name)
-                    faults.append(_worker_fault(sampler, cluster.procs[name].pid, dead[name]))
+                    faults.append(_worker_fault(sampler, cluster.pid_of(name), dead[name]))
             for index, status in group.reap().items():
                 lost = sampler.series[-1]["server_open_by_process"][index] if sampler.series else 0
                 faults.append(_fault(sampler, f"server process {index} died ({proc.describe_exit(status)})", lost))
@@ -269,12 +269,13 @@ def _fault(sampler: Sampler, what: str, lost: int) -> dict:
     return {"t": round(time.monotonic() - sampler.t0, 2), "what": what, "connections_lost": lost}
 
 
-def _worker_fault(sampler: Sampler, pid: int, code: int) -> dict:
-    """A dead worker, matched by pid to its last report (Locust numbers workers in the order they
-    connect, not the order the harness started them)."""
+def _worker_fault(sampler: Sampler, pid: int, code: int | None) -> dict:
+    """A dead Locust process, matched by pid to its last report (Locust numbers workers in the
+    order they connect, not the order they were forked); the forker of the workers has none."""
     report = next((w for w in sampler.status.get("workers", []) if w["pid"] == pid), None)
-    index = f"worker {report['worker_index']}" if report else "worker"
-    return _fault(sampler, f"Locust {index} (pid {pid}) died (exit {code})", report["open"] if report else 0)
+    who = f"Locust worker {report['worker_index']}" if report else "Locust's worker parent"
+    how = f"exit {code}" if code is not None else "exit status not seen"
+    return _fault(sampler, f"{who} (pid {pid}) died ({how})", report["open"] if report else 0)
 
 
 def _rate(series: list[dict]) -> float:

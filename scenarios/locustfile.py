@@ -18,6 +18,7 @@ from scenarios import gauges, locust_fixes, webui  # noqa: F401  (locust_fixes p
 from scenarios.shape import StepRampShape  # noqa: F401  (Locust picks shapes up from this module)
 from scenarios.targets import is_loopback, target_error
 from scenarios.tcp_echo import TALLY, EchoUser, parse_host  # noqa: F401
+from servers.proc import die_with_parent
 
 # fds a Locust worker needs for itself (zmq, logging, /proc reads of its CPU monitor): users per
 # worker stay this far below its fd limit, so Locust's own monitor never meets EMFILE.
@@ -88,6 +89,8 @@ def on_init(environment, runner, web_ui=None, **kwargs) -> None:
     if isinstance(runner, (WorkerRunner, LocalRunner)):
         configure_user_process(opts, getattr(runner, "worker_index", 0))
         gauges.start_reporting(runner)
+    if isinstance(runner, WorkerRunner) and getattr(opts, "processes", None):
+        die_with_parent()  # forked by `locust --worker --processes`: end with the forker
     if isinstance(runner, (MasterRunner, LocalRunner)):
         port = parse_host(environment.host)[1] if environment.host else None
         gauges.start_master(runner, opts.server_gauges or None, port, opts.status_file or None,

@@ -67,7 +67,10 @@ def test_kill_9_of_a_worker_the_master_carries_on(tmp_path):
     doc = load(next(tmp_path.iterdir()))
     assert code == 1 and doc["stopped_by"] == "interrupted"
     [fault] = doc["faults"]
-    assert fault["what"] == f"Locust worker {victim['worker_index']} (pid {victim['pid']}) died (exit -9)"
+    # Workers are forked by Locust's worker parent, which reaps them: their exit status is seen
+    # only while they are zombies (cluster.py), so the report may not have it.
+    assert fault["what"] in (f"Locust worker {victim['worker_index']} (pid {victim['pid']}) died ({how})"
+                             for how in ("exit -9", "exit status not seen"))
     assert fault["connections_lost"] == victim["open"] == 100
     assert doc["series"][-1]["locust_open"] in (0, 100)  # the survivor held its 100 to the end
     assert_all_gone(pids)

@@ -117,4 +117,4 @@ def test_worker_users_stay_below_its_fd_limit(tmp_path, start_server):
         cluster.stop()
     assert status["totals"]["max_users"] == 200 and status["stopped_by"] == "target"
     assert status["workers"][0]["open"] == 200 and status["totals"]["connects_failed"] == {}
-    assert "EMFILE" not in (tmp_path / "logs" / "worker0.log").read_text()
+    assert "EMFILE" not in (tmp_path / "logs" / "workers.log").read_text()
