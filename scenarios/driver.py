@@ -3,15 +3,26 @@
 Why: a sleeping gevent greenlet costs ~8 KB of RSS here (a 4 KB page of its own Python frame stack
 plus its saved C stack), so a greenlet per user cannot hold a connection for less than ~10.8 KB.
 In this mode each user is still one Locust User holding one connection, spawned, counted and
-stopped by Locust's runner (its greenlet sits in the runner's group, created but never started, so
-it costs no stack); the driver greenlet does the work for all of them over one epoll.
+stopped by Locust's runner; the driver greenlet does the work for all of them over one epoll.
+Locust's runner keeps one greenlet per user in a gevent Group and stops a user by killing it; a
+driver-mode user's "greenlet" is its `Conn`, a slotted object that keeps that contract (args,
+rawlink, kill, join) and holds the connection's state, for ~0.2 KB instead of ~1.4 KB for an
+unstarted gevent.Greenlet with its link and the same state in the user's __dict__.
 
-Theory of operation, per connection (`phase` on the user):
-  CONNECTING --writable, SO_ERROR 0--> ECHOING (first echo sent) --full echo--> IDLE
-  IDLE --due in the echo schedule--> ECHOING --full echo--> IDLE
+Theory of operation, per connection (`phase` on the Conn):
+  CONNECTING --writable, SO_ERROR 0--> ECHOING (first echo sent) --every echo answered--> IDLE
+  IDLE --due in the echo schedule--> ECHOING --every echo answered--> IDLE
   any phase --error, EOF, mismatch or timeout--> closed (user idle; the failure is fired)
-Connect and echo are fired as the same Locust request events as the greenlet mode. The echo
-schedule is a FIFO of (due time, user): every user has the same interval, so appends are in order.
+Periodic echoes start when the hold begins, every connection's first one staggered over one
+interval. Echo modes (--echo-mode): `closed` schedules a connection's next echo an interval after
+its last answer (Locust's usual closed loop). `open` sends on a fixed schedule of intended times
+whether or not earlier echoes were answered (they are pipelined: an echo stream comes back in
+order), and measures each echo's latency from its intended send time, so a stalled server shows as
+latency instead of as fewer requests (coordinated omission). Either way the latency of every echo
+sent after the ramp goes into the process's HdrHistogram (`TALLY.latency`), which the master
+merges across workers; Locust's own stats get the service time (actual send to answer). Both
+schedules are FIFOs of (due, conn): every connection has the same interval, so appends are in due
+order.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ import time
 from collections import deque
 
 import gevent
-from gevent import monkey
+from gevent import GreenletExit, monkey
 from gevent.event import Event
 
 from scenarios.tcp_echo import TALLY, TCPError, parse_host
@@ -31,15 +42,83 @@ from servers.proc import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
 
 _epoll = monkey.get_original("select", "epoll")
 _socket = monkey.get_original("socket", "socket")  # no gevent wrapper: 0.18 KB a socket, not 0.53
-EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP = 0x001, 0x004, 0x008, 0x010
+EPOLLIN, EPOLLOUT = 0x001, 0x004
 CONNECTING, ECHOING, IDLE = 1, 2, 3
 MAX_WAIT_S = 0.1
 ADOPT_BATCH = 200  # users adopted between yields: Locust's spawn loop never yields by itself
+CONNECT = 0  # the op number of a connect in the inflight queue
+
+
+class Conn:
+    """One driver-mode user's connection, standing in for its greenlet in Locust's runner group."""
+
+    __slots__ = ("user", "links", "dead", "sock", "phase", "sent", "answered", "payload", "got", "marks",
+                 "started", "verified")
+
+    def __init__(self, user) -> None:
+        self.user = user
+        self.links: list | None = None
+        self.dead = False
+        self.sock: gsocket.socket | None = None
+        self.phase = CONNECTING
+        self.sent = 0  # echoes sent; the inflight queue names each by this number
+        self.answered = 0  # echoes answered in full
+        self.payload = b""  # the echo stream still owed by the server: every unanswered payload, in order
+        self.got = 0  # bytes of `payload` already answered
+        self.marks: deque | None = None  # per unanswered echo: (end offset in payload, sent at, intended at)
+        self.started = 0.0
+        self.verified = False
+
+    # -- the greenlet contract Locust's runner and gevent's Group use -------------------------
+    @property
+    def args(self) -> tuple:
+        return (self.user,)
+
+    @property
+    def name(self) -> str:
+        return f"driver-user-{id(self.user):x}"
+
+    exception = None
+    value = None
+
+    def ready(self) -> bool:
+        return self.dead
+
+    successful = ready
+
+    def rawlink(self, callback) -> None:
+        if self.dead:  # as gevent does: a link to a finished greenlet is called soon, not now
+            gevent.get_hub().loop.run_callback(callback, self)
+        elif self.links is None:
+            self.links = [callback]
+        else:
+            self.links.append(callback)
+
+    def unlink(self, callback) -> None:
+        if self.links and callback in self.links:
+            self.links.remove(callback)
+
+    def kill(self, exception=GreenletExit, block=True, timeout=None) -> None:
+        """Locust stops a user by killing its greenlet: close the connection. Links are called
+        from the hub afterwards, as for a gevent greenlet (gevent's Group relies on that order)."""
+        if self.dead:
+            return
+        self.dead = True
+        if _DRIVER is not None:
+            _DRIVER.drop(self)
+        links, self.links = self.links, None
+        for callback in links or ():
+            gevent.get_hub().loop.run_callback(callback, self)
+
+    def join(self, timeout=None) -> None:
+        if not self.dead:
+            gevent.joinall([self], timeout=timeout)
 
 
 class Driver:
     def __init__(self, environment) -> None:
         self.environment = environment
+        self.opts = environment.parsed_options
         self.fire = environment.events.request.fire
         self.ep = _epoll()
         # The hub watches the driver's epoll with one watcher, started once and never stopped.
@@ -50,40 +129,34 @@ class Driver:
         self.ready = Event()
         self.watcher = gevent.get_hub().loop.io(self.ep.fileno(), 1)  # 1: readable
         self.watcher.start(self.ready.set)
-        self.by_fd: dict[int, object] = {}
-        self.schedule: deque = deque()  # (due, user)
-        self.inflight: deque = deque()  # (deadline, user, op_number): connects and echoes
+        self.by_fd: dict[int, Conn] = {}
+        self.schedule: deque = deque()  # (due, conn): each connection's next echo, in due order
+        self.inflight: deque = deque()  # (deadline, conn, op): connects (CONNECT) and echoes (their number)
         self.sources_turn = 0
         self.adopted = 0
+        self.holding = False
+        self.open_loop = getattr(self.opts, "echo_mode", "closed") == "open"
         self.greenlet = gevent.spawn(self.run)
 
     # -- users arriving and leaving (called from Locust's spawning greenlet) ------------------
-    def adopt(self, user, group):
-        opts = self.environment.parsed_options
-        user._greenlet = g = gevent.Greenlet(_never_runs, user)  # args[0] is the user, as Locust expects
+    def adopt(self, user, group) -> Conn:
+        conn = Conn(user)
+        user._greenlet = conn  # Locust finds the user as greenlet.args[0] and stops it with kill()
         user._group = group
-        group.add(g)  # counted by the runner; never started, so it costs no stack
-        g.rawlink(lambda _: self.drop(user))  # Locust stops a user by killing its greenlet
-        user.sock = None
-        user.verified_once = False
-        user.op = 0
-        user.payload = b""
-        user.got = b""
-        user.timeout = getattr(opts, "echo_timeout", 10.0)
-        user.payload_size = getattr(opts, "payload_size", 64)
-        self._connect(user)
+        group.add(conn)  # counted by the runner: its user count is this group's length
+        self._connect(conn)
         self.adopted += 1
         if self.adopted % ADOPT_BATCH == 0:
             # A worker spawns its whole share of a step in one loop: yield now and then, so its
             # heartbeats and reports go out and the driver answers the connects already made.
             gevent.sleep(0)
-        return g
+        return conn
 
-    def drop(self, user) -> None:
-        sock = user.sock
+    def drop(self, conn: Conn) -> None:
+        sock = conn.sock
         if sock is None:
             return
-        user.sock = None
+        conn.sock = None
         self.by_fd.pop(sock.fileno(), None)
         try:
             self.ep.unregister(sock.fileno())
@@ -103,37 +176,56 @@ class Driver:
             self.ready.wait(self._wait())
             self.ready.clear()
             for fd, events in ep.poll(0, 4096):
-                user = self.by_fd.get(fd)
-                if user is not None:
-                    self._on_event(user, events)
+                conn = self.by_fd.get(fd)
+                if conn is not None:
+                    self._on_event(conn)
             now = time.perf_counter()
-            while self.schedule and self.schedule[0][0] <= now and not TALLY.ramping:
-                _, user = self.schedule.popleft()
-                if user.sock is not None and user.phase == IDLE:
-                    self._send_echo(user, now)
+            if not TALLY.ramping and not self.holding:
+                self._start_holding(now)
+            while self.holding and self.schedule and self.schedule[0][0] <= now:
+                due, conn = self.schedule.popleft()
+                if conn.sock is None:
+                    continue
+                if self.open_loop:
+                    self.schedule.append((due + self.opts.echo_interval, conn))
+                    self._send_echo(conn, now, intended=due)
+                elif conn.phase == IDLE:
+                    self._send_echo(conn, now, intended=now)
             while self.inflight and self.inflight[0][0] <= now:
-                _, user, op = self.inflight.popleft()
-                if user.sock is not None and user.op == op and user.phase in (CONNECTING, ECHOING):
-                    self._fail(user, "connect" if user.phase == CONNECTING else "echo", "timeout")
+                _, conn, op = self.inflight.popleft()
+                if conn.sock is None:
+                    continue
+                if op == CONNECT and conn.phase == CONNECTING:
+                    self._fail(conn, "connect", "timeout", conn.started)
+                elif op != CONNECT and op > conn.answered:
+                    self._fail(conn, "echo", "timeout", conn.marks[0][1])
             gevent.sleep(0)  # let Locust's own greenlets (heartbeats, spawning) run
+
+    def _start_holding(self, now: float) -> None:
+        """The ramp is over: periodic echoes begin, each connection's first one staggered over one
+        interval. Without that, every connection verified during the ramp was due at once, and
+        the latency measured that burst (p50 565 ms at 100k) instead of the steady state."""
+        self.holding = True
+        conns = list(self.by_fd.values())
+        step = self.opts.echo_interval / max(1, len(conns))
+        self.schedule = deque((now + i * step, conn) for i, conn in enumerate(conns))
 
     def _wait(self) -> float:
         now = time.perf_counter()
-        queues = (self.inflight,) if TALLY.ramping else (self.schedule, self.inflight)
+        queues = (self.schedule, self.inflight) if self.holding else (self.inflight,)
         heads = [q[0][0] for q in queues if q]
         return max(0.0, min([MAX_WAIT_S, *(h - now for h in heads)]))
 
-    def _connect(self, user) -> None:
-        host, port = parse_host(user.host)
+    def _connect(self, conn: Conn) -> None:
+        host, port = parse_host(conn.user.host)
         sources = TALLY.sources
         source = sources[self.sources_turn % len(sources)]
         self.sources_turn += 1
-        user.started = time.perf_counter()
-        user.phase = CONNECTING
+        conn.started = time.perf_counter()
         try:
             sock = _socket(gsocket.AF_INET, gsocket.SOCK_STREAM)
         except OSError as exc:  # EMFILE in this Locust process
-            return self._failed_connect(user, exc.errno)
+            return self._failed_connect(conn, exc.errno)
         sock.setblocking(False)
         sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
         try:
@@ -141,91 +233,98 @@ class Driver:
             sock.bind((source, 0))
         except OSError as exc:
             sock.close()
-            return self._failed_connect(user, exc.errno)
+            return self._failed_connect(conn, exc.errno)
         err = sock.connect_ex((host, port))
         if err not in (0, errno.EINPROGRESS):
             sock.close()
-            return self._failed_connect(user, err)
-        user.sock = sock
+            return self._failed_connect(conn, err)
+        conn.sock = sock
         TALLY.open += 1
-        self.by_fd[sock.fileno()] = user
+        self.by_fd[sock.fileno()] = conn
         self.ep.register(sock.fileno(), EPOLLOUT | EPOLLIN)
-        user.op += 1
-        self.inflight.append((user.started + user.timeout, user, user.op))
+        self.inflight.append((conn.started + self.opts.echo_timeout, conn, CONNECT))
 
-    def _failed_connect(self, user, err: int | str) -> None:
+    def _failed_connect(self, conn: Conn, err: int | str) -> None:
         name = errno.errorcode.get(err, str(err)) if isinstance(err, int) else err
-        user.phase = IDLE
+        conn.phase = IDLE
         TALLY.failed(TALLY.connects_failed, name)
-        self._fire("connect", user.started, 0, name)
+        self._fire("connect", conn.started, 0, name)
 
-    def _on_event(self, user, events: int) -> None:
-        sock = user.sock
-        if user.phase == CONNECTING:
+    def _on_event(self, conn: Conn) -> None:
+        sock = conn.sock
+        if conn.phase == CONNECTING:
             err = sock.getsockopt(gsocket.SOL_SOCKET, gsocket.SO_ERROR)
             if err:
-                return self._fail(user, "connect", errno.errorcode.get(err, str(err)))
-            self._fire("connect", user.started, 0, None)
+                return self._fail(conn, "connect", errno.errorcode.get(err, str(err)), conn.started)
+            self._fire("connect", conn.started, 0, None)
             self.ep.modify(sock.fileno(), EPOLLIN)
-            return self._send_echo(user, time.perf_counter())
+            now = time.perf_counter()
+            return self._send_echo(conn, now, intended=now)
         try:
             data = sock.recv(65536)
         except BlockingIOError:
             return
         except OSError as exc:
-            return self._fail(user, "echo", errno.errorcode.get(exc.errno, "OSError"))
+            return self._fail(conn, "echo", errno.errorcode.get(exc.errno, "OSError"))
         if not data:
-            return self._fail(user, "echo", "EOF")
-        if user.phase != ECHOING:
-            return self._fail(user, "echo", "mismatch")  # bytes nobody asked for
-        got = user.got + data
-        want = len(user.payload)
-        if got != user.payload[:len(got)]:
-            return self._fail(user, "echo", "mismatch")
-        if len(got) < want:
-            user.got = got
-            return
-        if not user.verified_once:
-            user.verified_once = True
+            return self._fail(conn, "echo", "EOF")
+        got = conn.got + len(data)
+        if conn.phase != ECHOING or data != conn.payload[conn.got:got]:
+            return self._fail(conn, "echo", "mismatch")  # wrong bytes, or bytes nobody asked for
+        conn.got = got
+        now = time.perf_counter()
+        marks = conn.marks
+        while marks and marks[0][0] <= got:
+            end, sent_at, intended = marks.popleft()
+            conn.answered += 1
+            TALLY.echoes_verified += 1
+            TALLY.bytes_echoed += self.opts.payload_size
+            if intended is not None:
+                TALLY.latency.record_value(max(1, int((now - intended) * 1e6)))
+            self._fire("echo", sent_at, self.opts.payload_size, None)
+        if not conn.verified and conn.answered:
+            conn.verified = True
             TALLY.connects_ok += 1
-        TALLY.echoes_verified += 1
-        TALLY.bytes_echoed += want
-        user.phase, user.payload, user.got = IDLE, b"", b""
-        self._fire("echo", user.echo_started, want, None)
-        self.schedule.append((time.perf_counter() + self.environment.parsed_options.echo_interval, user))
+        if marks:
+            return
+        conn.phase, conn.payload, conn.got, conn.marks = IDLE, b"", 0, None
+        if self.holding and (not self.open_loop or conn.answered == 1):
+            # closed loop: the next echo an interval after this answer; open loop: a connection
+            # that came up after the schedule was laid out joins it now
+            self.schedule.append((now + self.opts.echo_interval, conn))
 
-    def _send_echo(self, user, now: float) -> None:
-        user.payload = os.urandom(user.payload_size)
-        user.got = b""
-        user.echo_started = now
-        user.phase = ECHOING
-        user.op += 1
-        self.inflight.append((now + user.timeout, user, user.op))
+    def _send_echo(self, conn: Conn, now: float, intended: float) -> None:
+        """Send one echo; its latency is recorded (from `intended`) only once the ramp is over."""
+        payload = os.urandom(self.opts.payload_size)
+        if conn.marks is None:
+            conn.marks = deque()
+        conn.payload += payload
+        conn.marks.append((len(conn.payload), now, intended if self.holding else None))
+        conn.phase = ECHOING
+        conn.sent += 1
+        self.inflight.append((now + self.opts.echo_timeout, conn, conn.sent))
         TALLY.echoes_sent += 1
         try:
-            sent = user.sock.send(user.payload)
+            sent = conn.sock.send(payload)
         except OSError as exc:
-            return self._fail(user, "echo", errno.errorcode.get(exc.errno, "OSError"))
-        if sent < len(user.payload):  # small payloads always fit an empty socket buffer
-            return self._fail(user, "echo", "short-send")
+            return self._fail(conn, "echo", errno.errorcode.get(exc.errno, "OSError"))
+        if sent < len(payload):  # small payloads always fit a socket buffer the server keeps draining
+            return self._fail(conn, "echo", "short-send")
 
-    def _fail(self, user, name: str, failure: str) -> None:
-        started = user.started if name == "connect" else user.echo_started
-        if not user.verified_once:
+    def _fail(self, conn: Conn, name: str, failure: str, started: float | None = None) -> None:
+        if started is None:
+            started = conn.marks[0][1] if conn.marks else conn.started
+        if not conn.verified:
             TALLY.failed(TALLY.connects_failed, failure)  # never held a verified connection
         if name == "echo":
             TALLY.failed(TALLY.echo_failed, failure)
-        self.drop(user)
-        user.phase = IDLE
+        self.drop(conn)
+        conn.phase = IDLE
         self._fire(name, started, 0, failure)
 
     def _fire(self, name: str, started: float, length: int, failure: str | None) -> None:
         self.fire(request_type="TCP", name=name, response_time=(time.perf_counter() - started) * 1000,
                   response_length=length, exception=TCPError(failure) if failure else None, context={})
-
-
-def _never_runs(user) -> None:  # pragma: no cover - the placeholder greenlet is never started
-    raise RuntimeError("a driver-mode user's greenlet must not run")
 
 
 _DRIVER: Driver | None = None

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import gevent
 
-from scenarios.tcp_echo import TALLY
+from scenarios.tcp_echo import TALLY, new_latency_histogram
 from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, refusals
-from servers.proc import RssReader, established_on_port
+from servers.proc import RssReader, count_open_fds, established_on_port
 
 MESSAGE = "harness_gauges"
 STALE_S = 5.0  # a worker silent this long is gone (Locust marks it missing after 3 s)
@@ -27,17 +27,15 @@ REPORT_INTERVAL_S = 1.0
 KERNEL_INTERVAL_S = 2.0
 
 
-def worker_report(worker_index: int, rss: RssReader, rss_base: int) -> dict:
-    try:
-        fds = len(os.listdir("/proc/self/fd")) - 1
-    except OSError:  # at this process's own fd limit
-        fds = -1
+def worker_report(worker_index: int, rss: RssReader, rss_base: int, base_fds: int) -> dict:
     return {"worker_index": worker_index, "pid": os.getpid(), "open": TALLY.open,
             "connects_ok": TALLY.connects_ok, "connects_failed": dict(TALLY.connects_failed),
             "echo_failed": dict(TALLY.echo_failed), "echoes_sent": TALLY.echoes_sent,
             "echoes_verified": TALLY.echoes_verified,
-            "bytes_echoed": TALLY.bytes_echoed, "rss_bytes": rss.rss_bytes(), "rss_base_bytes": rss_base, "fds": fds,
-            "max_users": TALLY.max_users, "sources": TALLY.sources, "at": time.time()}
+            "bytes_echoed": TALLY.bytes_echoed, "rss_bytes": rss.rss_bytes(), "rss_base_bytes": rss_base,
+            "fds": base_fds + TALLY.open,
+            "max_users": TALLY.max_users, "sources": TALLY.sources, "at": time.time(),
+            "latency": TALLY.latency.encode()}
 
 
 def on_phase(environment, msg, **kwargs) -> None:
@@ -50,10 +48,14 @@ def start_reporting(runner) -> None:
     runner.register_message(PHASE_MESSAGE, on_phase)
     rss = RssReader()  # opened now, before any connection: works at EMFILE later
     base = rss.rss_bytes()  # before any user: what the users cost is measured from here
+    # fds in use = those held before any user + one socket per open connection. Listed once:
+    # listing /proc/self/fd every second made the kernel keep a proc inode and a dentry per fd
+    # (~1.8 KB per connection in slabinfo, more than the user itself costs in the worker).
+    base_fds = count_open_fds()
 
     def loop() -> None:
         while True:
-            runner.send_message(MESSAGE, worker_report(getattr(runner, "worker_index", 0), rss, base))
+            runner.send_message(MESSAGE, worker_report(getattr(runner, "worker_index", 0), rss, base, base_fds))
             gevent.sleep(REPORT_INTERVAL_S)
 
     gevent.spawn(loop)
@@ -103,6 +105,22 @@ class Board:
                 "rss_base_bytes": sum(r["rss_base_bytes"] for r in w),
                 "max_users": sum(r["max_users"] for r in w), "workers": len(w)}
 
+    def echo_latency(self) -> dict:
+        """Echo latency after the ramp, every live worker's HdrHistogram merged: count, percentiles
+        in ms, and the merged histogram (base64) so results can be re-read at any precision."""
+        merged = new_latency_histogram()
+        for report in self.live_workers():
+            if report.get("latency"):
+                merged.decode_and_add(report["latency"])
+        count = merged.get_total_count()
+        summary = {"count": count}
+        if count:
+            summary.update({f"p{q:g}".replace(".", "_"): merged.get_value_at_percentile(q) / 1000
+                            for q in (50, 90, 99, 99.9)})
+            summary["max"] = merged.get_max_value() / 1000
+        summary["histogram"] = merged.encode().decode()
+        return summary
+
     def servers(self) -> list[dict]:
         if self.server_board is None:
             return []
@@ -139,8 +157,9 @@ class Board:
         return f"{name}: room for {room:,} more"
 
     def snapshot(self) -> dict:
+        workers = [{k: v for k, v in r.items() if k != "latency"} for r in self.live_workers()]
         return {"phase": self.phase, "stopped_by": self.stopped_by, "totals": self.totals(),
-                "workers": sorted(self.live_workers(), key=lambda r: r["worker_index"]),
+                "workers": sorted(workers, key=lambda r: r["worker_index"]), "echo_latency": self.echo_latency(),
                 "servers": self.servers(), "server_refusals": self.server_refusals(),
                 "kernel_established": self.kernel_established, "peak_kernel_established": self.peak_kernel,
                 "next_limit": self.next_limit()}

@@ -34,6 +34,9 @@ def add_arguments(parser) -> None:
                        help="connections (users) to ramp to")
     group.add_argument("--echo-interval", type=float, default=5.0, include_in_web_ui=True,
                        help="seconds between echoes on each connection")
+    group.add_argument("--echo-mode", choices=["closed", "open"], default="closed", include_in_web_ui=True,
+                       help="closed: the next echo an interval after the last answer (Locust's usual loop); "
+                            "open: echoes on a fixed schedule, latency from the intended send time")
     group.add_argument("--payload-size", type=int, default=64, include_in_web_ui=True,
                        help="bytes per echo")
     group.add_argument("--ramp-rate", type=float, default=1000.0, include_in_web_ui=True,
@@ -86,11 +89,11 @@ def on_init(environment, runner, web_ui=None, **kwargs) -> None:
         error = target_error(parse_host(environment.host)[0], opts.allow_non_loopback)
         if error:
             raise SystemExit(error)
+    if isinstance(runner, WorkerRunner) and getattr(opts, "processes", None):
+        die_with_parent()  # forked by `locust --worker --processes`: end with the forker
     if isinstance(runner, (WorkerRunner, LocalRunner)):
         configure_user_process(opts, getattr(runner, "worker_index", 0))
         gauges.start_reporting(runner)
-    if isinstance(runner, WorkerRunner) and getattr(opts, "processes", None):
-        die_with_parent()  # forked by `locust --worker --processes`: end with the forker
     if isinstance(runner, (MasterRunner, LocalRunner)):
         port = parse_host(environment.host)[1] if environment.host else None
         gauges.start_master(runner, opts.server_gauges or None, port, opts.status_file or None,

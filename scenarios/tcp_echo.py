@@ -16,6 +16,7 @@ import os
 import socket
 import time
 
+from hdrh.histogram import HdrHistogram
 from locust import User, task
 
 from servers.proc import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
@@ -60,9 +61,19 @@ class WorkerTally:
         # While the master's shape ramps, periodic echoes wait (every connection is still verified
         # once at connect): the ramp gets the CPU, and steady state is measured apart from it.
         self.ramping = True
+        # Echo latency after the ramp, in µs from each echo's intended send time (the actual send
+        # time in the closed loop), 3 significant digits; the master merges every worker's.
+        self.latency = new_latency_histogram()
 
     def failed(self, where: dict[str, int], name: str) -> None:
         where[name] = where.get(name, 0) + 1
+
+
+LATENCY_MAX_US = 600_000_000  # 10 minutes: longer than any echo timeout
+
+
+def new_latency_histogram() -> HdrHistogram:
+    return HdrHistogram(1, LATENCY_MAX_US, 3)
 
 
 TALLY = WorkerTally()
@@ -103,12 +114,21 @@ class EchoUser(User):
             return driver(self.environment).adopt(self, group)
         return super().start(group)
 
-    def wait_time(self) -> float:  # read each time: the web UI's start form can change it
-        return self.environment.parsed_options.echo_interval
+    def wait_time(self) -> float:
+        """Closed loop: the interval (read each time: the web UI's start form can change it).
+        Open loop: until the next intended send time, an interval after the last one, however
+        long the last echo took; a late answer shortens the wait instead of moving the schedule."""
+        opts = self.environment.parsed_options
+        if getattr(opts, "echo_mode", "closed") != "open" or TALLY.ramping:
+            return opts.echo_interval
+        now = time.perf_counter()
+        self._intended = max(self._intended, now - opts.echo_interval) + opts.echo_interval
+        return max(0.0, self._intended - now)
 
     def on_start(self) -> None:
         self.sock: socket.socket | None = None
         self._verified = False
+        self._intended = 0.0  # open loop: the intended send time of the next echo
         opts = self.environment.parsed_options
         self.timeout = getattr(opts, "echo_timeout", 10.0)
         self.payload_size = getattr(opts, "payload_size", 64)
@@ -152,6 +172,9 @@ class EchoUser(User):
             return None
         payload = os.urandom(self.payload_size)
         start = time.perf_counter()
+        open_loop = getattr(self.environment.parsed_options, "echo_mode", "closed") == "open"
+        intended = self._intended if open_loop and self._intended else start
+        record = not TALLY.ramping
         TALLY.echoes_sent += 1
         try:
             self.sock.sendall(payload)
@@ -162,6 +185,8 @@ class EchoUser(User):
             return self._fire_failure("echo", start, exc, TALLY.echo_failed)
         TALLY.echoes_verified += 1
         TALLY.bytes_echoed += len(payload)
+        if record:
+            TALLY.latency.record_value(max(1, int((time.perf_counter() - intended) * 1e6)))
         self._fire("echo", start, len(payload), None)
         return None
 
