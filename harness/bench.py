@@ -39,14 +39,9 @@ def _lines(proc: subprocess.Popen, until: str, timeout: float) -> dict:
     raise RuntimeError(f"bench client ended without a {until!r} line (exit {proc.poll()})")
 
 
-def _meminfo(*names: str) -> dict[str, int]:
-    out = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            key, value = line.split(":", 1)
-            if key in names:
-                out[key] = int(value.split()[0]) * 1024
-    return out
+def _kernel_memory() -> dict[str, int]:
+    info = limits_mod.meminfo()
+    return {"SUnreclaim": info["SUnreclaim"], "KernelStack": info["KernelStack"]}
 
 
 def _servers(group: ServerGroup) -> list[dict]:
@@ -77,7 +72,7 @@ def bench_memory(backends: list[str], connections: int, steps: int = 5) -> dict:
     for name in backends:
         with ServerGroup(ServerConfig(backend=name, port=0)) as group:
             time.sleep(0.5)
-            points = [(0, _servers(group)[0]["rss_bytes"], _meminfo("SUnreclaim", "KernelStack"))]
+            points = [(0, _servers(group)[0]["rss_bytes"], _kernel_memory())]
             clients = []
             try:
                 for _ in range(steps):
@@ -88,7 +83,7 @@ def bench_memory(backends: list[str], connections: int, steps: int = 5) -> dict:
                     _lines(client, "held", 120)
                     time.sleep(0.6)  # let the server publish its gauges
                     g = _servers(group)[0]
-                    points.append((g["open"], g["rss_bytes"], _meminfo("SUnreclaim", "KernelStack")))
+                    points.append((g["open"], g["rss_bytes"], _kernel_memory()))
                 reverified = 0
                 for client in clients:
                     client.stdin.write("\n")

@@ -63,6 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                             share=args.share, server_fd_limit=args.server_fd_limit, selector=args.selector,
                             workers=args.workers, worker_fd_limit=args.worker_fd_limit, user_mode=args.user_mode,
                             port=args.port, hold=args.hold, echo_interval=args.echo_interval,
+                            echo_mode=args.echo_mode,
                             ramp_rate=args.ramp_rate, max_seconds=args.max_seconds, out=args.out,
                             echo_timeout=args.echo_timeout)
     if args.proof:
@@ -194,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=9999)
     p.add_argument("--hold", type=_seconds, default=10.0, help="seconds to hold once the ramp ends")
     p.add_argument("--echo-interval", type=_positive_float, default=5.0, help="seconds between echoes per connection")
+    p.add_argument("--echo-mode", default="closed", choices=["closed", "open"],
+                   help="closed: the next echo an interval after the last answer; open: echoes on a fixed "
+                        "schedule, latency from the intended send time (no coordinated omission)")
     p.add_argument("--echo-timeout", type=_positive_float, default=10.0, help="seconds a connect or echo may take")
     p.add_argument("--ramp-rate", type=_positive_float, default=None, help="connections per second (default 10,000; the ramp slows down where the machine cannot keep up)")
     p.add_argument("--max-seconds", type=_positive_float, default=240.0, help="end the ramp after this long")

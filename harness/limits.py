@@ -29,7 +29,8 @@ def _read_int(path: str, default: int = 0) -> int:
         return default
 
 
-def _meminfo() -> dict[str, int]:
+def meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes."""
     info = {}
     with open("/proc/meminfo") as f:
         for line in f:
@@ -46,7 +47,7 @@ def read_limits() -> dict:
         allocated, _, file_max = (int(x) for x in f.read().split())
     with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
         port_lo, port_hi = (int(x) for x in f.read().split())
-    mem = _meminfo()
+    mem = meminfo()
     return {
         "nofile_soft": None if soft == infinity else soft,
         "nofile_hard": None if hard == infinity else hard,

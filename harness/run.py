@@ -34,7 +34,8 @@ from servers.supervisor import ConfigError, ServerGroup
 WORKER_FD_RESERVE = 100  # scenarios.locustfile.FD_RESERVE: fds a Locust worker keeps for itself
 WORKER_EXIT_GRACE_S = 3.0
 DEFAULT_RAMP_RATE = 10_000.0  # the shape slows down by itself where the machine cannot keep up
-KERNEL_EVERY_S = 2.0  # ss costs ~0.2 CPU-s at 100k connections
+KERNEL_EVERY_S = 2.0  # at least this long between two kernel counts (ss)
+KERNEL_CPU_SHARE = 0.1  # ...and long enough that ss takes at most this share of a core (~1 s a call at 1M)
 
 
 class RunError(ValueError):
@@ -55,6 +56,7 @@ class RunConfig:
     port: int = 9999
     hold: float = 10.0
     echo_interval: float = 5.0
+    echo_mode: str = "closed"
     echo_timeout: float = 10.0
     ramp_rate: float | None = None
     max_seconds: float = 240.0
@@ -128,6 +130,8 @@ class Sampler:
         self.series: list[dict] = []
         self.status: dict = {}
         self._kernel = (0, -KERNEL_EVERY_S)  # (count, when)
+        self._kernel_every = KERNEL_EVERY_S
+        self._phase = "starting"
 
     def read_status(self) -> dict:
         try:
@@ -137,9 +141,14 @@ class Sampler:
         return self.status
 
     def kernel_count(self, fresh: bool) -> int:
+        """The kernel's count of established connections on the port, taken when `fresh` is asked
+        or when due: ss walks every socket on the machine, so it runs less often as they grow."""
         now = time.monotonic()
-        if fresh or now - self._kernel[1] >= KERNEL_EVERY_S:
-            self._kernel = (proc.established_on_port(self.group.port), now)
+        if fresh or now - self._kernel[1] >= self._kernel_every:
+            count = proc.established_on_port(self.group.port)
+            took = time.monotonic() - now
+            self._kernel = (count, now)
+            self._kernel_every = max(KERNEL_EVERY_S, took / KERNEL_CPU_SHARE)
         return self._kernel[0]
 
     def sample(self, fresh: bool = False) -> dict:
@@ -150,9 +159,12 @@ class Sampler:
         servers = [r for r in rows if r["role"] != ROLE_ACCEPTOR]
         totals = status.get("totals", {})
         refused = sum(sum(refusals(r).values()) for r in rows)
+        phase = status.get("phase", "starting")
+        changed, self._phase = phase != self._phase, phase  # counted afresh as each phase begins
+        memory = limits_mod.meminfo()
         point = {
-            "t": round(time.monotonic() - self.t0, 2), "phase": status.get("phase", "starting"),
-            "kernel_established": self.kernel_count(fresh or status.get("phase") == "hold"),
+            "t": round(time.monotonic() - self.t0, 2), "phase": phase,
+            "kernel_established": self.kernel_count(fresh or changed),
             "server_open": sum(r["open"] for r in servers),
             "server_open_by_process": [r["open"] for r in servers],
             "locust_open": totals.get("open", 0), "connects_ok": totals.get("connects_ok", 0),
@@ -160,7 +172,7 @@ class Sampler:
             "server_refused": refused, "echoes_verified": totals.get("echoes_verified", 0),
             "server_rss_bytes": sum(r["rss_bytes"] for r in rows),
             "locust_rss_bytes": totals.get("rss_bytes", 0),
-            "slab_bytes": _meminfo("SUnreclaim"),
+            "slab_bytes": memory["SUnreclaim"], "mem_available_bytes": memory["MemAvailable"],
             "server_cpu_s": _cpu_seconds(r["pid"] for r in rows),
             "locust_cpu_s": _cpu_seconds(self.cluster.pids()),
         }
@@ -180,6 +192,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
     config = ServerConfig(backend=cfg.backend, port=cfg.port, processes=plan.server_processes, share=cfg.share,
                           fd_limit=plan.fd_limit, selector=cfg.selector)
     group = ServerGroup(config, log_file=str(scratch / "servers.log"))
+    memory_before = limits_mod.meminfo()["MemAvailable"]  # what the whole run costs is measured from here
     try:
         group.start()
     except ConfigError as exc:
@@ -193,6 +206,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         master_args=["--headless", "--expect-workers", str(prepared.workers),
                      "--target-connections", str(cfg.connections), "--ramp-rate", str(prepared.ramp_rate),
                      "--hold-seconds", str(cfg.hold), "--echo-interval", str(cfg.echo_interval),
+                     "--echo-mode", cfg.echo_mode,
                      "--echo-timeout", str(cfg.echo_timeout),
                      "--max-seconds", str(cfg.max_seconds), "--server-gauges", group.gauges_path,
                      "--status-file", str(status_file), "--kernel-interval", "0", "--csv", str(run_dir / "locust"),
@@ -236,7 +250,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
                 point = sampler.sample()
                 next_sample += 1.0
                 if display:
-                    display.update(point["kernel_established"], _rate(sampler.series),
+                    display.update(point["server_open"], _rate(sampler.series),
                                    sampler.status.get("totals", {}).get("connects_failed", {}),
                                    sampler.status.get("phase", "starting"))
             time.sleep(0.05)
@@ -255,7 +269,8 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         if faults and not stop_reason:
             stop_reason.append("interrupted")  # the run went on, but not as planned: marked
         doc = build_document(prepared, group, started_at, time.monotonic() - t0, sampler, run_dir,
-                             stop_reason[0] if stop_reason else None, master_code, error, epoch0, faults)
+                             stop_reason[0] if stop_reason else None, master_code, error, epoch0, faults,
+                             memory_before)
         write_json_atomic(run_dir / "run.json", doc)
         _restore(previous)  # only now: a Ctrl-C while the results are written must not cut them off
     return doc, run_dir
@@ -282,7 +297,7 @@ def _rate(series: list[dict]) -> float:
     if len(series) < 2:
         return 0.0
     a, b = series[-2], series[-1]
-    return max(0.0, (b["kernel_established"] - a["kernel_established"]) / max(1e-6, b["t"] - a["t"]))
+    return max(0.0, (b["server_open"] - a["server_open"]) / max(1e-6, b["t"] - a["t"]))
 
 
 def _cpu_seconds(pids) -> float:
@@ -295,13 +310,6 @@ def _cpu_seconds(pids) -> float:
             pass
     return round(total, 2)
 
-
-def _meminfo(name: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def _move(src: Path, dst: Path) -> None:

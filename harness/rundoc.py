@@ -17,7 +17,7 @@ from harness.runfile import SCHEMA, map_stopped_by, validate
 
 def build_document(prepared, group, started_at: str, duration: float, sampler,
                    run_dir: Path, stop_reason: str | None, master_code: int | None, error: str | None,
-                   epoch0: float, faults: list[dict]) -> dict:
+                   epoch0: float, faults: list[dict], memory_before: int | None = None) -> dict:
     cfg, plan = prepared.config, prepared.plan
     series = sampler.series
     status = sampler.status
@@ -56,7 +56,14 @@ def build_document(prepared, group, started_at: str, duration: float, sampler,
                      "server_refused": status.get("server_refusals", {})},
         "memory": {"server_rss_per_conn_bytes": per_conn("server_rss_bytes", first and first["server_rss_bytes"]),
                    "locust_rss_per_conn_bytes": per_conn("locust_rss_bytes", status.get("totals", {}).get("rss_base_bytes")),
-                   "kernel_slab_per_conn_bytes": per_conn("slab_bytes", first and first["slab_bytes"])},
+                   "kernel_slab_per_conn_bytes": per_conn("slab_bytes", first and first["slab_bytes"]),
+                   # everything: servers, Locust, the kernel, per-process costs (MemAvailable before
+                   # the servers started, less MemAvailable at the peak)
+                   "system_per_conn_bytes": (memory_before - peak["mem_available_bytes"]) / peak_n
+                   if memory_before and peak_n and "mem_available_bytes" in peak else None},
+        "echo_latency": {"mode": cfg.echo_mode,
+                         "measured_from": "intended send time" if cfg.echo_mode == "open" else "send time",
+                         **status.get("echo_latency", {"count": 0})},
         "latency_ms": {name: {k: v for k, v in row.items() if k != "requests"} for name, row in stats.items()},
         "limits": prepared.limits, "machine": {**machine(), "locust": version("locust")},
         "plan": plan.as_dict(), "config": asdict(cfg), "series": series,
@@ -104,16 +111,23 @@ def summary(doc: dict, run_dir: Path) -> str:
         f"echoes {doc['echo']['verified']:,} verified, {doc['echo']['mismatched']} mismatched",
         f"memory per connection: server {m['server_rss_per_conn_bytes'] / 1024:.2f} KB, Locust "
         f"{m['locust_rss_per_conn_bytes'] / 1024:.2f} KB ({doc['user_mode']} mode), kernel slab "
-        f"{m['kernel_slab_per_conn_bytes'] / 1024:.2f} KB (both ends)",
-        f"results: {run_dir / 'run.json'}",
+        f"{m['kernel_slab_per_conn_bytes'] / 1024:.2f} KB (both ends)"
+        + (f"; whole system {m['system_per_conn_bytes'] / 1024:.2f} KB" if m.get("system_per_conn_bytes") else ""),
     ]
+    lat = doc.get("echo_latency", {})
+    if lat.get("count"):
+        lines.append(f"echo latency after the ramp ({lat['mode']} loop, from the {lat['measured_from']}; "
+                     f"{lat['count']:,} echoes): p50 {lat['p50']:g} ms, p90 {lat['p90']:g} ms, "
+                     f"p99 {lat['p99']:g} ms, p99.9 {lat['p99_9']:g} ms, max {lat['max']:g} ms")
+    lines.append(f"results: {run_dir / 'run.json'}")
     return "\n".join(lines)
 
 
 def _ramp_seconds(series: list[dict], peak: int) -> float:
-    """From the first sample with a connection to the first with 99% of the peak."""
-    started = next((p["t"] for p in series if p["kernel_established"] > 0), None)
-    reached = next((p["t"] for p in series if p["kernel_established"] >= 0.99 * peak), None)
+    """From the first sample with a connection to the first with 99% of the peak, by the servers'
+    own count (sampled every second; the kernel's is sampled less often as connections grow)."""
+    started = next((p["t"] for p in series if p["server_open"] > 0), None)
+    reached = next((p["t"] for p in series if p["server_open"] >= 0.99 * peak), None)
     if started is None or reached is None or peak == 0:
         return 0.0
     return max(reached - started, 1.0)  # samples are a second apart

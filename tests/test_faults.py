@@ -92,6 +92,31 @@ def test_sigstop_of_a_server_shows_in_the_latency_and_clients_time_out_cleanly(t
     assert max(p["max"] or 0 for p in doc["latency_series"]) >= 3000, "the stall is hidden in the latency"
 
 
+def test_open_loop_latency_counts_a_stall_from_each_intended_send_time(tmp_path):
+    """A 2 s stall in a 6 s hold, echoes every 0.2 s on a fixed schedule: about a third of all echoes
+    were due during the stall and wait for it, so p90 is over a second. A closed loop would show the
+    stall in one echo per connection and hide it in its percentiles (coordinated omission)."""
+    proc = start_run(tmp_path, "--backend", "selectors", "--connections", "100", "--processes", "1",
+                     "--workers", "2", "--hold", "6", "--echo-interval", "0.2", "--echo-mode", "open",
+                     "--echo-timeout", "10")
+    status = wait_status(tmp_path, lambda s: s["phase"] == "hold" and len(s["workers"]) == 2)
+    server = status["servers"][0]["pid"]
+    time.sleep(1.5)
+    os.kill(server, signal.SIGSTOP)
+    time.sleep(2)
+    os.kill(server, signal.SIGCONT)
+    code = proc.wait(60)
+    doc = load(next(tmp_path.iterdir()))
+    lat = doc["echo_latency"]
+    assert code == 0, proc.stderr.read()
+    assert doc["echo"]["mismatched"] == 0 and doc["echo"]["failed"] == {}  # pipelined echoes, every byte checked
+    assert lat["mode"] == "open" and lat["measured_from"] == "intended send time"
+    assert lat["p90"] >= 1000 and 1900 <= lat["max"] < 4000, lat
+    assert lat["count"] >= 0.8 * 100 * 6 / 0.2, "echoes were skipped instead of sent on schedule"
+    # Both workers' histograms merged: every echo after the ramp, none of the one-per-connection checks.
+    assert lat["count"] == doc["echo"]["verified"] - doc["connects"]["ok"]
+
+
 @pytest.mark.parametrize("phase", ["starting", "ramping", "holding", "writing results"])
 def test_ctrl_c_in_every_phase_leaves_a_valid_run_json_and_no_process(tmp_path, phase):
     args = ["--connections", "400", "--processes", "1", "--workers", "1", "--hold", "4", "--echo-interval", "1"]
