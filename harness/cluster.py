@@ -38,8 +38,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def _prepare_child(nice: int) -> None:
     proc.die_with_parent(signal.SIGTERM)
+    if nice:
+        os.nice(nice)  # the forked workers inherit it
 
 
 @dataclass
@@ -55,6 +57,7 @@ class LocustCluster:
     master_port: int = 0
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # "master", "workers" (the forker)
     worker_pids: list[int] = field(default_factory=list)  # the forked workers, in fork order
+    worker_nice: int = 0  # added to the workers' nice value (the master keeps the harness's)
     _gone: dict[int, int | None] = field(default_factory=dict)  # worker pid -> wait status, once dead
 
     def start(self) -> "LocustCluster":
@@ -63,16 +66,17 @@ class LocustCluster:
         self._spawn("master", [*LOCUST, "--master", "--master-bind-host", "127.0.0.1",
                                "--master-bind-port", str(self.master_port), *common, *self.master_args])
         self._spawn("workers", [*LOCUST, "--worker", "--processes", str(self.workers), "--master-host",
-                                "127.0.0.1", "--master-port", str(self.master_port), *common, *self.worker_args])
+                                "127.0.0.1", "--master-port", str(self.master_port), *common, *self.worker_args],
+                    nice=self.worker_nice)
         return self
 
-    def _spawn(self, name: str, cmd: list[str]) -> None:
+    def _spawn(self, name: str, cmd: list[str], nice: int = 0) -> None:
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "w")
         self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                                            stdin=subprocess.DEVNULL, preexec_fn=lambda: _prepare_child(nice),
                                             start_new_session=True)  # Ctrl-C is the harness's to handle
         if out is not None:
             out.close()

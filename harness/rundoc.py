@@ -12,7 +12,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from harness.results import machine
-from harness.runfile import SCHEMA, map_stopped_by, validate
+from harness.runfile import SCHEMA, WORKER_FULL, WORKER_FULL_DETAIL, map_stopped_by, validate
 
 
 def build_document(prepared, group, started_at: str, duration: float, sampler,
@@ -45,7 +45,8 @@ def build_document(prepared, group, started_at: str, duration: float, sampler,
         "peak_connections_servers": max((p["server_open"] for p in series), default=0),
         "peak_connections_by_process": peak["server_open_by_process"] if peak else [],
         "predicted_cap": plan.predicted_cap, "stopped_by": stopped_by, "faults": faults,
-        "stop_detail": error or (f"Locust master exit code {master_code}" if master_code else None),
+        "stop_detail": error or (WORKER_FULL_DETAIL if status.get("stopped_by") == WORKER_FULL else None)
+        or (f"Locust master exit code {master_code}" if master_code else None),
         "ramp_s": ramp_s, "connect_rate_per_s": round(peak_n / ramp_s) if ramp_s else 0,
         "steady_state": steady_state(series, peak_n),
         "echo": {"sent": status.get("totals", {}).get("echoes_sent", 0),

@@ -28,6 +28,13 @@ SERIES_FIELDS = ("t", "kernel_established", "server_open", "server_open_by_proce
                  "locust_rss_bytes", "slab_bytes", "server_cpu_s", "locust_cpu_s")
 
 
+# A Locust worker refusing a connect because it holds all the users its fd limit allows
+# (scenarios.tcp_echo.WORKER_FULL; named again here because the harness never imports locust).
+WORKER_FULL = "worker-full"
+WORKER_FULL_DETAIL = ("a Locust worker held all the users its fd limit allows (its limit less a reserve of 100 "
+                      "for Locust); use more --workers or a higher --worker-fd-limit")
+
+
 class SchemaError(ValueError):
     pass
 
@@ -38,6 +45,8 @@ def map_stopped_by(reason: str | None) -> str:
         return reason
     if reason in ("ENOBUFS", "ENOMEM"):
         return "memory"
+    if reason == WORKER_FULL:  # the client side's fd limit
+        return "EMFILE"
     return "error"
 
 

@@ -14,20 +14,21 @@ import time
 from pathlib import Path
 
 from harness.cluster import LocustCluster
+from harness.run import LOAD_NICE
 from servers.contract import ServerConfig
 from servers.supervisor import ServerGroup
 
 
 def run_ui(args: argparse.Namespace) -> int:
     config = ServerConfig(backend=args.backend, port=args.port, processes=args.processes, share=args.share,
-                          fd_limit=args.server_fd_limit)
+                          fd_limit=args.server_fd_limit, nice=LOAD_NICE)
     workdir = Path(tempfile.mkdtemp(prefix="harness-ui-"))
     stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, f: stopping.append(s))
     group = ServerGroup(config, log_file=str(workdir / "servers.log")).start()
     cluster = LocustCluster(
-        host="127.0.0.1", port=group.port, workers=args.workers, log_dir=workdir,
+        host="127.0.0.1", port=group.port, workers=args.workers, log_dir=workdir, worker_nice=LOAD_NICE,
         master_args=["--web-host", "127.0.0.1", "--web-port", str(args.web_port), "--expect-workers",
                      str(args.workers), "--server-gauges", group.gauges_path,
                      "--target-connections", str(args.connections), "--echo-interval", str(args.echo_interval),

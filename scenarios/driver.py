@@ -40,7 +40,7 @@ import gevent
 from gevent import GreenletExit, monkey
 from gevent.event import Event
 
-from scenarios.tcp_echo import TALLY, TCPError, parse_host
+from scenarios.tcp_echo import TALLY, WORKER_FULL, TCPError, parse_host
 from servers.proc import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
 
 _epoll = monkey.get_original("select", "epoll")
@@ -228,6 +228,8 @@ class Driver:
         source = sources[self.sources_turn % len(sources)]
         self.sources_turn += 1
         conn.started = time.perf_counter()
+        if TALLY.full():
+            return self._failed_connect(conn, WORKER_FULL)
         try:
             sock = _socket(gsocket.AF_INET, gsocket.SOCK_STREAM)
         except OSError as exc:  # EMFILE in this Locust process

@@ -65,6 +65,10 @@ class WorkerTally:
         # time in the closed loop), 3 significant digits; the master merges every worker's.
         self.latency = new_latency_histogram()
 
+    def full(self) -> bool:
+        """At the most users this process may hold: one more socket would eat Locust's own fd reserve."""
+        return bool(self.max_users) and self.open >= self.max_users
+
     def failed(self, where: dict[str, int], name: str) -> None:
         where[name] = where.get(name, 0) + 1
 
@@ -76,6 +80,9 @@ def new_latency_histogram() -> HdrHistogram:
     return HdrHistogram(1, LATENCY_MAX_US, 3)
 
 
+# A connect refused by the worker itself: it holds max_users already (Locust's master may hand a
+# worker more than its share when it moves users off workers it thinks are missing).
+WORKER_FULL = "worker-full"
 TALLY = WorkerTally()
 _user_numbers = itertools.count()
 
@@ -135,10 +142,13 @@ class EchoUser(User):
         host, port = parse_host(self.host)
         source = TALLY.sources[next(_user_numbers) % len(TALLY.sources)]
         start = time.perf_counter()
+        if TALLY.full():
+            return self._fire_failure("connect", start, TCPError(WORKER_FULL), TALLY.connects_failed)
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         except OSError as exc:  # EMFILE in this Locust process
             return self._fire_failure("connect", start, exc, TALLY.connects_failed)
+        TALLY.open += 1  # counted from now: other users check full() while this one waits in connect()
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if source != "0.0.0.0":
@@ -148,9 +158,9 @@ class EchoUser(User):
             sock.connect((host, port))
         except OSError as exc:
             sock.close()
+            TALLY.open -= 1
             return self._fire_failure("connect", start, exc, TALLY.connects_failed)
         self.sock = sock
-        TALLY.open += 1
         self._fire("connect", start, 0, None)
         # Every connection is echo-verified once, right away. A server at its fd limit completes
         # the handshake (the kernel does) and then closes: the client sees EOF here, so a failed

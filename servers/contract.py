@@ -43,6 +43,7 @@ class ServerConfig:
     selector: str = "epoll"
     backlog: int = 4096
     upper: bool = False  # threaded only: send back the upper-cased data (the seed article's demo)
+    nice: int = 0  # added to each server process's nice value (a run lowers its load below its control)
 
 
 class ServeContext:

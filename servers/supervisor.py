@@ -171,6 +171,8 @@ class ServerGroup:
     def _child(self, index, inherited, make_source, siblings, handoff, acceptor, keep) -> int:
         proc.die_with_parent(signal.SIGTERM)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+        if self.config.nice:
+            os.nice(self.config.nice)
         if self.log_file:
             fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(fd, 2)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -15,7 +17,7 @@ import pytest
 from harness.cluster import LocustCluster
 from servers.proc import established_on_port
 from servers.registry import BACKENDS
-from tests.helpers import ServerProcess, process_alive, wait_status
+from tests.helpers import ROOT, ServerProcess, process_alive, wait_status
 
 
 def run_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, hold: float = 2.0,
@@ -118,3 +120,42 @@ def test_worker_users_stay_below_its_fd_limit(tmp_path, start_server):
     assert status["totals"]["max_users"] == 200 and status["stopped_by"] == "target"
     assert status["workers"][0]["open"] == 200 and status["totals"]["connects_failed"] == {}
     assert "EMFILE" not in (tmp_path / "logs" / "workers.log").read_text()
+
+
+WORKER_FULL_SCRIPT = """
+import json, sys, time
+import gevent
+from locust.env import Environment
+from scenarios import locust_fixes  # noqa: F401
+from scenarios.tcp_echo import TALLY, EchoUser
+
+class Options:
+    echo_timeout, payload_size, echo_interval, user_mode, echo_mode = 5.0, 16, 60.0, sys.argv[2], "closed"
+
+env = Environment(user_classes=[EchoUser], host="tcp://127.0.0.1:" + sys.argv[1], parsed_options=Options())
+EchoUser.host = env.host  # what runner.start() would do
+runner = env.create_local_runner()
+TALLY.max_users, TALLY.sources = 5, ["127.0.0.1"]
+runner.spawn_users({"EchoUser": 8})
+deadline = time.time() + 10
+while TALLY.connects_ok + sum(TALLY.connects_failed.values()) < 8 and time.time() < deadline:
+    gevent.sleep(0.05)
+print(json.dumps({"open": TALLY.open, "ok": TALLY.connects_ok, "failed": TALLY.connects_failed,
+                  "users": runner.user_count}))
+"""
+
+
+@pytest.mark.parametrize("user_mode", ["driver", "greenlet"])
+def test_a_worker_never_opens_more_sockets_than_its_fd_limit_allows(start_server, user_mode):
+    """Locust's master can hand a worker more users than its share (it moves users off workers it
+    thinks are missing); the worker refuses the extra ones itself instead of eating the fds Locust
+    keeps for its own monitor."""
+    server = start_server("selectors")
+    before = server.wait_gauges(lambda rows: rows[0]["accepted"] >= 1)[0]["accepted"]  # the readiness check
+    out = subprocess.run([sys.executable, "-c", WORKER_FULL_SCRIPT, str(server.port), user_mode], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"open": 5, "ok": 5, "failed": {"worker-full": 3}, "users": 8}
+    accepted = server.wait_gauges(lambda rows: rows[0]["accepted"] - before == 5)[0]["accepted"] - before
+    assert accepted == 5  # no socket was opened for the other three
