@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "schedule, latency from the intended send time (no coordinated omission)")
     p.add_argument("--echo-timeout", type=_positive_float, default=10.0, help="seconds a connect or echo may take")
     p.add_argument("--ramp-rate", type=_positive_float, default=None, help="connections per second (default 10,000; the ramp slows down where the machine cannot keep up)")
-    p.add_argument("--max-seconds", type=_positive_float, default=240.0, help="end the ramp after this long")
+    p.add_argument("--max-seconds", type=_positive_float, default=None,
+                   help="end the ramp after this long (default: 240 s, or the target at 2,000 connections/s)")
     p.add_argument("--out", default="results", help="directory for run directories")
     p.add_argument("--json", action="store_true", help="print the result document")
     p.add_argument("--report", action="store_true", help="also write RUN_DIR/report/report.html")

@@ -34,6 +34,9 @@ from servers.supervisor import ConfigError, ServerGroup
 WORKER_FD_RESERVE = 100  # scenarios.locustfile.FD_RESERVE: fds a Locust worker keeps for itself
 WORKER_EXIT_GRACE_S = 3.0
 DEFAULT_RAMP_RATE = 10_000.0  # the shape slows down by itself where the machine cannot keep up
+# The ramp's default time bound: 240 s, or long enough for the target at this many connections a
+# second (a million here ramped at ~4,000/s; 240 s stopped it 7,505 short).
+SLOWEST_PLANNED_RAMP = 2_000.0
 # The load (servers and Locust workers) runs below the control plane (the Locust master and this
 # process): at a million connections 110 processes share two cores, and a master with an equal
 # share fell behind its workers' heartbeats, marked 73 of them missing and moved their users onto
@@ -64,7 +67,7 @@ class RunConfig:
     echo_mode: str = "closed"
     echo_timeout: float = 10.0
     ramp_rate: float | None = None
-    max_seconds: float = 240.0
+    max_seconds: float | None = None  # the ramp's time bound; None: planned from the target
     out: str = "results"
 
 
@@ -76,6 +79,7 @@ class Prepared:
     workers: int
     worker_fd_limit: int
     ramp_rate: float
+    max_seconds: float
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -124,7 +128,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     except OSError as exc:
         raise RunError(f"cannot write results to {out}: {exc.strerror}; choose another --out") from None
     ramp = cfg.ramp_rate or min(float(cfg.connections), DEFAULT_RAMP_RATE)
-    return Prepared(cfg, limits, plan, workers, worker_fd, ramp)
+    max_seconds = cfg.max_seconds or max(240.0, cfg.connections / SLOWEST_PLANNED_RAMP)
+    return Prepared(cfg, limits, plan, workers, worker_fd, ramp, max_seconds)
 
 
 class Sampler:
@@ -213,7 +218,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
                      "--hold-seconds", str(cfg.hold), "--echo-interval", str(cfg.echo_interval),
                      "--echo-mode", cfg.echo_mode,
                      "--echo-timeout", str(cfg.echo_timeout),
-                     "--max-seconds", str(cfg.max_seconds), "--server-gauges", group.gauges_path,
+                     "--max-seconds", str(prepared.max_seconds), "--server-gauges", group.gauges_path,
                      "--status-file", str(status_file), "--kernel-interval", "0", "--csv", str(run_dir / "locust"),
                      "--csv-full-history", "--html", str(run_dir / "locust.html"), "--only-summary"],
         worker_args=["--worker-fd-limit", str(prepared.worker_fd_limit), "--user-mode", cfg.user_mode,
@@ -228,7 +233,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         if stop_reason:  # Ctrl-C while the servers were starting: no Locust to start
             raise _Interrupted
         cluster.start()
-        deadline = t0 + cfg.max_seconds + cfg.hold + 90
+        deadline = t0 + prepared.max_seconds + cfg.hold + 90
         next_sample = time.monotonic()
         while not stop_reason:
             dead = cluster.dead()

@@ -51,7 +51,7 @@ MAX_WAIT_S = 0.1
 # Echoes are due on a grid of SLOT_S: a wake-up with one echo to send cost a worker ~300 µs and the
 # server ~100 µs, one with many ~30 µs and ~14 µs an echo (10k held, one echo a second vs a minute).
 SLOT_S = 0.02
-ADOPT_BATCH = 200  # users adopted between yields: Locust's spawn loop never yields by itself
+ADOPT_BATCH = 50  # users adopted between yields: Locust's spawn loop never yields by itself
 CONNECT = 0  # the op number of a connect in the inflight queue
 
 

@@ -12,14 +12,28 @@ locustfile, so they apply in every Locust process of a run and nowhere else.
   reads it about six times per spawn message: ~20% of a worker's CPU while ramping at 16k users
   (py-spy), and more than the machine has at a million users. With one user class, every user
   greenlet is of that class, and Locust's own `user_count` (the group's length) is the answer.
+- The master marks a worker missing after HEARTBEAT_LIVENESS (3) heartbeat seconds of silence and
+  moves its users onto the other workers. That suits workers on their own machines; at a million
+  connections 51 workers share two cores with 59 servers, a worker connecting its share of a step
+  went more than 3 s without running its heartbeat, the master moved the users of 48 workers, and
+  some workers were handed 25 times their share. 30 s here (at 10 s two still went missing); the
+  harness finds dead workers by their pids, not through this.
+- A worker coming back from "missing" makes the master start a rebalancing dispatch, which sleeps
+  inside the dispatcher's generator between batches; the shape's next tick then calls start()
+  and next() on that same generator, and the master dies (`ValueError: generator already
+  executing`, locustio/locust#2141; seen at 720k connections). MasterRunner.start is serialized:
+  a rebalance waits for the shape's dispatch to finish, and the other way round.
 """
 
 from __future__ import annotations
 
 import functools
 
-from locust import argument_parser
-from locust.runners import Runner
+from gevent.lock import RLock
+from locust import argument_parser, runners
+from locust.runners import MasterRunner, Runner
+
+runners.HEARTBEAT_LIVENESS = 30
 
 if not hasattr(argument_parser.default_args_dict, "cache_info"):
     argument_parser.default_args_dict = functools.cache(argument_parser.default_args_dict)
@@ -35,3 +49,16 @@ def _user_classes_count(runner: Runner) -> dict[str, int]:
 
 if Runner.user_classes_count.fget is _count_by_walking:
     Runner.user_classes_count = property(_user_classes_count)
+
+
+_start_unserialized = MasterRunner.start
+
+
+def _start_serialized(runner: MasterRunner, *args, **kwargs):
+    lock = runner.__dict__.setdefault("_harness_start_lock", RLock())
+    with lock:
+        return _start_unserialized(runner, *args, **kwargs)
+
+
+if MasterRunner.start is _start_unserialized:
+    MasterRunner.start = _start_serialized

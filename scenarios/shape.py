@@ -33,6 +33,7 @@ class StepRampShape(LoadTestShape):
     def __init__(self) -> None:
         super().__init__()
         self.held_users = 0
+        self.dispatched = 0  # the most users this shape has asked for
         self.hold_started = 0.0
         self.phase = "ramp"
 
@@ -67,8 +68,11 @@ class StepRampShape(LoadTestShape):
             # time out. The target is never passed.
             answered = totals["connects_ok"] + sum(failures.values())
             users = min(target, step * (math.floor(now / opts.step_seconds) + 1), answered + LEAD_STEPS * step)
-            users = max(users, self.runner.user_count)  # never ramp down
-            return users, min(opts.ramp_rate * 2, max(1.0, float(step)))
+            # Never ramp down: not below what was already asked for. (The master's user_count is
+            # what workers have reported, a step behind; a target below it made Locust stop and
+            # restart ~170k users of a million.)
+            self.dispatched = max(users, self.dispatched)
+            return self.dispatched, min(opts.ramp_rate * 2, max(1.0, float(step)))
         if self.phase == "hold" and now - self.hold_started < opts.hold_seconds:
             return self.held_users, max(1.0, float(opts.ramp_rate))
         self.phase = "done"
@@ -80,5 +84,5 @@ class StepRampShape(LoadTestShape):
         self.phase = "hold"
         BOARD.set_phase(self.runner, self.phase)
         self.hold_started = now
-        self.held_users = self.runner.user_count
+        self.held_users = self.dispatched  # every user asked for (a failed one idles; none is stopped)
         return self.held_users, max(1.0, float(self._opts().ramp_rate))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,14 +23,14 @@ from tests.helpers import ROOT, ServerProcess, process_alive, wait_status
 
 
 def run_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, hold: float = 2.0,
-                user_mode: str = "driver"):
+                user_mode: str = "driver", ramp_rate: int | None = None):
     """Run the scenario headless; return (status during the hold, kernel count then, servers' gauges
     then, the master's exit code, the Locust CSV stats rows)."""
     status_file = tmp_path / "status.json"
     cluster = LocustCluster(
         host="127.0.0.1", port=server.port, workers=workers, log_dir=tmp_path / "logs",
         master_args=["--headless", "--expect-workers", str(workers), "--target-connections", str(target),
-                     "--ramp-rate", str(target), "--hold-seconds", str(hold), "--echo-interval", "0.5",
+                     "--ramp-rate", str(ramp_rate or target), "--hold-seconds", str(hold), "--echo-interval", "0.5",
                      "--max-seconds", "60", "--server-gauges", str(server.gauge_file),
                      "--status-file", str(status_file), "--csv", str(tmp_path / "run")],
         worker_args=["--worker-fd-limit", "2000", "--user-mode", user_mode])
@@ -83,6 +85,34 @@ def test_two_workers_hold_and_echo_every_connection(tmp_path, start_server, back
     assert code == 0, log[-2000:]
     assert int(stats["connect"]["Request Count"]) == 300 and int(stats["connect"]["Failure Count"]) == 0
     assert int(stats["echo"]["Request Count"]) >= 600 and int(stats["echo"]["Failure Count"]) == 0
+
+
+def test_a_worker_paused_mid_ramp_makes_the_ramp_wait_and_stops_no_user(tmp_path, start_server):
+    """A worker that cannot report for 7 s (SIGSTOP) must not make the shape ask for fewer users than
+    it already asked for, or Locust stops users and starts them again elsewhere (170k of a million)."""
+    server = start_server("selectors")
+    status_file = tmp_path / "status.json"
+    cluster = LocustCluster(
+        host="127.0.0.1", port=server.port, workers=2, log_dir=tmp_path / "logs",
+        master_args=["--headless", "--expect-workers", "2", "--target-connections", "1200", "--ramp-rate", "200",
+                     "--hold-seconds", "2", "--echo-interval", "5", "--status-file", str(status_file)],
+        worker_args=["--worker-fd-limit", "2000"])
+    cluster.start()
+    try:
+        ramping = wait_status(tmp_path, lambda s: s["phase"] == "ramp" and len(s["workers"]) == 2
+                              and s["totals"]["open"] >= 200, pattern="status.json")
+        paused = ramping["workers"][0]["pid"]
+        os.kill(paused, signal.SIGSTOP)
+        time.sleep(7)
+        os.kill(paused, signal.SIGCONT)
+        status = wait_status(tmp_path, lambda s: s["phase"] == "hold" and s["totals"]["connects_ok"] >= 1200,
+                             pattern="status.json")
+        assert cluster.wait_master(60) == 0
+    finally:
+        cluster.stop()
+    totals = status["totals"]
+    assert status["stopped_by"] == "target"
+    assert totals["connects_ok"] == totals["open"] == 1200, "users were stopped and started again"
 
 
 @pytest.mark.parametrize("user_mode", ["driver", "greenlet"])
