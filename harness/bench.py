@@ -27,7 +27,7 @@ from servers.supervisor import ServerGroup
 CLIENT = [sys.executable, "-m", "servers.bench_clients"]
 
 
-def _lines(proc: subprocess.Popen, until: str, timeout: float) -> dict:
+def read_event(proc: subprocess.Popen, until: str, timeout: float) -> dict:
     """Read a client's JSON lines until an event named `until`; return that line."""
     deadline = time.monotonic() + timeout
     for line in proc.stdout:
@@ -44,7 +44,7 @@ def _kernel_memory() -> dict[str, int]:
     return {"SUnreclaim": info["SUnreclaim"], "KernelStack": info["KernelStack"]}
 
 
-def _servers(group: ServerGroup) -> list[dict]:
+def server_rows(group: ServerGroup) -> list[dict]:
     return [g for g in group.board.read_all() if g["role"] != ROLE_ACCEPTOR]
 
 
@@ -72,7 +72,7 @@ def bench_memory(backends: list[str], connections: int, steps: int = 5) -> dict:
     for name in backends:
         with ServerGroup(ServerConfig(backend=name, port=0)) as group:
             time.sleep(0.5)
-            points = [(0, _servers(group)[0]["rss_bytes"], _kernel_memory())]
+            points = [(0, server_rows(group)[0]["rss_bytes"], _kernel_memory())]
             clients = []
             try:
                 for _ in range(steps):
@@ -80,15 +80,15 @@ def bench_memory(backends: list[str], connections: int, steps: int = 5) -> dict:
                                                str(connections // steps)], stdin=subprocess.PIPE,
                                               stdout=subprocess.PIPE, text=True)
                     clients.append(client)
-                    _lines(client, "held", 120)
+                    read_event(client, "held", 120)
                     time.sleep(0.6)  # let the server publish its gauges
-                    g = _servers(group)[0]
+                    g = server_rows(group)[0]
                     points.append((g["open"], g["rss_bytes"], _kernel_memory()))
                 reverified = 0
                 for client in clients:
                     client.stdin.write("\n")
                     client.stdin.flush()
-                    reverified += _lines(client, "result", 60)["reverified"]
+                    reverified += read_event(client, "result", 60)["reverified"]
             finally:
                 for client in clients:
                     client.kill()
@@ -118,41 +118,45 @@ def source_address(i: int) -> str:
     return f"127.0.{1 + i // 250}.{2 + i % 250}"
 
 
+def start_holders(port: int, count: int, limits: dict, clients: int | None = None,
+                  first_address: int = 0) -> tuple[list[subprocess.Popen], list[str]]:
+    """Hold-client processes for `count` connections to `port`. Each holds at most its own fd
+    limit's worth, from source addresses of its own, each under half the ephemeral range
+    (addresses from `first_address` on). They print a "held" event, then hold until a line on stdin."""
+    per_client_max = limits_mod.usable_fd_limit(limits) - 64
+    clients = clients or max(1, -(-count // per_client_max))
+    counts = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
+    per_source = limits_mod.per_source_address(limits)
+    procs, addresses = [], []
+    for n in counts:
+        mine = [source_address(first_address + len(addresses) + k) for k in range(-(-n // per_source))]
+        addresses += mine
+        procs.append(subprocess.Popen([*CLIENT, "hold", "--port", str(port), "--count", str(n),
+                                       "--sources", ",".join(mine)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True))
+    return procs, addresses
+
+
 def bench_hold(backend: str, connections: int, processes: int | None, share: str, clients: int | None,
                hold_s: float = 5.0) -> dict:
     limits = limits_mod.read_limits()
     plan = limits_mod.plan(limits, connections, backend=backend, processes=processes)
     for reason in plan.reasons:
         print(f"  plan: {reason}", flush=True)
-    # Each client process holds at most its own fd limit's worth, and at most one source
-    # address's share per address.
-    per_client_max = limits_mod.usable_fd_limit(limits) - 64
-    clients = clients or max(1, -(-connections // per_client_max))
-    counts = [connections // clients + (1 if i < connections % clients else 0) for i in range(clients)]
-    # Each client gets its own source addresses, enough to stay under half the ephemeral range each.
-    shares, addresses = [], []
-    for count in counts:
-        need = -(-count // plan.per_source)
-        shares.append([source_address(len(addresses) + k) for k in range(need)])
-        addresses += shares[-1]
-    print(f"  plan: {clients} client process(es), {len(addresses)} source addresses", flush=True)
     with ServerGroup(ServerConfig(backend=backend, port=0, processes=plan.server_processes, share=share)) as group:
         start = time.monotonic()
-        procs = []
-        for count, mine in zip(counts, shares):
-            procs.append(subprocess.Popen([*CLIENT, "hold", "--port", str(group.port), "--count", str(count),
-                                           "--sources", ",".join(mine)], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, text=True))
+        procs, addresses = start_holders(group.port, connections, limits, clients)
+        print(f"  plan: {len(procs)} client process(es), {len(addresses)} source addresses", flush=True)
         try:
-            held = [_lines(p, "held", 300) for p in procs]
+            held = [read_event(p, "held", 300) for p in procs]
             ramp_s = time.monotonic() - start
             time.sleep(max(1.0, hold_s))
-            servers = _servers(group)
+            servers = server_rows(group)
             kernel = established_on_port(group.port)
             for p in procs:
                 p.stdin.write("\n")
                 p.stdin.flush()
-            results = [_lines(p, "result", 120) for p in procs]
+            results = [read_event(p, "result", 120) for p in procs]
         finally:
             for p in procs:
                 p.kill()
@@ -162,7 +166,7 @@ def bench_hold(backend: str, connections: int, processes: int | None, share: str
         for k, v in r["failed"].items():
             failed[k] = failed.get(k, 0) + v
     doc = {"backend": backend, "share": share, "target": connections, "server_processes": plan.server_processes,
-           "client_processes": clients, "source_addresses": addresses, "port": group.port,
+           "client_processes": len(procs), "source_addresses": addresses, "port": group.port,
            "held_by_clients": sum(h["open"] for h in held),
            "verified_at_connect": sum(r["verified_at_connect"] for r in results),
            "reverified_after_hold": sum(r["reverified"] for r in results),

@@ -42,6 +42,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.kind == "memory":
         doc = bench.bench_memory(backends or ["selectors", "uvloop", "asyncio", "threaded"],
                                  args.connections or 18_000)
+    elif args.kind == "idle":
+        from harness.bench_idle import IDLE_POINTS, bench_idle
+        idle = [int(x) for x in args.idle.split(",")] if args.idle else list(IDLE_POINTS)
+        doc = bench_idle(backends or ["selectors", "uvloop", "asyncio", "threaded"], idle,
+                         args.connections or 100, seconds=args.seconds)
+    elif args.kind == "reference":
+        from harness.bench_reference import ReferenceMissing, bench_reference
+        try:
+            doc = bench_reference(backends or ["selectors", "uvloop", "asyncio", "threaded"], args.connections or 100)
+        except ReferenceMissing as exc:
+            print(f"harness bench: error: {exc}", file=sys.stderr)
+            return 2
     else:
         doc = bench.bench_hold(args.backend, args.connections or 100_000, args.processes, args.share,
                                args.clients, args.hold)
@@ -235,17 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=_positive, default=1000, help="initial target in the start form")
     p.add_argument("--echo-interval", type=_positive_float, default=5.0)
     p = sub.add_parser("bench", help="server benchmarks: echo throughput, memory per connection, N held on one port")
-    p.add_argument("kind", choices=["echo", "memory", "hold"])
-    p.add_argument("--backends", default=None, help="comma-separated (echo, memory); default all")
+    p.add_argument("kind", choices=["echo", "memory", "hold", "idle", "reference"])
+    p.add_argument("--backends", default=None, help="comma-separated (echo, memory, idle, reference); default all")
+    p.add_argument("--idle", default=None, help="idle: comma-separated idle connection counts (default 0,1000,10000,100000)")
     p.add_argument("--backend", choices=list(BACKENDS), default="asyncio", help="hold: the backend")
     p.add_argument("--connections", type=_positive, default=None,
-                   help="echo: 100 clients; memory: 18,000 held; hold: 100,000 held")
+                   help="echo, reference: 100 clients; idle: 100 active; memory: 18,000 held; hold: 100,000 held")
     p.add_argument("--processes", type=_positive, default=None, help="hold: server processes (default: planned)")
     p.add_argument("--share", default="reuseport", choices=["reuseport", "fork", "handoff"])
     p.add_argument("--clients", type=_positive, default=None, help="hold: client processes (default: planned)")
     p.add_argument("--hold", type=_seconds, default=5.0, help="hold: seconds to hold before re-verifying")
     p.add_argument("--size", type=_positive, default=1024, help="echo: message bytes")
-    p.add_argument("--seconds", type=_positive_float, default=5.0, help="echo: measured seconds per backend")
+    p.add_argument("--seconds", type=_positive_float, default=5.0, help="echo, idle: measured seconds per backend or point")
     p.add_argument("--out", default="results", help="directory for the result JSON")
     return parser
 

@@ -36,7 +36,12 @@ def connections_over_time(run: dict) -> Figure:
     if by_process.size:
         for i in range(by_process.shape[1]):
             ax.plot(t[:len(by_process)], by_process[:, i], lw=1, alpha=0.8, label=f"server process {i}" if i < 8 else None)
-    ax.plot(t, [p["kernel_established"] for p in series], color="black", lw=2, label="all (kernel count)")
+    ax.plot(t, [p["server_open"] for p in series], color="black", lw=2, label="all (servers' gauges, every second)")
+    # The kernel's own count, where ss was run (less often as connections grow; every sample in
+    # files from before this was recorded).
+    counted = [p for p in series if p.get("kernel_counted", True)]
+    ax.scatter([p["t"] for p in counted], [p["kernel_established"] for p in counted], s=14, color="black",
+               marker="x", zorder=3, label="all (kernel count, ss)")
     cap = run["server_fd_limit"] - run.get("server_held_fds", 0)
     ax.axhline(cap, color="tab:red", ls="--", lw=1.5, label=f"fd limit − held fds = {cap:,} per process")
     ax.axhline(PORT_NUMBERS, color="tab:gray", ls=":", lw=1.5, label="65,535 (port numbers)")

@@ -150,16 +150,18 @@ class Sampler:
             pass
         return self.status
 
-    def kernel_count(self, fresh: bool) -> int:
-        """The kernel's count of established connections on the port, taken when `fresh` is asked
-        or when due: ss walks every socket on the machine, so it runs less often as they grow."""
+    def kernel_count(self, fresh: bool) -> tuple[int, bool]:
+        """The kernel's count of established connections on the port, and whether it was taken
+        now: when `fresh` is asked or when due (ss walks every socket on the machine, so it runs
+        less often as they grow); otherwise the last count."""
         now = time.monotonic()
         if fresh or now - self._kernel[1] >= self._kernel_every:
             count = proc.established_on_port(self.group.port)
             took = time.monotonic() - now
             self._kernel = (count, now)
             self._kernel_every = max(KERNEL_EVERY_S, took / KERNEL_CPU_SHARE)
-        return self._kernel[0]
+            return count, True
+        return self._kernel[0], False
 
     def sample(self, fresh: bool = False) -> dict:
         status = self.read_status()
@@ -172,9 +174,10 @@ class Sampler:
         phase = status.get("phase", "starting")
         changed, self._phase = phase != self._phase, phase  # counted afresh as each phase begins
         memory = limits_mod.meminfo()
+        kernel, counted = self.kernel_count(fresh or changed)
         point = {
             "t": round(time.monotonic() - self.t0, 2), "phase": phase,
-            "kernel_established": self.kernel_count(fresh or changed),
+            "kernel_established": kernel, "kernel_counted": counted,
             "server_open": sum(r["open"] for r in servers),
             "server_open_by_process": [r["open"] for r in servers],
             "locust_open": totals.get("open", 0), "connects_ok": totals.get("connects_ok", 0),

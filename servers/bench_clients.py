@@ -10,6 +10,9 @@ result) so the orchestrator can read them without importing anything from here.
   is picked per destination at connect time), echo-verifies each once, holds them until told to
   stop (SIGTERM or a line on stdin), verifies every one again, and closes them with SO_LINGER 0
   so no TIME_WAIT is left behind.
+- `paced`: C connections echoing on a fixed schedule (open loop: echoes are pipelined when the
+  server is late) at R echoes a second each; every echo's latency from its intended send time
+  goes into an HdrHistogram. Latency under a steady load, not at saturation.
 """
 
 from __future__ import annotations
@@ -77,6 +80,64 @@ def echo_throughput(host: str, port: int, connections: int, size: int, seconds: 
     done, elapsed = uvloop.run(main())
     return {"requests": done, "seconds": elapsed, "req_per_s": done / elapsed,
             "mismatched": mismatches[0], "connections": connections, "size": size}
+
+
+# -- paced echo latency (open loop) ----------------------------------------------------------
+def paced_latency(host: str, port: int, connections: int, per_second: float, seconds: float,
+                  size: int = 64) -> dict:
+    """Echo k of connection i is due at start + (k + i / C) / R: one send every 1/(C·R) s overall,
+    round-robin. Its latency is answer time minus due time, so a slow server cannot slow the
+    schedule down and hide its own delay (coordinated omission)."""
+    from collections import deque
+
+    from hdrh.histogram import HdrHistogram
+
+    hist = HdrHistogram(1, 60_000_000, 3)
+    payload = os.urandom(size)
+    socks = []
+    for _ in range(connections):
+        s = socket.create_connection((host, port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        socks.append(s)
+    ep = select.epoll()
+    index = {s.fileno(): i for i, s in enumerate(socks)}
+    for s in socks:
+        ep.register(s.fileno(), select.EPOLLIN)
+    due: list[deque] = [deque() for _ in socks]  # per connection: due times of unanswered echoes
+    buffered = [b""] * connections
+    gap = 1.0 / (connections * per_second)
+    start = time.perf_counter() + 0.1
+    end = start + seconds
+    sent = answered = mismatched = 0
+    while True:
+        now = time.perf_counter()
+        while start + sent * gap <= min(now, end):
+            i = sent % connections
+            due[i].append(start + sent * gap)
+            socks[i].send(payload)  # 64 B into an idle socket buffer: never short
+            sent += 1
+        if now >= end and (answered == sent or now >= end + 5):
+            break
+        wait = max(0.0, min(start + sent * gap, end + 5) - now)
+        for fd, _ in ep.poll(wait):
+            i = index[fd]
+            data = socks[i].recv(65536)
+            if not data:
+                raise SystemExit("paced: the server closed a connection")
+            buffered[i] += data
+            done = time.perf_counter()
+            while len(buffered[i]) >= size:
+                mismatched += buffered[i][:size] != payload
+                buffered[i] = buffered[i][size:]
+                hist.record_value(max(1, int((done - due[i].popleft()) * 1e6)))
+                answered += 1
+    for s in socks:
+        s.close()
+    return {"connections": connections, "per_second": per_second, "seconds": seconds, "sent": sent,
+            "answered": answered, "mismatched": mismatched,
+            **{f"p{q:g}_ms": hist.get_value_at_percentile(q) / 1000 for q in (50, 90, 99)},
+            "max_ms": hist.get_max_value() / 1000, "histogram": hist.encode().decode()}
 
 
 # -- holding N connections -------------------------------------------------------------------
@@ -227,6 +288,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--connections", type=int, default=100)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--seconds", type=float, default=5.0)
+    p = sub.add_parser("paced")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--connections", type=int, default=100)
+    p.add_argument("--per-second", type=float, default=50.0, help="echoes a second per connection")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--size", type=int, default=64)
     p = sub.add_parser("hold")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
@@ -237,6 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.mode == "echo":
         emit(event="result", **echo_throughput(args.host, args.port, args.connections, args.size, args.seconds))
+    elif args.mode == "paced":
+        emit(event="result", **paced_latency(args.host, args.port, args.connections, args.per_second,
+                                             args.seconds, args.size))
     else:
         hold_main(args)
 
