@@ -21,7 +21,7 @@ from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, refusals
 from servers.proc import RssReader, count_open_fds, established_on_port
 
 MESSAGE = "harness_gauges"
-STALE_S = 30.0  # a worker silent this long is gone: as long as Locust waits (locust_fixes: heartbeat liveness)
+STALE_S = 5.0  # a worker silent this long is left out of the totals (the shape never lowers its target for it)
 PHASE_MESSAGE = "harness_phase"  # master -> workers: {"ramping": bool}
 REPORT_INTERVAL_S = 1.0
 KERNEL_INTERVAL_S = 2.0
