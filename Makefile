@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test bench clean
+.PHONY: run test bench reference clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,17 @@ test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m pytest -q -m bench --benchmark-enable tests/
+	$(PY) -m pytest -q -n 0 -m bench --benchmark-enable tests/
+
+# The C reference for `harness bench reference`: Debian's redis-server and redis-benchmark.
+REDIS_BENCHMARK := /usr/bin/redis-benchmark
+$(REDIS_BENCHMARK):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
+	else echo "redis-server and redis-tools are not installed and this user cannot apt-get them"; fi
+
+reference: $(STAMP) $(REDIS_BENCHMARK)
+	$(VENV)/bin/harness bench reference
 
 clean:
 	rm -rf $(VENV) build *.egg-info
