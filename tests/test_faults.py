@@ -112,7 +112,9 @@ def test_open_loop_latency_counts_a_stall_from_each_intended_send_time(tmp_path)
     assert doc["echo"]["mismatched"] == 0 and doc["echo"]["failed"] == {}  # pipelined echoes, every byte checked
     assert lat["mode"] == "open" and lat["measured_from"] == "intended send time"
     assert lat["p90"] >= 1000 and 1900 <= lat["max"] < 4000, lat
-    assert lat["count"] >= 0.8 * 100 * 6 / 0.2, "echoes were skipped instead of sent on schedule"
+    # ~500 echoes/s are due for the ~5 s the workers echo in a 6 s hold: ~2,400. A closed loop loses
+    # the ~2 s of the stall (1,629 in the same run, measured), so 2,000 tells them apart.
+    assert lat["count"] >= 2000, "echoes were skipped instead of sent on schedule"
     # Both workers' histograms merged: every echo after the ramp, none of the one-per-connection checks.
     assert lat["count"] == doc["echo"]["verified"] - doc["connects"]["ok"]
 
