@@ -24,20 +24,23 @@ $(CHROMIUM):
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium tcpdump >/dev/null; \
 	else echo "chromium is not installed and this user cannot apt-get it: the web UI test will be skipped"; fi
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) $(REDIS_BENCHMARK)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) -m pytest -q -n 0 -m bench --benchmark-enable tests/
 
-# The C reference for `harness bench reference`: Debian's redis-server and redis-benchmark.
+# The C reference for `harness bench reference`: Debian's redis-server, and redis-benchmark (redis-tools),
+# which the tests also use to check the reference's method against an echo server.
 REDIS_BENCHMARK := /usr/bin/redis-benchmark
-$(REDIS_BENCHMARK):
+REDIS_SERVER := /usr/bin/redis-server
+$(REDIS_BENCHMARK) $(REDIS_SERVER):
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
-	else echo "redis-server and redis-tools are not installed and this user cannot apt-get them"; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			$(if $(filter $@,$(REDIS_SERVER)),redis-server,redis-tools) >/dev/null; \
+	else echo "$@ is not installed and this user cannot apt-get it"; fi
 
-reference: $(STAMP) $(REDIS_BENCHMARK)
+reference: $(STAMP) $(REDIS_BENCHMARK) $(REDIS_SERVER)
 	$(VENV)/bin/harness bench reference
 
 clean:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 from harness import limits as limits_mod
 from harness.bench import CLIENT, read_event, server_rows, start_holders
@@ -85,10 +86,15 @@ def _variant(backend: str, mechanism: str, processes: int, idle_points: list[int
     return points
 
 
-def _refused(group: ServerGroup) -> str:
-    """The reason the servers refused most connections for, if they refused any."""
-    counts: dict[str, int] = {}
-    for row in server_rows(group):
-        for reason, n in refusals(row).items():
-            counts[reason] = counts.get(reason, 0) + n
-    return max(counts, key=counts.get) if counts else ""
+def _refused(group: ServerGroup, wait: float = 2.0) -> str:
+    """The reason the servers refused most connections for, if they refused any. Waits a little:
+    a server publishes its gauges every TICK_S, so a refusal the client saw may not be there yet."""
+    deadline = time.monotonic() + wait
+    while True:
+        counts: dict[str, int] = {}
+        for row in server_rows(group):
+            for reason, n in refusals(row).items():
+                counts[reason] = counts.get(reason, 0) + n
+        if counts or time.monotonic() > deadline:
+            return max(counts, key=counts.get) if counts else ""
+        time.sleep(0.05)

@@ -123,7 +123,7 @@ class LocustCluster:
         self._find_workers()
         pids = [pid for pid in self.worker_pids if _exit_status(pid) is False]
         for pid in pids:
-            _signal(pid, signal.SIGTERM)
+            proc.send_signal(pid, signal.SIGTERM)
         for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -137,7 +137,7 @@ class LocustCluster:
         for pid in pids:  # orphaned if the forker was killed first; they die with it (PDEATHSIG)
             while _exit_status(pid) is False and time.monotonic() < deadline:
                 time.sleep(0.05)
-            _signal(pid, signal.SIGKILL)
+            proc.send_signal(pid, signal.SIGKILL)
 
     def pids(self) -> list[int]:
         self._find_workers()
@@ -156,9 +156,3 @@ def _exit_status(pid: int) -> int | None | bool:
         return False
     return os.waitstatus_to_exitcode(int(fields[49]))  # field 52, exit_code: the wait status
 
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        psutil.Process(pid).send_signal(sig)
-    except psutil.NoSuchProcess:
-        pass

@@ -49,8 +49,8 @@ def start_reporting(runner) -> None:
     rss = RssReader()  # opened now, before any connection: works at EMFILE later
     base = rss.rss_bytes()  # before any user: what the users cost is measured from here
     # fds in use = those held before any user + one socket per open connection. Listed once:
-    # listing /proc/self/fd every second made the kernel keep a proc inode and a dentry per fd
-    # (~1.8 KB per connection in slabinfo, more than the user itself costs in the worker).
+    # listing /proc/self/fd takes 15 ms at 19,000 fds, every second in each of 51 workers at a
+    # million connections.
     base_fds = count_open_fds()
 
     def loop() -> None:

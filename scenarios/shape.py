@@ -17,7 +17,7 @@ from locust import LoadTestShape
 from scenarios.gauges import BOARD
 
 # Workers report what was answered once a second, so the shape sees it about a step late: with one
-# step of lead the ramp ran at half its rate (10,010/s of 20,000/s at 100k); two keep it going.
+# step of lead a step could start only once the one before was reported, not when it was answered.
 LEAD_STEPS = 2
 
 PHASES = {

@@ -107,19 +107,20 @@ def paced_latency(host: str, port: int, connections: int, per_second: float, sec
     due: list[deque] = [deque() for _ in socks]  # per connection: due times of unanswered echoes
     buffered = [b""] * connections
     gap = 1.0 / (connections * per_second)
+    total = round(seconds * connections * per_second)
     start = time.perf_counter() + 0.1
     end = start + seconds
     sent = answered = mismatched = 0
     while True:
         now = time.perf_counter()
-        while start + sent * gap <= min(now, end):
+        while sent < total and start + sent * gap <= now:
             i = sent % connections
             due[i].append(start + sent * gap)
             socks[i].send(payload)  # 64 B into an idle socket buffer: never short
             sent += 1
         if now >= end and (answered == sent or now >= end + 5):
             break
-        wait = max(0.0, min(start + sent * gap, end + 5) - now)
+        wait = max(0.0, (start + sent * gap if sent < total else end + 5) - now)
         for fd, _ in ep.poll(wait):
             i = index[fd]
             data = socks[i].recv(65536)

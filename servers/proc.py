@@ -87,6 +87,14 @@ class RssReader:
         return int(fields[1]) * self._page
 
 
+def send_signal(pid: int, sig: int) -> None:
+    """Signal `pid`, and say nothing if it has already gone."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def describe_exit(status: int) -> str:
     """A wait status as a person reads it: 'killed by SIGKILL' or 'exit code 1'."""
     if os.WIFSIGNALED(status):

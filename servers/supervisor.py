@@ -237,13 +237,13 @@ class ServerGroup:
     def stop(self, grace: float = STOP_GRACE_S) -> None:
         """SIGTERM every server process, wait up to `grace` s, then SIGKILL what is left."""
         for pid in self.pids.values():
-            _signal(pid, signal.SIGTERM)
+            proc.send_signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while self.pids and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.01)
         for pid in self.pids.values():
-            _signal(pid, signal.SIGKILL)
+            proc.send_signal(pid, signal.SIGKILL)
         while self.pids:
             self.reap()
             time.sleep(0.01)
@@ -265,13 +265,6 @@ class ServerGroup:
 
 def _has_room(g: dict[str, int]) -> bool:
     return g["state"] == SERVING and g["open"] < g["cap"] - 1
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _shm_dir() -> str | None:

@@ -22,18 +22,28 @@ from servers.registry import BACKENDS
 from tests.helpers import ROOT, ServerProcess, process_alive, wait_status
 
 
+def headless_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, hold: float = 2.0,
+                     ramp_rate: int | None = None, echo_interval: float = 0.5, worker_fd_limit: int = 2000,
+                     master_args: tuple[str, ...] = (), worker_args: tuple[str, ...] = ()) -> LocustCluster:
+    """A headless master and `workers` workers against `server`, its status file in tmp_path."""
+    return LocustCluster(
+        host="127.0.0.1", port=server.port, workers=workers, log_dir=tmp_path / "logs",
+        master_args=["--headless", "--expect-workers", str(workers), "--target-connections", str(target),
+                     "--ramp-rate", str(ramp_rate or target), "--hold-seconds", str(hold),
+                     "--echo-interval", str(echo_interval), "--status-file", str(tmp_path / "status.json"),
+                     *master_args],
+        worker_args=["--worker-fd-limit", str(worker_fd_limit), *worker_args])
+
+
 def run_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, hold: float = 2.0,
-                user_mode: str = "driver", ramp_rate: int | None = None):
+                user_mode: str = "driver"):
     """Run the scenario headless; return (status during the hold, kernel count then, servers' gauges
     then, the master's exit code, the Locust CSV stats rows)."""
     status_file = tmp_path / "status.json"
-    cluster = LocustCluster(
-        host="127.0.0.1", port=server.port, workers=workers, log_dir=tmp_path / "logs",
-        master_args=["--headless", "--expect-workers", str(workers), "--target-connections", str(target),
-                     "--ramp-rate", str(ramp_rate or target), "--hold-seconds", str(hold), "--echo-interval", "0.5",
-                     "--max-seconds", "60", "--server-gauges", str(server.gauge_file),
-                     "--status-file", str(status_file), "--csv", str(tmp_path / "run")],
-        worker_args=["--worker-fd-limit", "2000", "--user-mode", user_mode])
+    cluster = headless_cluster(tmp_path, server, target, workers, hold,
+                               master_args=("--max-seconds", "60", "--server-gauges", str(server.gauge_file),
+                                            "--csv", str(tmp_path / "run")),
+                               worker_args=("--user-mode", user_mode))
     cluster.start()
     try:
         deadline = time.monotonic() + 60
@@ -91,13 +101,7 @@ def test_a_worker_paused_mid_ramp_makes_the_ramp_wait_and_stops_no_user(tmp_path
     """A worker that cannot report for 7 s (SIGSTOP) must not make the shape ask for fewer users than
     it already asked for, or Locust stops users and starts them again elsewhere (170k of a million)."""
     server = start_server("selectors")
-    status_file = tmp_path / "status.json"
-    cluster = LocustCluster(
-        host="127.0.0.1", port=server.port, workers=2, log_dir=tmp_path / "logs",
-        master_args=["--headless", "--expect-workers", "2", "--target-connections", "1200", "--ramp-rate", "200",
-                     "--hold-seconds", "2", "--echo-interval", "5", "--status-file", str(status_file)],
-        worker_args=["--worker-fd-limit", "2000"])
-    cluster.start()
+    cluster = headless_cluster(tmp_path, server, target=1200, ramp_rate=200, echo_interval=5).start()
     try:
         ramping = wait_status(tmp_path, lambda s: s["phase"] == "ramp" and len(s["workers"]) == 2
                               and s["totals"]["open"] >= 200, pattern="status.json")
@@ -133,13 +137,7 @@ def test_worker_users_stay_below_its_fd_limit(tmp_path, start_server):
     """A worker with fd limit 300 may hold 200 users (a reserve of 100 for Locust itself): asked for
     500 with one worker, the run holds 200 and no Locust process meets EMFILE."""
     server = start_server("asyncio")
-    status_file = tmp_path / "status.json"
-    cluster = LocustCluster(
-        host="127.0.0.1", port=server.port, workers=1, log_dir=tmp_path / "logs",
-        master_args=["--headless", "--expect-workers", "1", "--target-connections", "500", "--ramp-rate", "500",
-                     "--hold-seconds", "1", "--echo-interval", "0.5", "--status-file", str(status_file)],
-        worker_args=["--worker-fd-limit", "300"])
-    cluster.start()
+    cluster = headless_cluster(tmp_path, server, target=500, workers=1, hold=1, worker_fd_limit=300).start()
     try:
         # Read during the hold: the last status the master writes may catch the users stopping.
         status = wait_status(tmp_path, lambda s: s["phase"] == "hold" and s["totals"]["workers"] == 1

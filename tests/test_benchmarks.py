@@ -1,0 +1,79 @@
+"""The benchmark instruments themselves (harness/bench*.py, servers/bench_clients.py), small and fast:
+what they measure must be what they say, whatever numbers a real run then gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from harness.bench_idle import bench_idle
+from harness.bench_reference import redis_benchmark
+from tests.helpers import ROOT
+
+PACED = [sys.executable, "-m", "servers.bench_clients", "paced"]
+
+
+def paced(port: int, *args: str, timeout: float = 30) -> dict:
+    out = subprocess.run([*PACED, "--port", str(port), *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_paced_client_answers_every_scheduled_echo(start_server):
+    server = start_server("selectors")
+    result = paced(server.port, "--connections", "10", "--per-second", "50", "--seconds", "1")
+    assert result["sent"] == result["answered"] == 500 and result["mismatched"] == 0
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"] < 500
+
+
+def test_paced_client_keeps_its_schedule_through_a_stall(start_server):
+    """Open loop: a 0.6 s stall does not slow the sends down, and the echoes due during it carry it
+    in their latency (measured from when they were due)."""
+    server = start_server("selectors")
+    pid = server.servers()[0]["pid"]
+
+    def stall() -> None:
+        time.sleep(0.8)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.6)
+        os.kill(pid, signal.SIGCONT)
+
+    staller = threading.Thread(target=stall)
+    staller.start()
+    result = paced(server.port, "--connections", "10", "--per-second", "50", "--seconds", "2")
+    staller.join()
+    assert result["sent"] == result["answered"] == 1000 and result["mismatched"] == 0
+    assert result["max_ms"] >= 500 and result["p90_ms"] >= 100  # ~30% of the echoes were due in the stall
+
+
+def test_bench_idle_shows_select_stopping_at_fd_setsize_and_epoll_going_on():
+    doc = bench_idle(["selectors"], idle_points=(0, 1_100), active=10, per_second=20, seconds=1)
+    rows = {row["name"]: row["points"] for row in doc["rows"]}
+    assert doc["server_processes"] == 1 and set(rows) == {"selectors/epoll", "selectors/poll", "selectors/select"}
+    for name in ("selectors/epoll", "selectors/poll"):
+        assert [p["idle"] for p in rows[name]] == [0, 1_100]
+        assert all(p["answered"] == p["sent"] == 200 and p["mismatched"] == 0 for p in rows[name])
+    select = rows["selectors/select"]
+    assert select[0]["idle"] == 0 and select[0]["answered"] == 200
+    assert select[1]["stopped"] == "FD_SETSIZE" and select[1]["held"] < 1_024
+
+
+@pytest.mark.skipif(shutil.which("redis-benchmark") is None,
+                    reason="redis-benchmark is not installed (make test installs redis-tools as root)")
+def test_redis_benchmark_counts_an_echo_of_ping_mbulk_as_a_reply(start_server):
+    """The C reference's method: the RESP array of PING_MBULK, echoed back, is a valid reply, so the
+    same C client measures redis-server and every backend."""
+    server = start_server("selectors")
+    rate, cpu_us = redis_benchmark(shutil.which("redis-benchmark"), server.port, 10, 2_000,
+                                   server.servers()[0]["pid"])
+    assert rate > 0 and cpu_us > 0
+    assert server.wait_gauges(lambda rows: rows[0]["bytes_echoed"] >= 2_000 * 14)[0]["bytes_echoed"] >= 2_000 * 14
