@@ -124,7 +124,9 @@ class EchoUser(User):
     def wait_time(self) -> float:
         """Closed loop: the interval (read each time: the web UI's start form can change it).
         Open loop: until the next intended send time, an interval after the last one, however
-        long the last echo took; a late answer shortens the wait instead of moving the schedule."""
+        long the last echo took: a late answer shortens the wait. This user has one echo in flight,
+        so an answer more than an interval late drops the slots it missed (the driver mode
+        pipelines and drops none)."""
         opts = self.environment.parsed_options
         if getattr(opts, "echo_mode", "closed") != "open" or TALLY.ramping:
             return opts.echo_interval
