@@ -232,24 +232,38 @@ def step_capture(quick: bool, out_dir: str | None = None) -> Step:
                     ["tcpdump is not installed (apt-get install tcpdump): skipped"], "skipped", True)
     pcap = os.path.join(out_dir or "/tmp", f"tour-{utc_stamp()}.pcap")
     with ServerGroup(ServerConfig(backend="selectors", port=0)) as group:
-        dump = subprocess.Popen([tcpdump, "-i", "lo", "-U", "--immediate-mode", "-n", "-w", pcap, f"tcp port {group.port}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # -s 512: headers and these short payloads. At tcpdump's default of 262,144 bytes a packet,
+        # its 2 MiB capture ring holds ~8 packets, and on a busy machine the kernel dropped 28 of 60.
+        dump = subprocess.Popen([tcpdump, "-i", "lo", "-U", "--immediate-mode", "-s", "512", "-n", "-w", pcap,
+                                 f"tcp port {group.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             _wait_for_line(dump.stderr, "listening on", timeout=10.0)  # tcpdump says when it captures
             for _ in range(3):
                 hello("127.0.0.1", group.port, "captured")
-            time.sleep(0.5)
+            # Stop only once the file holds them: tcpdump writes each packet as it reads it (-U),
+            # and on a busy machine it may not have read them yet.
+            deadline = time.monotonic() + 5.0
+            while len(_syns(lines := _read_pcap(tcpdump, pcap))) < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
         finally:
             dump.send_signal(2)
             dump.wait(10)
-    lines = subprocess.run([tcpdump, "-n", "-r", pcap], capture_output=True, text=True).stdout.splitlines()
-    syns = [line for line in lines if "Flags [S]" in line]
+    lines = _read_pcap(tcpdump, pcap)
+    syns = _syns(lines)
     ev = {"pcap": pcap, "packets": len(lines), "syn": len(syns), "first": lines[:4]}
     return Step("capture", "A capture of the first connections, as the article does with Wireshark", ev,
                 [f"tcpdump -i lo 'tcp port {group.port}' → {pcap}: {len(lines)} packets, {len(syns)} SYNs",
                  *[f"  {line}" for line in lines[:4]]],
                 f"three connections on the wire, each from its own source port (open {pcap} in Wireshark)",
                 len(syns) == 3)
+
+
+def _read_pcap(tcpdump: str, pcap: str) -> list[str]:
+    return subprocess.run([tcpdump, "-n", "-r", pcap], capture_output=True, text=True).stdout.splitlines()
+
+
+def _syns(lines: list[str]) -> list[str]:
+    return [line for line in lines if "Flags [S]" in line]
 
 
 def _wait_for_line(stream, text: str, timeout: float) -> None:
