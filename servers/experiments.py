@@ -68,7 +68,9 @@ def four_tuples(dst: tuple[str, int], other_dst: tuple[str, int]) -> dict:
 
 def exhaust_ports(dst: tuple[str, int], source: str, lo: int, hi: int, extra_source: str) -> dict:
     """Connect from `source` with a per-socket ephemeral range of lo..hi until the kernel refuses,
-    then once more from `extra_source`. Shows one port per connection per (source, destination)."""
+    then once more from `extra_source`. Shows one port per connection per (source, destination).
+    Ports of the range that other sockets held when the kernel refused are counted apart: the
+    kernel skips a port another socket has bound, so the range gave that many fewer connections."""
     socks: list[socket.socket] = []
     ports: list[int] = []
     refused = ""
@@ -89,13 +91,15 @@ def exhaust_ports(dst: tuple[str, int], source: str, lo: int, hi: int, extra_sou
             except OSError as exc:
                 refused = _errno_name(exc)
                 break
+        held_by_others = sorted(proc.local_ports_in_use(lo, hi) - set(ports))
         try:
             other = open_one(extra_source).getsockname()
             lifted = {"local": list(other), "result": "connected"}
         except OSError as exc:
             lifted = {"result": _errno_name(exc)}
         return {"range": [lo, hi], "connected": len(ports), "distinct_ports": len(set(ports)),
-                "ports_in_range": all(lo <= p <= hi for p in ports), "then": refused, "other_source": lifted}
+                "ports_in_range": all(lo <= p <= hi for p in ports), "held_by_others": held_by_others,
+                "then": refused, "other_source": lifted}
     finally:
         for s in socks:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)

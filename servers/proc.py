@@ -102,6 +102,13 @@ def describe_exit(status: int) -> str:
     return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
+def local_ports_in_use(lo: int, hi: int) -> set[int]:
+    """Local TCP ports in lo..hi that some socket on this machine holds, in any state (ss)."""
+    out = subprocess.run(["ss", "-Htan", f"( sport >= :{lo} and sport <= :{hi} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if line.strip()}
+
+
 def established_on_port(port: int) -> int:
     """Established TCP connections whose local port is `port`, counted by the kernel (ss)."""
     out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],

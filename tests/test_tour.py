@@ -53,7 +53,9 @@ def test_ports_reuseport_and_one_process_two_ports():
 
 def test_ephemeral_range_exhausts_then_another_source_lifts_it():
     ev = tour.step_ephemeral(quick=True).evidence
-    assert ev["connected"] == ev["distinct_ports"] == 100 and ev["ports_in_range"]
+    # Every port of the 100-port range gave one connection, but those another socket held meanwhile.
+    assert ev["connected"] == ev["distinct_ports"] == 100 - len(ev["held_by_others"]) and ev["ports_in_range"]
+    assert len(ev["held_by_others"]) < 10
     assert ev["then"] == "EADDRNOTAVAIL" and ev["other_source"]["result"] == "connected"
     assert ev["other_source"]["local"][0] == "127.0.0.2"
 
