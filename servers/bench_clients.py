@@ -108,6 +108,7 @@ def paced_latency(host: str, port: int, connections: int, per_second: float, sec
     buffered = [b""] * connections
     gap = 1.0 / (connections * per_second)
     total = round(seconds * connections * per_second)
+    emit(event="started", connections=connections)  # connected; the schedule begins now
     start = time.perf_counter() + 0.1
     end = start + seconds
     sent = answered = mismatched = 0

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -40,17 +39,18 @@ def test_paced_client_keeps_its_schedule_through_a_stall(start_server):
     in their latency (measured from when they were due)."""
     server = start_server("selectors")
     pid = server.servers()[0]["pid"]
-
-    def stall() -> None:
-        time.sleep(0.8)
+    client = subprocess.Popen([*PACED, "--port", str(server.port), "--connections", "10", "--per-second", "50",
+                               "--seconds", "2"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(client.stdout.readline())["event"] == "started"
+        time.sleep(0.7)
         os.kill(pid, signal.SIGSTOP)
         time.sleep(0.6)
         os.kill(pid, signal.SIGCONT)
-
-    staller = threading.Thread(target=stall)
-    staller.start()
-    result = paced(server.port, "--connections", "10", "--per-second", "50", "--seconds", "2")
-    staller.join()
+        result = json.loads(client.stdout.read().strip().splitlines()[-1])
+        assert client.wait(30) == 0
+    finally:
+        client.kill()
     assert result["sent"] == result["answered"] == 1000 and result["mismatched"] == 0
     assert result["max_ms"] >= 500 and result["p90_ms"] >= 100  # ~30% of the echoes were due in the stall
 

@@ -46,7 +46,9 @@ def test_small_run_stops_by_emfile_at_the_predicted_cap(tmp_path, backend):
 
 
 def test_run_below_the_cap_stops_by_target_and_verifies_every_echo(tmp_path):
-    code, doc, err = harness_run(tmp_path, "--backend", "uvloop", "--connections", "200", "--report", *SMALL)
+    # Echoes every 0.2 s for a 2 s hold, so the run has echoes after its ramp to check the histogram by.
+    code, doc, err = harness_run(tmp_path, "--backend", "uvloop", "--connections", "200", "--report", *SMALL,
+                                 "--echo-interval", "0.2", "--hold", "2")
     assert code == 0, err
     report = next(tmp_path.glob("*/report/report.html"))
     assert report.read_text().count("data:image/png;base64,") == 3  # connections, rate/latency, memory
