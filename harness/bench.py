@@ -49,16 +49,39 @@ def server_rows(group: ServerGroup) -> list[dict]:
 
 
 def bench_echo(backends: list[str], connections: int, size: int, seconds: float) -> dict:
+    """Ping-pong throughput per backend, and the CPU each side spent per request in the measured
+    window, split into user and kernel time: with one server process on one core, 1e6 / (server
+    µs per request) is the most that server could answer here, whatever the client."""
+    import psutil
+
     rows = []
     for name in backends:
         with ServerGroup(ServerConfig(backend=name, port=0)) as group:
-            out = subprocess.run([*CLIENT, "echo", "--port", str(group.port), "--connections",
-                                  str(connections), "--size", str(size), "--seconds", str(seconds)],
-                                 capture_output=True, text=True, check=True, timeout=seconds + 60)
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append({"backend": name, **{k: result[k] for k in ("req_per_s", "requests", "mismatched")}})
+            server = psutil.Process(server_rows(group)[0]["pid"])
+            client = subprocess.Popen([*CLIENT, "echo", "--port", str(group.port), "--connections",
+                                       str(connections), "--size", str(size), "--seconds", str(seconds)],
+                                      stdout=subprocess.PIPE, text=True)
+            try:
+                read_event(client, "measuring", timeout=60)
+                before = server.cpu_times()
+                result = read_event(client, "result", timeout=seconds + 60)
+                after = server.cpu_times()
+                client.wait(timeout=30)
+            finally:
+                if client.poll() is None:
+                    client.kill()
+                    client.wait()
+        per_req = 1e6 / max(result["requests"], 1)
+        row = {"backend": name, **{k: result[k] for k in ("req_per_s", "requests", "mismatched")},
+               "server_user_us_per_req": (after.user - before.user) * per_req,
+               "server_system_us_per_req": (after.system - before.system) * per_req,
+               "client_us_per_req": (result["client_user_s"] + result["client_system_s"]) * per_req}
+        row["server_us_per_req"] = row["server_user_us_per_req"] + row["server_system_us_per_req"]
+        rows.append(row)
         print(f"  {name:<10} {result['req_per_s']:>10,.0f} req/s  ({result['requests']:,} echoes, "
-              f"{result['mismatched']} mismatched)", flush=True)
+              f"{result['mismatched']} mismatched)  server CPU {row['server_us_per_req']:5.2f} µs/req "
+              f"(kernel {row['server_system_us_per_req']:5.2f})  client {row['client_us_per_req']:5.2f} µs/req",
+              flush=True)
     return {"connections": connections, "size": size, "seconds": seconds, "rows": rows}
 
 

@@ -69,17 +69,19 @@ def echo_throughput(host: str, port: int, connections: int, size: int, seconds: 
         loop = asyncio.get_running_loop()
         transports = [(await loop.create_connection(PingPong, host, port))[0] for _ in range(connections)]
         await asyncio.sleep(0.5)  # warm-up
-        start_count, start = counts[0], time.perf_counter()
+        emit(event="measuring")  # the caller reads the server's CPU time from here to the result
+        start_count, start, cpu0 = counts[0], time.perf_counter(), os.times()
         await asyncio.sleep(seconds)
-        done, elapsed = counts[0] - start_count, time.perf_counter() - start
+        done, elapsed, cpu1 = counts[0] - start_count, time.perf_counter() - start, os.times()
         stopping = True
         for t in transports:
             t.close()
-        return done, elapsed
+        return done, elapsed, (cpu1.user - cpu0.user, cpu1.system - cpu0.system)
 
-    done, elapsed = uvloop.run(main())
+    done, elapsed, (user, system) = uvloop.run(main())
     return {"requests": done, "seconds": elapsed, "req_per_s": done / elapsed,
-            "mismatched": mismatches[0], "connections": connections, "size": size}
+            "mismatched": mismatches[0], "connections": connections, "size": size,
+            "client_user_s": user, "client_system_s": system}
 
 
 # -- paced echo latency (open loop) ----------------------------------------------------------

@@ -77,3 +77,16 @@ def test_redis_benchmark_counts_an_echo_of_ping_mbulk_as_a_reply(start_server):
                                    server.servers()[0]["pid"])
     assert rate > 0 and cpu_us > 0
     assert server.wait_gauges(lambda rows: rows[0]["bytes_echoed"] >= 2_000 * 14)[0]["bytes_echoed"] >= 2_000 * 14
+
+
+def test_bench_echo_counts_every_echo_and_splits_the_server_cpu_it_took():
+    """Throughput and the CPU per request behind it: a server that answers N requests in the window
+    spent user and kernel time on them, and the client too."""
+    from harness.bench import bench_echo
+
+    row, = bench_echo(["selectors"], connections=4, size=64, seconds=0.5)["rows"]
+    assert row["requests"] > 100 and row["mismatched"] == 0
+    assert row["req_per_s"] == pytest.approx(row["requests"] / 0.5, rel=0.2)
+    assert row["server_user_us_per_req"] > 0 and row["server_system_us_per_req"] > 0
+    assert row["server_us_per_req"] == pytest.approx(row["server_user_us_per_req"] + row["server_system_us_per_req"])
+    assert row["client_us_per_req"] > 0
