@@ -46,7 +46,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from harness.bench_idle import IDLE_POINTS, bench_idle
         idle = [int(x) for x in args.idle.split(",")] if args.idle else list(IDLE_POINTS)
         doc = bench_idle(backends or ["selectors", "uvloop", "asyncio", "threaded"], idle,
-                         args.connections or 100, seconds=args.seconds)
+                         args.connections or 100, seconds=args.seconds, repeats=args.repeats)
     elif args.kind == "reference":
         from harness.bench_reference import ReferenceMissing, bench_reference
         try:
@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hold", type=_seconds, default=5.0, help="hold: seconds to hold before re-verifying")
     p.add_argument("--size", type=_positive, default=1024, help="echo: message bytes")
     p.add_argument("--seconds", type=_positive_float, default=5.0, help="echo, idle: measured seconds per backend or point")
+    p.add_argument("--repeats", type=_positive, default=3,
+                   help="idle: measured windows per point; each percentile is their median")
     p.add_argument("--out", default="results", help="directory for the result JSON")
     return parser
 

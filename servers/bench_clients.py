@@ -123,7 +123,11 @@ def paced_latency(host: str, port: int, connections: int, per_second: float, sec
             sent += 1
         if now >= end and (answered == sent or now >= end + 5):
             break
-        wait = max(0.0, (start + sent * gap if sent < total else end + 5) - now)
+        if sent < total:
+            wait = start + sent * gap - now
+        else:  # all sent: to the end of the window, or up to 5 s more for answers still due
+            wait = (end if answered == sent else end + 5) - now
+        wait = max(0.0, wait)
         for fd, _ in ep.poll(wait):
             i = index[fd]
             data = socks[i].recv(65536)
