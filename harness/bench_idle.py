@@ -8,8 +8,9 @@ the same number of server processes, planned for the largest point, so the only 
 changes along a row is how many idle connections each event loop watches: epoll's cost follows
 the ready connections, poll's every watched one, and select cannot watch an fd at or above
 FD_SETSIZE (1,024) at all. Each point is measured in several windows and each percentile is
-the median of the windows, so one window a neighbour on the machine disturbed does not decide it. A point a backend cannot hold ends its row, with the reason the servers
-gave (FD_SETSIZE, EMFILE, threads, ...).
+the median of the windows, so one window a neighbour on the machine disturbed does not decide it.
+A point a backend cannot hold ends its row, with the reason the servers gave (FD_SETSIZE, EMFILE,
+threads, ...).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import statistics
 import subprocess
 import time
+from collections import Counter
 
 from harness import limits as limits_mod
 from harness.bench import CLIENT, read_event, server_rows, start_holders
@@ -101,9 +103,9 @@ def _combine(windows: list[dict]) -> dict:
     p99 is kept to show the spread, and the histograms are pooled."""
     from hdrh.histogram import HdrHistogram
 
-    pooled = HdrHistogram(1, 60_000_000, 3)
-    for w in windows:
-        pooled.add(HdrHistogram.decode(w["histogram"]))
+    pooled = HdrHistogram.decode(windows[0]["histogram"])
+    for w in windows[1:]:
+        pooled.decode_and_add(w["histogram"])
     point = {k: sum(w[k] for w in windows) for k in ("sent", "answered", "mismatched")}
     point.update({k: statistics.median(w[k] for w in windows) for k in ("p50_ms", "p90_ms", "p99_ms")})
     point.update(max_ms=max(w["max_ms"] for w in windows), p99_windows_ms=[w["p99_ms"] for w in windows],
@@ -116,10 +118,9 @@ def _refused(group: ServerGroup, wait: float = 2.0) -> str:
     a server publishes its gauges every TICK_S, so a refusal the client saw may not be there yet."""
     deadline = time.monotonic() + wait
     while True:
-        counts: dict[str, int] = {}
+        counts = Counter()
         for row in server_rows(group):
-            for reason, n in refusals(row).items():
-                counts[reason] = counts.get(reason, 0) + n
+            counts.update(refusals(row))
         if counts or time.monotonic() > deadline:
-            return max(counts, key=counts.get) if counts else ""
+            return counts.most_common(1)[0][0] if counts else ""
         time.sleep(0.05)

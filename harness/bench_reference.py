@@ -27,7 +27,8 @@ from harness.cluster import free_port
 from servers.contract import ServerConfig
 from servers.supervisor import ServerGroup
 
-INSTALL_HINT = "install Debian's redis-server and redis-tools (make bench does: apt-get install redis-server redis-tools)"
+INSTALL_HINT = ("install Debian's redis-server and redis-tools "
+                "(make reference does: apt-get install redis-server redis-tools)")
 
 
 class ReferenceMissing(RuntimeError):

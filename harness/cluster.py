@@ -137,7 +137,8 @@ class LocustCluster:
         for pid in pids:  # orphaned if the forker was killed first; they die with it (PDEATHSIG)
             while _exit_status(pid) is False and time.monotonic() < deadline:
                 time.sleep(0.05)
-            proc.send_signal(pid, signal.SIGKILL)
+            if _exit_status(pid) is False:  # still this worker: a gone pid may be another process's by now
+                proc.send_signal(pid, signal.SIGKILL)
 
     def pids(self) -> list[int]:
         self._find_workers()

@@ -324,7 +324,6 @@ def _cpu_seconds(pids) -> float:
     return round(total, 2)
 
 
-
 def _move(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if src.exists():
