@@ -7,7 +7,7 @@ import json
 import math
 import sys
 
-from harness import limits as limits_mod
+from harness.plan import limits as limits_mod
 
 
 def cmd_limits(args: argparse.Namespace) -> int:
@@ -26,14 +26,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from harness.check import run_check
+    from harness.run.check import run_check
     return 0 if run_check() else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness import bench
+    from harness.bench import servers as bench
 
     backends = args.backends.split(",") if args.backends else None
     if args.kind == "echo":
@@ -43,12 +43,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         doc = bench.bench_memory(backends or ["selectors", "uvloop", "asyncio", "threaded"],
                                  args.connections or 18_000)
     elif args.kind == "idle":
-        from harness.bench_idle import IDLE_POINTS, bench_idle
+        from harness.bench.idle import IDLE_POINTS, bench_idle
         idle = [int(x) for x in args.idle.split(",")] if args.idle else list(IDLE_POINTS)
         doc = bench_idle(backends or ["selectors", "uvloop", "asyncio", "threaded"], idle,
                          args.connections or 100, seconds=args.seconds, repeats=args.repeats)
     elif args.kind == "reference":
-        from harness.bench_reference import ReferenceMissing, bench_reference
+        from harness.bench.reference import ReferenceMissing, bench_reference
         try:
             doc = bench_reference(backends or ["selectors", "uvloop", "asyncio", "threaded"], args.connections or 100)
         except ReferenceMissing as exc:
@@ -62,14 +62,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from harness.ui import run_ui
+    from harness.run.ui import run_ui
     return run_ui(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness import run as run_mod
+    from harness.run import execute as run_mod
 
     cfg = run_mod.RunConfig(backend=args.backend, connections=args.connections, processes=args.processes,
                             share=args.share, server_fd_limit=args.server_fd_limit, selector=args.selector,
@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                             ramp_rate=args.ramp_rate, max_seconds=args.max_seconds, out=args.out,
                             echo_timeout=args.echo_timeout)
     if args.proof:
-        from harness.proof import run_proof
+        from harness.run.proof import run_proof
         return run_proof(cfg)
     try:
         prepared = run_mod.prepare(cfg)
@@ -92,11 +92,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # before execute() took over Ctrl-C: nothing was started or written
         print("harness run: interrupted before anything started", file=sys.stderr)
         return 130
-    from harness.rundoc import summary
+    from harness.results.rundoc import summary
 
     print(json.dumps(doc, indent=2) if args.json else summary(doc, Path(run_dir)))
     if args.report:
-        from harness.report import build
+        from harness.report.page import build
         print(f"report: {build([run_dir], Path(run_dir) / 'report')}", file=sys.stderr if args.json else sys.stdout)
     if doc["faults"]:
         for fault in doc["faults"]:
@@ -109,8 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness.run import RunError
-    from harness.sweep import sweep, table
+    from harness.run.execute import RunError
+    from harness.run.sweep import sweep, table
     from servers.registry import BACKENDS, UnknownBackend, get
 
     try:
@@ -133,8 +133,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from harness.report import ReportError, build
-    from harness.runfile import SchemaError
+    from harness.report.page import ReportError, build
+    from harness.results.schema import SchemaError
 
     start = time.monotonic()
     out = Path(args.out) if args.out else Path(args.paths[0]).with_suffix("") / "report"
@@ -148,8 +148,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.compare import compare
-    from harness.runfile import SchemaError, load
+    from harness.report.compare import compare
+    from harness.results.schema import SchemaError, load
 
     try:
         a, b = load(args.run_a), load(args.run_b)

@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from harness.results import utc_stamp, write_json_atomic
+from harness.results.store import utc_stamp, write_json_atomic
 from servers.contract import ServerConfig
-from servers.experiments import exhaust_ports, four_tuples, hello, serve_two_ports
+from harness.clients.experiments import exhaust_ports, four_tuples, hello, serve_two_ports
 from servers.gauges import ROLE_ACCEPTOR
-from servers.probe import fill
+from harness.clients.probe import fill
 from servers.proc import local_ports_in_use
 from servers.supervisor import ServerGroup
 
@@ -209,8 +209,8 @@ def step_ephemeral(quick: bool) -> Step:
 
 def step_fd_limit(quick: bool) -> Step:
     if not quick:
-        from harness.proof import run_proof
-        from harness.run import RunConfig
+        from harness.run.proof import run_proof
+        from harness.run.execute import RunConfig
         code = run_proof(RunConfig())
         return Step("fd-limit", "The fd limit, not 65,535, caps connections (the default proof)", {"exit": code},
                     [], "see the proof's summary above", code == 0)

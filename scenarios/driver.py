@@ -40,8 +40,8 @@ import gevent
 from gevent import GreenletExit, monkey
 from gevent.event import Event
 
-from scenarios.tcp_echo import TALLY, WORKER_FULL, TCPError, parse_host
-from servers.proc import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
+from scenarios.tally import TALLY, WORKER_FULL, TCPError, parse_host
+from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET, errno_name
 
 _epoll = monkey.get_original("select", "epoll")
 _socket = monkey.get_original("socket", "socket")  # no gevent wrapper: 0.18 KB a socket, not 0.53
@@ -253,7 +253,7 @@ class Driver:
         self.inflight.append((conn.started + self.opts.echo_timeout, conn, CONNECT))
 
     def _failed_connect(self, conn: Conn, err: int | str) -> None:
-        name = errno.errorcode.get(err, str(err)) if isinstance(err, int) else err
+        name = errno_name(err)
         conn.phase = IDLE
         TALLY.failed(TALLY.connects_failed, name)
         self._fire("connect", conn.started, 0, name)
@@ -263,7 +263,7 @@ class Driver:
         if conn.phase == CONNECTING:
             err = sock.getsockopt(gsocket.SOL_SOCKET, gsocket.SO_ERROR)
             if err:
-                return self._fail(conn, "connect", errno.errorcode.get(err, str(err)), conn.started)
+                return self._fail(conn, "connect", errno_name(err), conn.started)
             self._fire("connect", conn.started, 0, None)
             self.ep.modify(sock.fileno(), EPOLLIN)
             now = time.perf_counter()
@@ -273,7 +273,7 @@ class Driver:
         except BlockingIOError:
             return
         except OSError as exc:
-            return self._fail(conn, "echo", errno.errorcode.get(exc.errno, "OSError"))
+            return self._fail(conn, "echo", errno_name(exc.errno))
         if not data:
             return self._fail(conn, "echo", "EOF")
         got = conn.got + len(data)
@@ -315,7 +315,7 @@ class Driver:
         try:
             sent = conn.sock.send(payload)
         except OSError as exc:
-            return self._fail(conn, "echo", errno.errorcode.get(exc.errno, "OSError"))
+            return self._fail(conn, "echo", errno_name(exc.errno))
         if sent < len(payload):  # small payloads always fit a socket buffer the server keeps draining
             return self._fail(conn, "echo", "short-send")
 

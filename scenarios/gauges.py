@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import gevent
 
-from scenarios.tcp_echo import TALLY, new_latency_histogram
+from scenarios.tally import TALLY, new_latency_histogram
 from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, refusals
 from servers.proc import RssReader, count_open_fds, established_on_port
 

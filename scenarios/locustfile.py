@@ -13,17 +13,13 @@ import resource
 from locust import events
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
-from harness.limits import per_source_address, read_limits
+from harness.plan.limits import per_source_address, read_limits
 from scenarios import gauges, locust_fixes, webui  # noqa: F401  (locust_fixes patches on import)
 from scenarios.shape import StepRampShape  # noqa: F401  (Locust picks shapes up from this module)
 from scenarios.targets import is_loopback, target_error
-from scenarios.tcp_echo import TALLY, EchoUser, parse_host  # noqa: F401
+from scenarios.tally import TALLY, WORKER_FD_RESERVE, parse_host
+from scenarios.users import EchoUser  # noqa: F401  (Locust picks users up from this module)
 from servers.proc import die_with_parent
-
-# fds a Locust worker needs for itself (zmq, logging, /proc reads of its CPU monitor): users per
-# worker stay this far below its fd limit, so Locust's own monitor never meets EMFILE.
-FD_RESERVE = 100
-
 
 @events.init_command_line_parser.add_listener
 def add_arguments(parser) -> None:
@@ -69,7 +65,7 @@ def configure_user_process(opts, worker_index: int) -> None:
             raise SystemExit(f"--worker-fd-limit {opts.worker_fd_limit} exceeds the hard limit {hard}; lower it")
         soft = opts.worker_fd_limit
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    TALLY.max_users = max(0, soft - FD_RESERVE)
+    TALLY.max_users = max(0, soft - WORKER_FD_RESERVE)
     if opts.source_addresses == "auto":
         count = max(1, math.ceil(TALLY.max_users / per_source_address(read_limits())))
         TALLY.sources = [f"127.0.{worker_index + 1}.{2 + k}" for k in range(count)]

@@ -8,13 +8,9 @@ import gc
 import os
 import resource
 import signal
-import socket
-import struct
 import subprocess
 
 _PR_SET_PDEATHSIG = 1
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # no name in Python 3.11
-LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST, leaves no TIME_WAIT
 
 
 class FdLimitError(ValueError):

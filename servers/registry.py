@@ -26,10 +26,10 @@ class Backend:
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("threaded", "servers.threaded_backend", 10, "one thread per connection (socketserver style)"),
-    Backend("selectors", "servers.selector_backend", 10, "one non-blocking loop: epoll, poll or select"),
-    Backend("asyncio", "servers.aio_backend", 10, "stdlib asyncio event loop, Protocol-based echo"),
-    Backend("uvloop", "servers.uvloop_backend", 17, "asyncio echo on libuv (uvloop)"),
+    Backend("threaded", "servers.backends.threaded", 10, "one thread per connection (socketserver style)"),
+    Backend("selectors", "servers.backends.selector_loop", 10, "one non-blocking loop: epoll, poll or select"),
+    Backend("asyncio", "servers.backends.asyncio_loop", 10, "stdlib asyncio event loop, Protocol-based echo"),
+    Backend("uvloop", "servers.backends.uvloop_loop", 17, "asyncio echo on libuv (uvloop)"),
 )}
 
 

@@ -28,7 +28,7 @@ import traceback
 from servers import proc, registry
 from servers.contract import SELECTORS, SHARE_MODES, ServeContext, ServerConfig
 from servers.gauges import ROLE_ACCEPTOR, SERVING, STARTING, GaugeBoard
-from servers.probe import echo_once
+from servers.wire import echo_once
 
 START_DEADLINE_S = 15.0
 READY_PAYLOAD = b"HARNESS-READY-0123456789"  # the same after --upper: readiness is transform-blind

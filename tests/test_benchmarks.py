@@ -1,4 +1,4 @@
-"""The benchmark instruments themselves (harness/bench*.py, servers/bench_clients.py), small and fast:
+"""The benchmark instruments themselves (harness/bench/, harness/clients/instruments.py), small and fast:
 what they measure must be what they say, whatever numbers a real run then gives."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import time
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from harness.bench_idle import bench_idle
-from harness.bench_reference import redis_benchmark
+from harness.bench.idle import bench_idle
+from harness.bench.reference import redis_benchmark
 from tests.helpers import ROOT
 
-PACED = [sys.executable, "-m", "servers.bench_clients", "paced"]
+PACED = [sys.executable, "-m", "harness.clients.instruments", "paced"]
 
 
 def paced(port: int, *args: str, timeout: float = 30) -> dict:
@@ -86,7 +86,7 @@ def test_redis_benchmark_counts_an_echo_of_ping_mbulk_as_a_reply(start_server):
 def test_bench_echo_counts_every_echo_and_splits_the_server_cpu_it_took():
     """Throughput and the CPU per request behind it: a server that answers N requests in the window
     spent user and kernel time on them, and the client too."""
-    from harness.bench import bench_echo
+    from harness.bench.servers import bench_echo
 
     row, = bench_echo(["selectors"], connections=4, size=64, seconds=0.5)["rows"]
     assert row["requests"] > 100 and row["mismatched"] == 0

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from servers.contract import SHARE_MODES
-from servers.probe import fill
+from harness.clients.probe import fill
 from servers.registry import BACKENDS
 from tests.helpers import ServerProcess, connect, echo, process_alive, recv_exactly, served_or_answered
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.runfile import load
+from harness.results.schema import load
 from tests.helpers import ROOT, process_alive, wait_status
 
 HARNESS = [sys.executable, "-m", "harness.cli", "run"]

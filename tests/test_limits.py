@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.limits import plan
+from harness.plan.limits import plan
 
 THIS_MACHINE = {
     "nofile_soft": 20000, "nofile_hard": 20000, "nr_open": 1048576, "file_max": 2466165,

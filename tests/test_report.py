@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import plots
-from harness.compare import compare, figures, verdict
-from harness.report import build, collect
-from harness.runfile import load
+from harness.report import plots
+from harness.report.compare import compare, figures, verdict
+from harness.report.page import build, collect
+from harness.results.schema import load
 from tests.helpers import ROOT
 
 FIXTURES = Path(__file__).parent / "fixtures"

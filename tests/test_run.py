@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.runfile import SCHEMA, SchemaError, load, validate
+from harness.results.schema import SCHEMA, SchemaError, load, validate
 from servers.registry import BACKENDS
 from tests.helpers import ROOT, process_alive
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from harness.cluster import LocustCluster
+from harness.run.cluster import LocustCluster
 from servers.proc import established_on_port
 from servers.registry import BACKENDS
 from tests.helpers import ROOT, ServerProcess, process_alive, wait_status
@@ -155,7 +155,7 @@ import json, sys, time
 import gevent
 from locust.env import Environment
 from scenarios import locust_fixes  # noqa: F401
-from scenarios.tcp_echo import TALLY, EchoUser
+from scenarios.users import TALLY, EchoUser
 
 class Options:
     echo_timeout, payload_size, echo_interval, user_mode, echo_mode = 5.0, 16, 60.0, sys.argv[2], "closed"

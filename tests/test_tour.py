@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from harness import tour
-from harness.report import build
+from harness.report.page import build
 from tests.helpers import ROOT
 
 

@@ -31,7 +31,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_start_a_run_from_the_form_and_watch_the_connections_tab(tmp_path):
-    from harness.cluster import free_port
+    from harness.run.cluster import free_port
 
     web_port, port = free_port(), free_port()
     ui = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--port", str(port), "--web-port",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uvloop
 
-from servers import aio_backend
+from servers.backends import asyncio_loop as aio_backend
 from servers.contract import ServeContext
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.rundoc import hold_samples
+from harness.results.rundoc import hold_samples
 
 MIN_SAMPLES = 3
 LIMIT_KEYS = ("nofile_soft", "nofile_hard", "nr_open", "file_max", "ip_local_port_range", "somaxconn", "pid_max")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from scenarios.tally import WORKER_FULL
+
 SCHEMA = 1
 STOPPED_BY = ("target", "EMFILE", "ENFILE", "FD_SETSIZE", "EADDRNOTAVAIL", "ECONNREFUSED", "threads",
               "memory", "timeout", "interrupted", "error")
@@ -26,13 +28,6 @@ MEMORY_FIELDS = ("server_rss_per_conn_bytes", "locust_rss_per_conn_bytes", "kern
 SERIES_FIELDS = ("t", "kernel_established", "server_open", "server_open_by_process", "locust_open",
                  "connects_ok", "connects_failed", "server_refused", "echoes_verified", "server_rss_bytes",
                  "locust_rss_bytes", "slab_bytes", "server_cpu_s", "locust_cpu_s")
-
-
-# A Locust worker refusing a connect because it holds all the users its fd limit allows
-# (scenarios.tcp_echo.WORKER_FULL; named again here because the harness never imports locust).
-WORKER_FULL = "worker-full"
-WORKER_FULL_DETAIL = ("a Locust worker held all the users its fd limit allows (its limit less a reserve of 100 "
-                      "for Locust); use more --workers or a higher --worker-fd-limit")
 
 
 class SchemaError(ValueError):

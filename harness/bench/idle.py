@@ -22,8 +22,8 @@ import subprocess
 import time
 from collections import Counter
 
-from harness import limits as limits_mod
-from harness.bench import CLIENT, read_event, server_rows, start_holders
+from harness.plan import limits as limits_mod
+from harness.bench.servers import CLIENT, read_event, server_rows, start_holders
 from servers.contract import ServerConfig
 from servers.gauges import refusals
 from servers.supervisor import ServerGroup

@@ -28,7 +28,7 @@ import psutil
 
 from servers import proc
 
-LOCUSTFILE = Path(__file__).resolve().parent.parent / "scenarios" / "locustfile.py"
+LOCUSTFILE = Path(__file__).resolve().parents[2] / "scenarios" / "locustfile.py"
 LOCUST = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
 
 

@@ -14,11 +14,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from harness import limits as limits_mod
-from harness.run import WORKER_FD_RESERVE, RunConfig, RunError, execute, prepare
-from harness.rundoc import summary
-from harness.report import build as build_report
-from harness.sweep import sweep, table
+from harness.plan import limits as limits_mod
+from harness.run.execute import WORKER_FD_RESERVE, RunConfig, RunError, execute, prepare
+from harness.results.rundoc import summary
+from harness.report.page import build as build_report
+from harness.run.sweep import sweep, table
 from servers.registry import BACKENDS
 
 PROOF_TARGET = 100_000

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import psutil
 
-from harness import limits as limits_mod
-from harness.cluster import LocustCluster
-from harness.progress import RunProgress
-from harness.results import utc_stamp, write_json_atomic
-from harness.rundoc import build_document
-from harness.runfile import run_dir_name
+from harness.plan import limits as limits_mod
+from harness.run.cluster import LocustCluster
+from harness.run.progress import RunProgress
+from harness.results.store import utc_stamp, write_json_atomic
+from harness.results.rundoc import build_document
+from harness.results.schema import run_dir_name
 from servers import proc, registry
 from servers.contract import ServerConfig
 from servers.gauges import ROLE_ACCEPTOR, refusals

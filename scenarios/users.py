@@ -10,101 +10,18 @@ users hold, which `scenarios.gauges` reports to the master.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import os
 import socket
 import time
 
-from hdrh.histogram import HdrHistogram
 from locust import User, task
 
-from servers.proc import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
+from scenarios.driver import driver
+from scenarios.tally import TALLY, WORKER_FULL, TCPError, error_name, parse_host
+from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET, recv_exactly
 
-
-class TCPError(Exception):
-    """A failure named by one short word, so Locust groups failures by that word alone."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-    __str__ = __repr__
-
-
-def error_name(exc: BaseException) -> str:
-    if isinstance(exc, TCPError):
-        return exc.name
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return "timeout"
-    if isinstance(exc, OSError) and exc.errno:
-        return errno.errorcode.get(exc.errno, f"errno{exc.errno}")
-    return type(exc).__name__
-
-
-class WorkerTally:
-    """What this Locust process's users hold and have done (plain counters, read by gauges)."""
-
-    def __init__(self) -> None:
-        self.open = 0
-        self.connects_ok = 0  # connections established and echo-verified once
-        self.connects_failed: dict[str, int] = {}  # by name: no connection, or no first echo
-        self.echo_failed: dict[str, int] = {}
-        self.echoes_sent = 0
-        self.echoes_verified = 0
-        self.bytes_echoed = 0
-        self.sources: list[str] = ["127.0.0.1"]
-        self.max_users = 0  # the most users this process may hold (fd limit minus a reserve)
-        # While the master's shape ramps, periodic echoes wait (every connection is still verified
-        # once at connect): the ramp gets the CPU, and steady state is measured apart from it.
-        self.ramping = True
-        # Echo latency after the ramp, in µs from each echo's intended send time (the actual send
-        # time in the closed loop), 3 significant digits; the master merges every worker's.
-        self.latency = new_latency_histogram()
-
-    def full(self) -> bool:
-        """At the most users this process may hold: one more socket would eat Locust's own fd reserve."""
-        return bool(self.max_users) and self.open >= self.max_users
-
-    def failed(self, where: dict[str, int], name: str) -> None:
-        where[name] = where.get(name, 0) + 1
-
-
-LATENCY_MAX_US = 600_000_000  # 10 minutes: longer than any echo timeout
-
-
-def new_latency_histogram() -> HdrHistogram:
-    return HdrHistogram(1, LATENCY_MAX_US, 3)
-
-
-# A connect refused by the worker itself: it holds max_users already (Locust's master may hand a
-# worker more than its share when it moves users off workers it thinks are missing).
-WORKER_FULL = "worker-full"
-TALLY = WorkerTally()
 _user_numbers = itertools.count()
-
-
-def parse_host(host: str | None) -> tuple[str, int]:
-    """'tcp://127.0.0.1:9999', '127.0.0.1:9999' -> ('127.0.0.1', 9999)."""
-    if not host:
-        raise ValueError("no target: pass --host tcp://127.0.0.1:PORT")
-    address = host.split("://", 1)[-1].rstrip("/")
-    name, _, port = address.rpartition(":")
-    return name, int(port)
-
-
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    chunks, got = [], 0
-    while got < size:
-        chunk = sock.recv(size - got)
-        if not chunk:
-            raise TCPError("EOF")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
 
 
 class EchoUser(User):
@@ -117,7 +34,6 @@ class EchoUser(User):
 
     def start(self, group):
         if getattr(self.environment.parsed_options, "user_mode", "greenlet") == "driver":
-            from scenarios.driver import driver
             return driver(self.environment).adopt(self, group)
         return super().start(group)
 
@@ -192,7 +108,7 @@ class EchoUser(User):
             self.sock.sendall(payload)
             if recv_exactly(self.sock, len(payload)) != payload:
                 raise TCPError("mismatch")
-        except (OSError, TCPError) as exc:
+        except (OSError, TCPError) as exc:  # ShortRead is an OSError: named EOF
             self._drop()
             return self._fire_failure("echo", start, exc, TALLY.echo_failed)
         TALLY.echoes_verified += 1

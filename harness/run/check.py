@@ -13,7 +13,7 @@ import time
 
 from servers.contract import ServerConfig
 from servers.gauges import ROLE_ACCEPTOR, refusals
-from servers.probe import fill
+from harness.clients.probe import fill
 from servers.registry import BACKENDS
 from servers.supervisor import ServerGroup
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.results import machine, utc_stamp, write_json_atomic
-from harness.run import RunConfig, execute, prepare
+from harness.results.store import machine, utc_stamp, write_json_atomic
+from harness.run.execute import RunConfig, execute, prepare
 
 OVERSHOOT = 1.25  # ask for this much more than the limit, so every run meets its cap
 

@@ -8,7 +8,6 @@ ports. Nothing here imports locust, and every socket is closed before a function
 
 from __future__ import annotations
 
-import errno
 import os
 import selectors
 import signal
@@ -16,7 +15,7 @@ import socket
 from dataclasses import dataclass, field
 
 from servers import proc
-from servers.proc import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
+from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET, errno_name
 
 IP_LOCAL_PORT_RANGE = getattr(socket, "IP_LOCAL_PORT_RANGE", 51)  # Linux 6.3+: a per-socket range
 
@@ -28,7 +27,7 @@ def hello(host: str, port: int, text: str = "Hello socket!") -> str:
 
 
 def _errno_name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno, str(exc.errno))
+    return errno_name(exc.errno)
 
 
 def four_tuples(dst: tuple[str, int], other_dst: tuple[str, int]) -> dict:

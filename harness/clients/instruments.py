@@ -28,7 +28,7 @@ import socket
 import sys
 import time
 
-from servers.proc import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
+from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET, errno_name
 
 
 def emit(**fields) -> None:
@@ -166,7 +166,7 @@ class Holder:
         self.failed: dict[str, int] = {}
 
     def _count(self, err: int | str | None) -> None:
-        name = errno.errorcode.get(err, str(err)) if isinstance(err, int) else str(err)
+        name = errno_name(err, "None")
         self.failed[name] = self.failed.get(name, 0) + 1
 
     def _fail(self, fd: int, err: int | str) -> None:
@@ -288,7 +288,7 @@ def hold_main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m servers.bench_clients")
+    parser = argparse.ArgumentParser(prog="python -m harness.clients.instruments")
     sub = parser.add_subparsers(dest="mode", required=True)
     p = sub.add_parser("echo")
     p.add_argument("--host", default="127.0.0.1")

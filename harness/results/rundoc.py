@@ -11,8 +11,9 @@ from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
-from harness.results import machine
-from harness.runfile import SCHEMA, WORKER_FULL, WORKER_FULL_DETAIL, map_stopped_by, validate
+from harness.results.store import machine
+from harness.results.schema import SCHEMA, map_stopped_by, validate
+from scenarios.tally import WORKER_FULL, WORKER_FULL_DETAIL
 
 
 def build_document(prepared, group, started_at: str, duration: float, sampler,

@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.cluster import LocustCluster
-from harness.run import LOAD_NICE
+from harness.run.cluster import LocustCluster
+from harness.run.execute import LOAD_NICE
 from servers.contract import ServerConfig
 from servers.supervisor import ServerGroup
 

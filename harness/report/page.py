@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import plots
-from harness.results import write_bytes_atomic
-from harness.runfile import SchemaError, load
+from harness.report import plots
+from harness.results.store import write_bytes_atomic
+from harness.results.schema import SchemaError, load
 
 PNG_DPI = 90
 

@@ -23,7 +23,7 @@ import time
 
 import psutil
 
-from harness.cluster import free_port
+from harness.run.cluster import free_port
 from servers.contract import ServerConfig
 from servers.supervisor import ServerGroup
 

@@ -17,14 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-from harness import limits as limits_mod
-from harness.results import machine, utc_stamp, write_json_atomic
+from harness.plan import limits as limits_mod
+from harness.results.store import machine, utc_stamp, write_json_atomic
 from servers.contract import ServerConfig
 from servers.gauges import ROLE_ACCEPTOR
 from servers.proc import established_on_port
 from servers.supervisor import ServerGroup
 
-CLIENT = [sys.executable, "-m", "servers.bench_clients"]
+CLIENT = [sys.executable, "-m", "harness.clients.instruments"]
 
 
 def read_event(proc: subprocess.Popen, until: str, timeout: float) -> dict:
