@@ -7,16 +7,19 @@ import json
 import math
 import sys
 
-from harness.plan import limits as limits_mod
 
 
 def cmd_limits(args: argparse.Namespace) -> int:
-    limits = limits_mod.read_limits()
-    plan = limits_mod.plan(limits, args.connections, backend=args.backend, fd_limit=args.fd_limit)
+    from harness.plan import core
+    from harness.plan.describe import format_limits
+    from harness.plan.limits import read_limits
+
+    limits = read_limits()
+    plan = core.plan(limits, args.connections, backend=args.backend, fd_limit=args.fd_limit)
     if args.json:
         print(json.dumps({"limits": limits, "plan": plan.as_dict()}, indent=2))
     else:
-        print(limits_mod.format_limits(limits, plan))
+        print(format_limits(limits, plan))
     return 0
 
 

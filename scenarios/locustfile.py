@@ -7,17 +7,17 @@ reports its gauges; the master (or local runner) collects them; the web UI gets 
 
 from __future__ import annotations
 
-import math
 import resource
 
 from locust import events
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
-from harness.plan.limits import per_source_address, read_limits
+from harness.plan.core import source_address, sources_for, users_per_client
+from harness.plan.limits import read_limits
 from scenarios import gauges, locust_fixes, webui  # noqa: F401  (locust_fixes patches on import)
 from scenarios.shape import StepRampShape  # noqa: F401  (Locust picks shapes up from this module)
 from scenarios.targets import is_loopback, target_error
-from scenarios.tally import TALLY, WORKER_FD_RESERVE, parse_host
+from scenarios.tally import TALLY, parse_host
 from scenarios.users import EchoUser  # noqa: F401  (Locust picks users up from this module)
 from servers.proc import die_with_parent
 
@@ -65,10 +65,10 @@ def configure_user_process(opts, worker_index: int) -> None:
             raise SystemExit(f"--worker-fd-limit {opts.worker_fd_limit} exceeds the hard limit {hard}; lower it")
         soft = opts.worker_fd_limit
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    TALLY.max_users = max(0, soft - WORKER_FD_RESERVE)
+    TALLY.max_users = users_per_client(soft)
     if opts.source_addresses == "auto":
-        count = max(1, math.ceil(TALLY.max_users / per_source_address(read_limits())))
-        TALLY.sources = [f"127.0.{worker_index + 1}.{2 + k}" for k in range(count)]
+        count = sources_for(TALLY.max_users, read_limits())
+        TALLY.sources = [source_address(worker_index, k) for k in range(count)]
     else:
         TALLY.sources = [a.strip() for a in opts.source_addresses.split(",") if a.strip()]
     for address in TALLY.sources:

@@ -22,7 +22,8 @@ import subprocess
 import time
 from collections import Counter
 
-from harness.plan import limits as limits_mod
+from harness.plan import core
+from harness.plan.limits import read_limits
 from harness.bench.servers import CLIENT, read_event, server_rows, start_holders
 from servers.contract import ServerConfig
 from servers.gauges import refusals
@@ -38,8 +39,8 @@ def variants(backends: list[str]) -> list[tuple[str, str]]:
 
 def bench_idle(backends: list[str], idle_points=IDLE_POINTS, active: int = 100, per_second: float = 50.0,
                seconds: float = 5.0, repeats: int = 3) -> dict:
-    limits = limits_mod.read_limits()
-    processes = limits_mod.plan(limits, max(idle_points) + active, backend="selectors").server_processes
+    limits = read_limits()
+    processes = core.plan(limits, max(idle_points) + active, backend="selectors").server_processes
     print(f"  {processes} server process(es) for every variant (planned for {max(idle_points):,} idle + {active} "
           f"active); {active} active connections × {per_second:g} echoes/s; at each point {repeats} windows of "
           f"{seconds:g} s, each percentile the median of the windows", flush=True)
@@ -64,15 +65,15 @@ def _variant(backend: str, mechanism: str, processes: int, idle_points: list[int
     config = ServerConfig(backend=backend, port=0, processes=processes, selector=mechanism or "epoll")
     points: list[dict] = []
     holders: list[subprocess.Popen] = []
-    addresses = 0
+    clients = 0
     with ServerGroup(config, log_file=os.devnull) as group:
         try:
             held = 0
             for n in idle_points:
                 if n > held:
-                    procs, used = start_holders(group.port, n - held, limits, first_address=addresses)
+                    procs, _ = start_holders(group.port, n - held, limits, first_client=clients)
                     holders += procs
-                    addresses += len(used)
+                    clients += len(procs)
                     events = [read_event(p, "held", 600) for p in procs]
                     held += sum(e["verified"] for e in events)
                     if any(e["failed"] for e in events):

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness.plan import limits as limits_mod
+from harness.plan import core
+from harness.plan.limits import meminfo, read_limits
 from harness.results.store import machine, utc_stamp, write_json_atomic
 from servers.contract import ServerConfig
 from servers.gauges import ROLE_ACCEPTOR
@@ -40,7 +41,7 @@ def read_event(proc: subprocess.Popen, until: str, timeout: float) -> dict:
 
 
 def _kernel_memory() -> dict[str, int]:
-    info = limits_mod.meminfo()
+    info = meminfo()
     return {"SUnreclaim": info["SUnreclaim"], "KernelStack": info["KernelStack"]}
 
 
@@ -136,23 +137,15 @@ def bench_memory(backends: list[str], connections: int, steps: int = 5) -> dict:
     return {"method": f"slope of RSS over {steps} steps of idle echo-verified connections", "rows": rows}
 
 
-def source_address(i: int) -> str:
-    """The i-th client source address: 127.0.1.2, 127.0.1.3, ... (all of 127/8 is on lo)."""
-    return f"127.0.{1 + i // 250}.{2 + i % 250}"
-
-
 def start_holders(port: int, count: int, limits: dict, clients: int | None = None,
-                  first_address: int = 0) -> tuple[list[subprocess.Popen], list[str]]:
+                  first_client: int = 0) -> tuple[list[subprocess.Popen], list[str]]:
     """Hold-client processes for `count` connections to `port`. Each holds at most its own fd
-    limit's worth, from source addresses of its own, each under half the ephemeral range
-    (addresses from `first_address` on). They print a "held" event, then hold until a line on stdin."""
-    per_client_max = limits_mod.usable_fd_limit(limits) - 64
-    clients = clients or max(1, -(-count // per_client_max))
-    counts = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
-    per_source = limits_mod.per_source_address(limits)
+    limit's worth (`core.client_split`), from source addresses of its own (client i binds
+    127.0.i+1.2 …, counting from `first_client`), each under half the ephemeral range. They print
+    a "held" event, then hold until a line on stdin."""
     procs, addresses = [], []
-    for n in counts:
-        mine = [source_address(first_address + len(addresses) + k) for k in range(-(-n // per_source))]
+    for i, n in enumerate(core.client_split(count, limits, clients)):
+        mine = [core.source_address(first_client + i, k) for k in range(core.sources_for(n, limits))]
         addresses += mine
         procs.append(subprocess.Popen([*CLIENT, "hold", "--port", str(port), "--count", str(n),
                                        "--sources", ",".join(mine)], stdin=subprocess.PIPE,
@@ -162,8 +155,8 @@ def start_holders(port: int, count: int, limits: dict, clients: int | None = Non
 
 def bench_hold(backend: str, connections: int, processes: int | None, share: str, clients: int | None,
                hold_s: float = 5.0) -> dict:
-    limits = limits_mod.read_limits()
-    plan = limits_mod.plan(limits, connections, backend=backend, processes=processes)
+    limits = read_limits()
+    plan = core.plan(limits, connections, backend=backend, processes=processes)
     for reason in plan.reasons:
         print(f"  plan: {reason}", flush=True)
     with ServerGroup(ServerConfig(backend=backend, port=0, processes=plan.server_processes, share=share)) as group:
@@ -208,5 +201,5 @@ def bench_hold(backend: str, connections: int, processes: int | None, share: str
 
 def save(kind: str, doc: dict, out_dir: Path) -> Path:
     doc = {"schema": 1, "kind": f"bench-{kind}", "started_at": utc_stamp(), "machine": machine(),
-           "limits": limits_mod.read_limits(), **doc}
+           "limits": read_limits(), **doc}
     return write_json_atomic(out_dir / f"bench-{kind}-{doc['started_at']}.json", doc)

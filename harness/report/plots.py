@@ -12,8 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-PORT_NUMBERS = 65_535
-FD_SETSIZE = 1024
+from harness.plan.core import PORT_NUMBERS  # noqa: E402
+from servers.intake import FD_SETSIZE  # noqa: E402
+
 PARTS = (("server_rss_per_conn_bytes", "server userland"), ("locust_rss_per_conn_bytes", "Locust"),
          ("kernel_slab_per_conn_bytes", "kernel slab (both ends)"),
          ("kernel_stack_per_conn_bytes", "kernel thread stacks"))

@@ -1,32 +1,28 @@
 """Turning a run's samples into its result document (`run.json`, schema 1) and its summary.
 
-Everything here is a pure function of what the run recorded (the sampler's series, the master's
-status, Locust's CSV files), so a document can be rebuilt or checked without running anything.
+Everything here is a pure function of what the run recorded and was given: the configuration and
+the plan as dicts, the machine's limits and metadata, the sampler's series, the master's status
+and Locust's own CSV rows already parsed (`harness.results.locust_files`). So a document can be
+rebuilt or checked from files and numbers, without running anything.
 """
 
 from __future__ import annotations
 
-import csv
-from dataclasses import asdict
-from importlib.metadata import version
 from pathlib import Path
 
-from harness.results.store import machine
 from harness.results.schema import SCHEMA, map_stopped_by, validate
 from scenarios.tally import WORKER_FULL, WORKER_FULL_DETAIL
 
 
-def build_document(prepared, group, started_at: str, duration: float, sampler,
-                   run_dir: Path, stop_reason: str | None, master_code: int | None, error: str | None,
-                   epoch0: float, faults: list[dict], memory_before: int | None = None) -> dict:
-    cfg, plan = prepared.config, prepared.plan
-    series = sampler.series
-    status = sampler.status
+def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, port: int, started_at: str,
+                   duration: float, series: list[dict], status: dict, locust_stats: dict,
+                   latency_series: list[dict], files: dict, stop_reason: str | None, master_code: int | None,
+                   error: str | None, faults: list[dict], memory_before: int | None = None) -> dict:
     peak = max(series, key=lambda p: p["kernel_established"]) if series else None
     first = series[0] if series else None
     peak_n = peak["kernel_established"] if peak else 0
-    stats = _locust_stats(run_dir / "locust_stats.csv")
-    echo_failed = status.get("totals", {}).get("echo_failed", {})
+    totals = status.get("totals", {})
+    echo_failed = totals.get("echo_failed", {})
 
     def per_conn(key: str, base: int | None) -> float:
         if not peak or not peak_n or base is None:
@@ -37,42 +33,36 @@ def build_document(prepared, group, started_at: str, duration: float, sampler,
     ramp_s = _ramp_seconds(series, peak_n)
     doc = {
         "schema": SCHEMA, "started_at": started_at, "duration_s": round(duration, 2),
-        "backend": cfg.backend, "share": cfg.share, "selector": cfg.selector, "host": "127.0.0.1",
-        "port": group.port, "server_processes": plan.server_processes, "server_fd_limit": plan.fd_limit,
-        "server_held_fds": plan.held_fds, "workers": prepared.workers, "worker_fd_limit": prepared.worker_fd_limit,
-        "user_mode": cfg.user_mode,
+        "backend": config["backend"], "share": config["share"], "selector": config["selector"], "host": "127.0.0.1",
+        "port": port, "server_processes": plan["server_processes"], "server_fd_limit": plan["fd_limit"],
+        "server_held_fds": plan["held_fds"], "workers": plan["workers"], "worker_fd_limit": plan["worker_fd_limit"],
+        "user_mode": config["user_mode"],
         "source_addresses": [a for w in status.get("workers", []) for a in w.get("sources", [])],
-        "target_connections": cfg.connections, "peak_connections": peak_n,
+        "target_connections": config["connections"], "peak_connections": peak_n,
         "peak_connections_servers": max((p["server_open"] for p in series), default=0),
         "peak_connections_by_process": peak["server_open_by_process"] if peak else [],
-        "predicted_cap": plan.predicted_cap, "stopped_by": stopped_by, "faults": faults,
+        "predicted_cap": plan["predicted_cap"], "stopped_by": stopped_by, "faults": faults,
         "stop_detail": error or (WORKER_FULL_DETAIL if status.get("stopped_by") == WORKER_FULL else None)
         or (f"Locust master exit code {master_code}" if master_code else None),
         "ramp_s": ramp_s, "connect_rate_per_s": round(peak_n / ramp_s) if ramp_s else 0,
         "steady_state": steady_state(series, peak_n),
-        "echo": {"sent": status.get("totals", {}).get("echoes_sent", 0),
-                 "verified": status.get("totals", {}).get("echoes_verified", 0),
+        "echo": {"sent": totals.get("echoes_sent", 0), "verified": totals.get("echoes_verified", 0),
                  "mismatched": echo_failed.get("mismatch", 0), "failed": echo_failed},
-        "connects": {"ok": status.get("totals", {}).get("connects_ok", 0),
-                     "failed": status.get("totals", {}).get("connects_failed", {}),
+        "connects": {"ok": totals.get("connects_ok", 0), "failed": totals.get("connects_failed", {}),
                      "server_refused": status.get("server_refusals", {})},
         "memory": {"server_rss_per_conn_bytes": per_conn("server_rss_bytes", first and first["server_rss_bytes"]),
-                   "locust_rss_per_conn_bytes": per_conn("locust_rss_bytes", status.get("totals", {}).get("rss_base_bytes")),
+                   "locust_rss_per_conn_bytes": per_conn("locust_rss_bytes", totals.get("rss_base_bytes")),
                    "kernel_slab_per_conn_bytes": per_conn("slab_bytes", first and first["slab_bytes"]),
                    # everything: servers, Locust, the kernel, per-process costs (MemAvailable before
                    # the servers started, less MemAvailable at the peak)
                    "system_per_conn_bytes": (memory_before - peak["mem_available_bytes"]) / peak_n
                    if memory_before and peak_n and "mem_available_bytes" in peak else None},
-        "echo_latency": {"mode": cfg.echo_mode,
-                         "measured_from": "intended send time" if cfg.echo_mode == "open" else "send time",
+        "echo_latency": {"mode": config["echo_mode"],
+                         "measured_from": "intended send time" if config["echo_mode"] == "open" else "send time",
                          **status.get("echo_latency", {"count": 0})},
-        "latency_ms": {name: {k: v for k, v in row.items() if k != "requests"} for name, row in stats.items()},
-        "limits": prepared.limits, "machine": {**machine(), "locust": version("locust")},
-        "plan": plan.as_dict(), "config": asdict(cfg), "series": series,
-        "latency_series": _latency_series(run_dir / "locust_stats_history.csv", epoch0),
-        "files": {name: name for name in ("locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv",
-                                          "locust_exceptions.csv", "locust.html", "logs")
-                  if (run_dir / name).exists()},
+        "latency_ms": {name: {k: v for k, v in row.items() if k != "requests"} for name, row in locust_stats.items()},
+        "limits": limits, "machine": machine, "plan": plan, "config": config, "series": series,
+        "latency_series": latency_series, "files": files,
     }
     return validate(doc)
 
@@ -133,32 +123,3 @@ def _ramp_seconds(series: list[dict], peak: int) -> float:
     if started is None or reached is None or peak == 0:
         return 0.0
     return max(reached - started, 1.0)  # samples are a second apart
-
-
-def _locust_stats(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    with open(path) as f:
-        rows = {r["Name"]: r for r in csv.DictReader(f) if r["Type"] == "TCP"}
-    return {name: {"requests": int(r["Request Count"]), "failures": int(r["Failure Count"]),
-                   "p50": _num(r.get("50%")), "p90": _num(r.get("90%")), "p99": _num(r.get("99%")),
-                   "max": _num(r.get("Max Response Time"))} for name, r in rows.items()}
-
-
-def _latency_series(path: Path, epoch0: float) -> list[dict]:
-    """Echo latency percentiles per second from Locust's own stats history (its histogram of the
-    last 10 s), against the users held at that moment; t is seconds since the run started."""
-    if not path.exists():
-        return []
-    with open(path) as f:
-        rows = [r for r in csv.DictReader(f) if r["Name"] == "echo" and r["50%"] not in ("N/A", "")]
-    return [{"t": round(int(r["Timestamp"]) - epoch0, 1), "held": int(r["User Count"]),
-             "rps": _num(r["Requests/s"]), "p50": _num(r["50%"]), "p90": _num(r["90%"]),
-             "p99": _num(r["99%"]), "max": _num(r["100%"])} for r in rows]
-
-
-def _num(text: str | None) -> float | None:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None

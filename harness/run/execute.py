@@ -10,20 +10,22 @@ crashed worker, an error), every process is stopped and a valid run.json is writ
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import psutil
 
-from harness.plan import limits as limits_mod
+from harness.plan import core
+from harness.plan.limits import meminfo, read_limits
 from harness.run.cluster import LocustCluster
 from harness.run.progress import RunProgress
-from harness.results.store import utc_stamp, write_json_atomic
+from harness.results import locust_files
+from harness.results.store import machine, utc_stamp, write_json_atomic
 from harness.results.rundoc import build_document
 from harness.results.schema import run_dir_name
 from servers import proc, registry
@@ -31,7 +33,6 @@ from servers.contract import ServerConfig
 from servers.gauges import ROLE_ACCEPTOR, refusals
 from servers.supervisor import ConfigError, ServerGroup
 
-WORKER_FD_RESERVE = 100  # scenarios.locustfile.FD_RESERVE: fds a Locust worker keeps for itself
 WORKER_EXIT_GRACE_S = 3.0
 DEFAULT_RAMP_RATE = 10_000.0  # the shape slows down by itself where the machine cannot keep up
 # The ramp's default time bound: 240 s, or long enough for the target at this many connections a
@@ -75,7 +76,7 @@ class RunConfig:
 class Prepared:
     config: RunConfig
     limits: dict
-    plan: limits_mod.Plan
+    plan: core.Plan
     workers: int
     worker_fd_limit: int
     ramp_rate: float
@@ -88,39 +89,18 @@ def prepare(cfg: RunConfig) -> Prepared:
         registry.get(cfg.backend)
     except registry.UnknownBackend as exc:
         raise RunError(str(exc)) from None
-    limits = limits_mod.read_limits()
-    usable = limits_mod.usable_fd_limit(limits)
-    for flag, value in (("--server-fd-limit", cfg.server_fd_limit), ("--worker-fd-limit", cfg.worker_fd_limit)):
-        if value is not None and value > usable:
-            raise RunError(f"{flag} {value} exceeds the hard limit {usable} of this process; lower {flag} "
-                           f"or raise the hard limit (ulimit -Hn, needs CAP_SYS_RESOURCE)")
-        if value is not None and value < 64:
-            raise RunError(f"{flag} {value} is too small; use at least 64")
+    limits = read_limits()
+    for flag, value in (("--fd-limit", cfg.server_fd_limit), ("--worker-fd-limit", cfg.worker_fd_limit)):
+        error = core.fd_limit_error(flag, value, limits)
+        if error:
+            raise RunError(error)
     if cfg.connections < 1:
         raise RunError(f"--connections {cfg.connections} must be at least 1")
-    plan = limits_mod.plan(limits, cfg.connections, backend=cfg.backend, fd_limit=cfg.server_fd_limit,
-                           processes=cfg.processes, selector=cfg.selector)
-    if plan.problems and plan.binding not in ("fd limit", "FD_SETSIZE"):
-        # The fd limit is what a run is allowed to find; the machine's other limits are not.
-        raise RunError(f"{plan.problems[0]} on this machine; lower --connections")
-    worker_fd = cfg.worker_fd_limit or usable
-    per_worker = worker_fd - WORKER_FD_RESERVE
-    workers = cfg.workers or max(1, math.ceil(cfg.connections / per_worker))
-    if workers * per_worker < min(cfg.connections, plan.predicted_cap):
-        need = math.ceil(min(cfg.connections, plan.predicted_cap) / per_worker)
-        raise RunError(f"{workers} worker(s) of {per_worker:,} users each cannot hold {cfg.connections:,} "
-                       f"connections (each worker's fd limit {worker_fd:,} minus {WORKER_FD_RESERVE} for itself); "
-                       f"use --workers {need}")
-    if workers > 1 and cfg.workers is None:
-        plan.reasons.append(f"{worker_fd:,} fds per Locust worker − {WORKER_FD_RESERVE} reserve = {per_worker:,} "
-                            f"users per worker → {workers} workers")
-    # Each worker binds enough addresses of its own for all the users its fd limit allows
-    # (scenarios.locustfile.configure_user_process): that, not N alone, sets the count.
-    per_worker_sources = math.ceil(per_worker / plan.per_source)
-    plan.source_addresses = workers * per_worker_sources
-    plan.reasons = [r for r in plan.reasons if "per client source address" not in r] + [
-        f"{plan.per_source:,} connections per client source address (half of ip_local_port_range) → "
-        f"{per_worker_sources} address(es) per worker (worker i: 127.0.i+1.2 …), {plan.source_addresses} in all"]
+    plan = core.plan(limits, cfg.connections, backend=cfg.backend, fd_limit=cfg.server_fd_limit,
+                     processes=cfg.processes, selector=cfg.selector, workers=cfg.workers,
+                     worker_fd_limit=cfg.worker_fd_limit)
+    if plan.error:
+        raise RunError(plan.error)
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +109,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise RunError(f"cannot write results to {out}: {exc.strerror}; choose another --out") from None
     ramp = cfg.ramp_rate or min(float(cfg.connections), DEFAULT_RAMP_RATE)
     max_seconds = cfg.max_seconds or max(240.0, cfg.connections / SLOWEST_PLANNED_RAMP)
-    return Prepared(cfg, limits, plan, workers, worker_fd, ramp, max_seconds)
+    return Prepared(cfg, limits, plan, plan.workers, plan.worker_fd_limit, ramp, max_seconds)
 
 
 class Sampler:
@@ -173,7 +153,7 @@ class Sampler:
         refused = sum(sum(refusals(r).values()) for r in rows)
         phase = status.get("phase", "starting")
         changed, self._phase = phase != self._phase, phase  # counted afresh as each phase begins
-        memory = limits_mod.meminfo()
+        memory = meminfo()
         kernel, counted = self.kernel_count(fresh or changed)
         point = {
             "t": round(time.monotonic() - self.t0, 2), "phase": phase,
@@ -205,7 +185,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
     config = ServerConfig(backend=cfg.backend, port=cfg.port, processes=plan.server_processes, share=cfg.share,
                           fd_limit=plan.fd_limit, selector=cfg.selector, nice=LOAD_NICE)
     group = ServerGroup(config, log_file=str(scratch / "servers.log"))
-    memory_before = limits_mod.meminfo()["MemAvailable"]  # what the whole run costs is measured from here
+    memory_before = meminfo()["MemAvailable"]  # what the whole run costs is measured from here
     try:
         group.start()
     except ConfigError as exc:
@@ -281,9 +261,14 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         _move(scratch / "servers.log", run_dir / "logs" / "servers.log")
         if faults and not stop_reason:
             stop_reason.append("interrupted")  # the run went on, but not as planned: marked
-        doc = build_document(prepared, group, started_at, time.monotonic() - t0, sampler, run_dir,
-                             stop_reason[0] if stop_reason else None, master_code, error, epoch0, faults,
-                             memory_before)
+        doc = build_document(
+            config=asdict(cfg), plan=plan.as_dict(), limits=prepared.limits,
+            machine={**machine(), "locust": version("locust")}, port=group.port, started_at=started_at,
+            duration=time.monotonic() - t0, series=sampler.series, status=sampler.status,
+            locust_stats=locust_files.stats(run_dir / "locust_stats.csv"),
+            latency_series=locust_files.latency_series(run_dir / "locust_stats_history.csv", epoch0),
+            files=locust_files.present(run_dir), stop_reason=stop_reason[0] if stop_reason else None,
+            master_code=master_code, error=error, faults=faults, memory_before=memory_before)
         write_json_atomic(run_dir / "run.json", doc)
         _restore(previous)  # only now: a Ctrl-C while the results are written must not cut them off
     return doc, run_dir

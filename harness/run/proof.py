@@ -14,35 +14,19 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from harness.plan import limits as limits_mod
-from harness.run.execute import WORKER_FD_RESERVE, RunConfig, RunError, execute, prepare
+from harness.plan.core import PORT_NUMBERS, proof_target
+from harness.plan.limits import read_limits
+from harness.run.execute import RunConfig, RunError, execute, prepare
 from harness.results.rundoc import summary
 from harness.report.page import build as build_report
 from harness.run.sweep import sweep, table
 from servers.registry import BACKENDS
 
-PROOF_TARGET = 100_000
-PORT_NUMBERS = 65_535
-MAX_PROCESSES = 32  # server processes + Locust workers the proof may start
 SWEEP_LIMITS = [256, 1024]
 
 
-def proof_target(limits: dict, backend: str) -> tuple[int, str]:
-    usable = limits_mod.usable_fd_limit(limits)
-    per_server = int((usable - limits_mod.BACKENDS[backend].held_fds) * limits_mod.REUSEPORT_HEADROOM)
-    per_worker = usable - WORKER_FD_RESERVE
-    by_processes = int(MAX_PROCESSES / (1 / per_server + 1 / per_worker))
-    by_memory = limits["mem_available"] // (2 * limits_mod.BYTES_PER_CONNECTION)
-    target = min(PROOF_TARGET, by_processes, by_memory)
-    if target == PROOF_TARGET:
-        return target, ""
-    why = (f"the hard fd limit {usable:,} would need more than {MAX_PROCESSES} processes"
-           if target == by_processes else "memory")
-    return target, f"target lowered to {target:,} by {why}"
-
-
 def run_proof(base: RunConfig, out=print) -> int:
-    limits = limits_mod.read_limits()
+    limits = read_limits()
     target, note = proof_target(limits, base.backend)
     out(f"Step 1: {target:,} connections to one port ({base.backend}, planned from this machine's limits)"
         + (f"; {note}" if note else ""))

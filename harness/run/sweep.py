@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
+from harness.plan.fits import fit
 from harness.results.store import machine, utc_stamp, write_json_atomic
 from harness.run.execute import RunConfig, execute, prepare
 
@@ -40,16 +39,6 @@ def sweep(backends: list[str], fd_limits: list[int], connections: int | None, ou
     write_json_atomic(sweep_dir / "sweep.json", doc)
     doc["path"] = str(sweep_dir / "sweep.json")
     return doc
-
-
-def fit(points: list[dict]) -> dict:
-    """cap = slope × limit − offset, by least squares; a single point gives slope 1 by assumption."""
-    limits = np.array([p["fd_limit"] for p in points], dtype=float)
-    caps = np.array([p["cap"] for p in points], dtype=float)
-    if len(points) < 2:
-        return {"slope": None, "offset": float(limits[0] - caps[0]) if len(points) else None}
-    slope, intercept = np.polyfit(limits, caps, 1)
-    return {"slope": round(float(slope), 4), "offset": round(float(-intercept), 2)}
 
 
 def table(doc: dict) -> str:

@@ -1,0 +1,199 @@
+"""The plan: what a machine's limits predict for N connections to one port, and how a run is laid out.
+
+Pure: every function here takes the `limits` dict that `harness.plan.limits.read_limits()` returns
+(or one written by hand for a laptop, a big server, a 4,096 hard limit) and plain numbers, and
+touches nothing. A plan says how many server processes and Locust workers are needed, which
+source addresses the workers bind, every cap the machine sets (fd limits, FD_SETSIZE, fs.file-max,
+memory, threads), which one binds first, and why, in sentences that go into run.json as they are.
+
+`error` is the one-line refusal a run gives before it starts anything (None when it may run): a
+run may go looking for the fd limit (that is what a run finds), but not for the machine's other
+limits, and not with too few workers to hold what it asks for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from scenarios.tally import WORKER_FD_RESERVE
+from servers.intake import FD_SETSIZE
+from servers.registry import BACKENDS
+
+# Measured on this kind of machine (shared/FACTS.md): all-in kernel + userland cost of one
+# connection with both ends local, and the spread of SO_REUSEPORT's hash over processes.
+BYTES_PER_CONNECTION = 9 * 1024
+REUSEPORT_HEADROOM = 0.85
+PORT_NUMBERS = 65_535
+MIN_FD_LIMIT = 64  # below this a server or a Locust worker has no room for its own fds
+# A client process (a Locust worker or a lean hold client) keeps this many fds for itself.
+CLIENT_FD_RESERVE = WORKER_FD_RESERVE
+# The caps a run is allowed to find; any other binding cap makes the plan refuse the run.
+RUN_FINDS = ("fd limit", "FD_SETSIZE")
+# The default proof: at most this many server processes and Locust workers together.
+PROOF_TARGET = 100_000
+PROOF_MAX_PROCESSES = 32
+
+
+@dataclass
+class Plan:
+    """What the limits predict for `connections` connections to one port, and the run's layout."""
+
+    connections: int
+    backend: str
+    fd_limit: int
+    held_fds: int
+    per_process: int
+    per_source: int
+    server_processes: int
+    source_addresses: int
+    predicted_cap: int
+    binding: str  # the limit that stops a run at predicted_cap ("target" when none does)
+    workers: int = 1
+    worker_fd_limit: int = 0
+    users_per_worker: int = 0
+    sources_per_worker: int = 1
+    caps: dict[str, int] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    error: str | None = None  # why a run with this plan must not start, naming the flag to change
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def usable_fd_limit(limits: dict) -> int:
+    """The largest soft limit a process may set: the hard limit, or fs.nr_open if unlimited."""
+    return limits["nofile_hard"] or limits["nr_open"]
+
+
+def per_source_address(limits: dict) -> int:
+    """Connections per (source address, destination) pair to plan for: half the ephemeral range,
+    because the kernel hands out even ports first and connect() slows sharply past that."""
+    lo, hi = limits["ip_local_port_range"]
+    return (hi - lo + 1) // 2
+
+
+def held_fds(backend: str, selector: str = "epoll") -> int:
+    """The fds a server process of `backend` holds before its first connection."""
+    held = BACKENDS[backend].held_fds
+    if backend == "selectors" and selector != "epoll":
+        held -= 1  # poll and select need no epoll fd
+    return held
+
+
+def source_address(group: int, k: int) -> str:
+    """The k-th source address of client group `group` (Locust worker i, or lean hold client i):
+    127.0.group+1.k+2. All of 127/8 is on lo, so no setup is needed."""
+    return f"127.0.{group + 1}.{k + 2}"
+
+
+def sources_for(users: int, limits: dict) -> int:
+    """Source addresses one client process needs for `users` connections to one destination."""
+    return max(1, math.ceil(users / per_source_address(limits)))
+
+
+def users_per_client(fd_limit: int) -> int:
+    """Connections one client process may hold with soft fd limit `fd_limit`."""
+    return max(0, fd_limit - CLIENT_FD_RESERVE)
+
+
+def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int | None = None,
+         processes: int | None = None, selector: str = "epoll", workers: int | None = None,
+         worker_fd_limit: int | None = None) -> Plan:
+    usable = usable_fd_limit(limits)
+    fd_limit = fd_limit or usable
+    held = held_fds(backend, selector)
+    per_process = fd_limit - held
+    reasons, problems = [], []
+    select_wall = backend == "selectors" and selector == "select"
+    if select_wall:
+        per_process = min(per_process, FD_SETSIZE - held)
+        reasons.append(f"select() watches fds below FD_SETSIZE={FD_SETSIZE} only → {per_process:,} per process")
+    if processes is None:
+        processes = max(1, math.ceil(connections / per_process))
+        if processes > 1:
+            processes = math.ceil(connections / int(per_process * REUSEPORT_HEADROOM))
+        reasons.append(f"{fd_limit:,} fds per process − {held} held = {per_process:,} connections "
+                       f"per server process → {processes} server process(es)"
+                       + (f" (with {100 - REUSEPORT_HEADROOM * 100:.0f}% headroom for SO_REUSEPORT's "
+                          "uneven spread)" if processes > 1 else ""))
+
+    caps = {("FD_SETSIZE" if select_wall else "fd limit"): processes * per_process}
+    free_files = limits["file_max"] - limits["file_nr"]
+    caps["fs.file-max"] = free_files // 2  # both ends are on this machine
+    caps["memory"] = limits["mem_available"] // BYTES_PER_CONNECTION
+    if backend == "threaded":
+        thread_room = min(limits["threads_max"], limits["pid_max"], limits["max_map_count"] // 2)
+        caps["threads"] = max(0, thread_room - limits.get("threads_in_use", 0))
+    binding = min(caps, key=caps.get)
+    predicted = min(connections, caps[binding])
+    if caps[binding] < connections:
+        problems.append(f"{connections:,} connections exceed the {binding} cap of "
+                        f"{caps[binding]:,} by {connections - caps[binding]:,}")
+    else:
+        binding = "target"
+
+    worker_fd = worker_fd_limit or usable
+    per_worker = users_per_client(worker_fd)
+    worker_count = workers or max(1, math.ceil(connections / per_worker))
+    if workers is None and worker_count > 1:
+        reasons.append(f"{worker_fd:,} fds per Locust worker − {CLIENT_FD_RESERVE} reserve = {per_worker:,} "
+                       f"users per worker → {worker_count} workers")
+    # Each worker binds enough addresses of its own for all the users its fd limit allows
+    # (scenarios.locustfile.configure_user_process): that, not N alone, sets the count.
+    per_source = per_source_address(limits)
+    per_worker_sources = sources_for(per_worker, limits)
+    sources = worker_count * per_worker_sources
+    reasons.append(f"{per_source:,} connections per client source address (half of ip_local_port_range) → "
+                   f"{per_worker_sources} address(es) per worker (worker i: 127.0.i+1.2 …), {sources} in all")
+
+    error = None
+    if problems and binding not in RUN_FINDS:
+        error = f"{problems[0]} on this machine; lower --connections"
+    elif worker_count * per_worker < predicted:
+        need = math.ceil(predicted / per_worker) if per_worker else "more"
+        error = (f"{worker_count} worker(s) of {per_worker:,} users each cannot hold {connections:,} connections "
+                 f"(each worker's fd limit {worker_fd:,} minus {CLIENT_FD_RESERVE} for itself); use --workers {need}")
+    return Plan(connections=connections, backend=backend, fd_limit=fd_limit, held_fds=held,
+                per_process=per_process, per_source=per_source, server_processes=processes,
+                source_addresses=sources, predicted_cap=predicted, binding=binding, workers=worker_count,
+                worker_fd_limit=worker_fd, users_per_worker=per_worker, sources_per_worker=per_worker_sources,
+                caps=caps, reasons=reasons, problems=problems, error=error)
+
+
+def fd_limit_error(flag: str, value: int | None, limits: dict) -> str | None:
+    """Why a soft fd limit given with `flag` cannot be used here, or None."""
+    usable = usable_fd_limit(limits)
+    if value is None:
+        return None
+    if value > usable:
+        return (f"{flag} {value} exceeds the hard limit {usable} of this process; lower {flag} "
+                f"or raise the hard limit (ulimit -Hn, needs CAP_SYS_RESOURCE)")
+    if value < MIN_FD_LIMIT:
+        return f"{flag} {value} is too small; use at least {MIN_FD_LIMIT}"
+    return None
+
+
+def client_split(count: int, limits: dict, clients: int | None = None) -> list[int]:
+    """Connections per lean client process for `count` in all: each holds at most what its fd
+    limit allows (the same reserve as a Locust worker), and the counts differ by at most one."""
+    per_client = users_per_client(usable_fd_limit(limits))
+    clients = clients or max(1, math.ceil(count / per_client))
+    return [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
+
+
+def proof_target(limits: dict, backend: str) -> tuple[int, str]:
+    """The default proof's target: PROOF_TARGET, or what PROOF_MAX_PROCESSES server and worker
+    processes (or memory) can hold here, with the reason it was lowered ("" if it was not)."""
+    usable = usable_fd_limit(limits)
+    per_server = int((usable - held_fds(backend)) * REUSEPORT_HEADROOM)
+    per_worker = users_per_client(usable)
+    by_processes = int(PROOF_MAX_PROCESSES / (1 / per_server + 1 / per_worker))
+    by_memory = limits["mem_available"] // (2 * BYTES_PER_CONNECTION)
+    target = min(PROOF_TARGET, by_processes, by_memory)
+    if target == PROOF_TARGET:
+        return target, ""
+    why = (f"the hard fd limit {usable:,} would need more than {PROOF_MAX_PROCESSES} processes"
+           if target == by_processes else "memory")
+    return target, f"target lowered to {target:,} by {why}"

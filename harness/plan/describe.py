@@ -1,0 +1,42 @@
+"""`harness limits` as text: the limits read here and what the plan makes of them."""
+
+from __future__ import annotations
+
+from harness.plan.core import BYTES_PER_CONNECTION, CLIENT_FD_RESERVE, Plan
+
+
+def format_limits(limits: dict, p: Plan) -> str:
+    lo, hi = limits["ip_local_port_range"]
+    gib = 2**30
+    hard = f"{limits['nofile_hard']:,}" if limits["nofile_hard"] else "unlimited"
+    soft = f"{limits['nofile_soft']:,}" if limits["nofile_soft"] else "unlimited"
+    rows = [
+        "Limits that cap connections on this machine",
+        f"  RLIMIT_NOFILE (per process)    soft {soft}, hard {hard}",
+        f"  fs.nr_open                     {limits['nr_open']:,} (ceiling for any hard limit)",
+        f"  fs.file-max / file-nr          {limits['file_max']:,} / {limits['file_nr']:,} in use",
+        f"  ip_local_port_range            {lo}-{hi} ({hi - lo + 1:,} ports per source address and destination)",
+        f"  net.core.somaxconn             {limits['somaxconn']:,} (accept queue length)",
+        f"  kernel.pid_max / threads-max   {limits['pid_max']:,} / {limits['threads_max']:,}",
+        f"  vm.max_map_count               {limits['max_map_count']:,}",
+        f"  memory                         {limits['mem_total'] / gib:.1f} GiB, {limits['mem_available'] / gib:.1f} GiB available",
+        "",
+        f"What they predict ({p.backend} backend)",
+        f"  per server process             {p.per_process:,} connections = fd limit {p.fd_limit:,} − {p.held_fds} fds held",
+        f"  per client source address      {p.per_source:,} (half the ephemeral range)",
+        "  the port number                never a limit: each connection is its own 4-tuple on one port",
+        "",
+        f"For {p.connections:,} connections to one port",
+        f"  server processes               {p.server_processes}",
+        f"  Locust workers                 {p.workers} ({p.users_per_worker:,} users each: fd limit "
+        f"{p.worker_fd_limit:,} − {CLIENT_FD_RESERVE} for Locust)",
+        f"  client source addresses        {p.source_addresses} ({p.sources_per_worker} per worker: 127.0.i+1.2 …; "
+        "all of 127/8 is local)",
+        f"  file handles (both ends)       {2 * p.connections:,} of {limits['file_max'] - limits['file_nr']:,} free",
+        f"  memory (~{BYTES_PER_CONNECTION // 1024} KB a connection)    "
+        f"{p.connections * BYTES_PER_CONNECTION / gib:.1f} GiB of {limits['mem_available'] / gib:.1f} GiB available",
+    ]
+    rows += [f"  why: {r}" for r in p.reasons]
+    rows.append("  verdict: " + ("; ".join(p.problems) if p.problems else "fits: the fd limit per process, "
+                                 "not the port, decides how many processes are needed"))
+    return "\n".join(rows)

@@ -1,0 +1,58 @@
+"""`harness.plan.ramp`: the load shape's rule, fed numbers tick by tick."""
+
+from __future__ import annotations
+
+from harness.plan.ramp import LEAD_STEPS, Seen, Settings, State, tick
+
+SETTINGS = Settings(target=1000, ramp_rate=100, step_seconds=1.0, max_seconds=60, hold_seconds=5)
+
+
+def test_ramps_one_step_a_second_while_connections_are_answered():
+    state = State()
+    asked = []
+    for second in range(4):
+        state, decision = tick(state, second + 0.5, SETTINGS, Seen(connects_ok=100 * second, open=100 * second))
+        asked.append(decision)
+    assert asked == [(100, 100.0), (200, 100.0), (300, 100.0), (400, 100.0)]  # one step a second
+    assert state.phase == "ramp" and state.dispatched == 400
+
+
+def test_never_more_than_lead_steps_ahead_of_what_was_answered():
+    state, decision = tick(State(), 9.5, SETTINGS, Seen(connects_ok=150, failures={}))
+    assert decision[0] == 150 + LEAD_STEPS * 100  # not the 1,000 the clock would allow
+
+
+def test_never_asks_for_fewer_users_than_it_already_asked_for():
+    state = State(dispatched=700)
+    state, decision = tick(state, 3.5, SETTINGS, Seen(connects_ok=100))
+    assert decision[0] == 700
+
+
+def test_capped_by_what_the_workers_may_hold():
+    state, decision = tick(State(), 30, SETTINGS, Seen(connects_ok=1000, max_users=600))
+    assert decision[0] == 600
+    state, decision = tick(state, 31, SETTINGS, Seen(user_count=600, open=600, connects_ok=600, max_users=600))
+    assert state.phase == "hold" and state.stopped_by == "target"
+
+
+def test_target_reached_holds_for_hold_seconds_then_stops():
+    state = State(dispatched=1000)
+    state, decision = tick(state, 12, SETTINGS, Seen(user_count=1000, open=1000, connects_ok=1000))
+    assert (state.phase, state.stopped_by, state.hold_started, decision) == ("hold", "target", 12, (1000, 100.0))
+    state, decision = tick(state, 16.9, SETTINGS, Seen(user_count=1000, open=1000, connects_ok=1000))
+    assert decision == (1000, 100.0)
+    state, decision = tick(state, 17.0, SETTINGS, Seen())
+    assert state.phase == "done" and decision is None
+
+
+def test_failing_connects_end_the_ramp_named_by_the_servers_errno_first():
+    seen = Seen(connects_ok=246, failures={"EOF": 54}, server_refusals={"EMFILE": 54})
+    state, _ = tick(State(dispatched=300), 4, SETTINGS, seen)
+    assert state.phase == "hold" and state.stopped_by == "EMFILE" and state.held_users == 300
+    state, _ = tick(State(dispatched=300), 4, SETTINGS, Seen(failures={"EADDRNOTAVAIL": 3, "timeout": 1}))
+    assert state.stopped_by == "EADDRNOTAVAIL"
+
+
+def test_the_time_bound_ends_the_ramp():
+    state, decision = tick(State(dispatched=400), 60, SETTINGS, Seen(connects_ok=400, open=400, user_count=400))
+    assert state.stopped_by == "timeout" and decision == (400, 100.0)

@@ -1,0 +1,57 @@
+"""`harness.results.rundoc`: run.json built from plain numbers, with nothing running."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.plan.core import plan
+from harness.results.rundoc import build_document, steady_state
+from harness.results.schema import validate
+from tests.test_plan_core import THIS_MACHINE
+
+CONFIG = {"backend": "asyncio", "share": "reuseport", "selector": "epoll", "user_mode": "driver",
+          "connections": 300, "echo_mode": "closed"}
+MACHINE = {"hostname": "h", "cpu": "c", "cpus": 2, "kernel": "k", "python": "3.11", "locust": "2.47.0"}
+
+
+def point(t: float, held: int, phase: str, **extra) -> dict:
+    return {"t": t, "phase": phase, "kernel_established": held, "kernel_counted": True, "server_open": held,
+            "server_open_by_process": [held], "locust_open": held, "connects_ok": held, "connects_failed": 0,
+            "server_refused": 0, "echoes_verified": held, "server_rss_bytes": 10_000_000 + 1000 * held,
+            "locust_rss_bytes": 0, "slab_bytes": 50_000_000 + 6000 * held, "mem_available_bytes": 1 << 34,
+            "server_cpu_s": 0.0, "locust_cpu_s": 0.0, **extra}
+
+
+def document(**overrides) -> dict:
+    series = [point(0, 0, "ramp"), point(1, 120, "ramp"), point(2, 246, "hold"), point(3, 246, "hold"),
+              point(4, 246, "hold")]
+    status = {"stopped_by": "EMFILE", "server_refusals": {"EMFILE": 54},
+              "totals": {"echoes_sent": 500, "echoes_verified": 500, "connects_ok": 246,
+                         "connects_failed": {"EOF": 54}, "rss_base_bytes": 0},
+              "workers": [{"sources": ["127.0.1.2"]}]}
+    args = dict(config=CONFIG, plan=plan(THIS_MACHINE, 300, fd_limit=256, processes=1, workers=1).as_dict(),
+                limits=THIS_MACHINE, machine=MACHINE, port=9999, started_at="20261201T000000Z", duration=5.0,
+                series=series, status=status, locust_stats={}, latency_series=[], files={}, stop_reason=None,
+                master_code=None, error=None, faults=[], memory_before=(1 << 34) + 246 * 9000)
+    return build_document(**{**args, **overrides})
+
+
+def test_the_document_comes_from_the_numbers_given():
+    doc = validate(document())
+    assert doc["stopped_by"] == "EMFILE" and doc["peak_connections"] == 246 == doc["predicted_cap"]
+    assert doc["server_fd_limit"] == 256 and doc["workers"] == 1 and doc["source_addresses"] == ["127.0.1.2"]
+    assert doc["memory"]["server_rss_per_conn_bytes"] == 1000 and doc["memory"]["kernel_slab_per_conn_bytes"] == 6000
+    assert doc["memory"]["system_per_conn_bytes"] == pytest.approx(9000)
+    assert doc["ramp_s"] == 1.0 and doc["connect_rate_per_s"] == 246
+    assert doc["connects"]["failed"] == {"EOF": 54} and doc["echo"]["mismatched"] == 0
+
+
+def test_a_stop_reason_of_the_run_overrides_the_shapes():
+    assert document(stop_reason="interrupted")["stopped_by"] == "interrupted"
+    assert document(status={"stopped_by": "worker-full"})["stop_detail"].startswith("a Locust worker held all")
+
+
+def test_steady_state_leaves_out_ramp_and_teardown():
+    series = [point(0, 100, "ramp"), point(1, 200, "hold"), point(3, 200, "hold"), point(4, 50, "done")]
+    state = steady_state(series, 200)
+    assert state["seconds"] == 2.0 and state["server_rss_change_pct"] == 0.0
