@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import gevent
 
 from scenarios.tally import TALLY, new_latency_histogram
-from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, refusals
+from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, total_refusals
 from servers.proc import RssReader, count_open_fds, established_on_port
 
 MESSAGE = "harness_gauges"
@@ -89,17 +90,14 @@ class Board:
 
     def totals(self) -> dict:
         w = self.live_workers()
-        failed: dict[str, int] = {}
-        echo_failed: dict[str, int] = {}
+        failed, echo_failed = Counter(), Counter()
         for report in w:
-            for name, n in report["connects_failed"].items():
-                failed[name] = failed.get(name, 0) + n
-            for name, n in report["echo_failed"].items():
-                echo_failed[name] = echo_failed.get(name, 0) + n
+            failed.update(report["connects_failed"])
+            echo_failed.update(report["echo_failed"])
         return {"open": sum(r["open"] for r in w), "connects_ok": sum(r["connects_ok"] for r in w),
-                "connects_failed": failed, "echoes_sent": sum(r["echoes_sent"] for r in w),
+                "connects_failed": dict(failed), "echoes_sent": sum(r["echoes_sent"] for r in w),
                 "echoes_verified": sum(r["echoes_verified"] for r in w),
-                "echo_failed": echo_failed,
+                "echo_failed": dict(echo_failed),
                 "bytes_echoed": sum(r["bytes_echoed"] for r in w),
                 "rss_bytes": sum(r["rss_bytes"] for r in w),
                 "rss_base_bytes": sum(r["rss_base_bytes"] for r in w),
@@ -127,12 +125,9 @@ class Board:
         return [g for g in self.server_board.read_all() if g["role"] != ROLE_ACCEPTOR]
 
     def server_refusals(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        if self.server_board is not None:
-            for row in self.server_board.read_all():
-                for reason, n in refusals(row).items():
-                    out[reason] = out.get(reason, 0) + n
-        return out
+        if self.server_board is None:
+            return {}
+        return dict(total_refusals(self.server_board.read_all()))
 
     def refresh_kernel(self) -> None:
         if self.port is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import resource
+import selectors
 import signal
 import socket
 import time
@@ -95,6 +96,49 @@ class ServeContext:
     def status(self) -> str:
         return (f"{self.counters.open} open of cap {self.cap} "
                 f"(fd limit {self.fd_soft} minus {self.fd_soft - self.cap} held)")
+
+
+class IntakeWatch:
+    """The part of a selector loop that the threaded, selectors and handoff loops share: tick the
+    gauges every TICK_S, take new connections from the intake, and stop watching it for the pause
+    the intake asks for (at a limit), then watch it again. Create it after `ctx.ready()`."""
+
+    def __init__(self, ctx: ServeContext, sel: selectors.BaseSelector, intake: Intake, data: object = None) -> None:
+        self.ctx, self.sel, self.intake, self.data = ctx, sel, intake, data
+        self.resume_at = 0.0
+        self.next_tick = time.monotonic() + TICK_S
+        sel.register(intake, selectors.EVENT_READ, data)
+
+    def timeout(self) -> float:
+        """Seconds the loop may wait in select() now; ticks, and resumes the intake, when due."""
+        now = time.monotonic()
+        if now >= self.next_tick:
+            self.ctx.tick()
+            self.next_tick = now + TICK_S
+            if self.resume_at and now >= self.resume_at:
+                self.sel.register(self.intake, selectors.EVENT_READ, self.data)
+                self.resume_at = 0.0
+        return max(0.0, self.next_tick - now)
+
+    def take(self) -> list[socket.socket]:
+        """The new connections ready now (the intake was readable)."""
+        new, pause = self.intake.take()
+        if pause:
+            self.sel.unregister(self.intake)
+            self.resume_at = time.monotonic() + pause
+            self.next_tick = min(self.next_tick, self.resume_at)
+        return new
+
+    def serve(self, stop: "StopSignal", on_new: Callable[[socket.socket], None]) -> None:
+        """The whole loop of a process that waits on nothing but new connections and SIGTERM (the
+        threaded backend's main thread, the handoff acceptor); `stop` is registered in the selector."""
+        while not stop.requested:
+            for key, _ in self.sel.select(self.timeout()):
+                if key.fileobj is stop:
+                    stop.drain()
+                    continue
+                for conn in self.take():
+                    on_new(conn)
 
 
 class StopSignal:

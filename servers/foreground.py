@@ -17,7 +17,7 @@ import time
 
 from servers import proc, registry
 from servers.contract import SELECTORS, SHARE_MODES, ServerConfig
-from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, refusals
+from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, total_refusals
 from servers.supervisor import ConfigError, ServerGroup
 
 
@@ -59,10 +59,7 @@ def snapshot(board: GaugeBoard) -> list[dict]:
 
 def format_line(elapsed: float, rows: list[dict]) -> str:
     servers = [r for r in rows if r["role"] != ROLE_ACCEPTOR]
-    refused: dict[str, int] = {}
-    for row in rows:
-        for reason, n in refusals(row).items():
-            refused[reason] = refused.get(reason, 0) + n
+    refused = total_refusals(rows)
     per_process = " ".join(f"p{r['index']} {r['open']}/{r['cap']}" for r in servers)
     return (f"[{elapsed:5.0f}s] open {sum(r['open'] for r in servers):,} ({per_process}) | "
             f"accepted {sum(r['accepted'] for r in servers):,} | "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 
 # Refusal reasons, in slot order. Each is a counter of connections the server closed or could
@@ -139,3 +140,11 @@ class GaugeBoard:
 def refusals(values: dict[str, int]) -> dict[str, int]:
     """The non-zero refusal counters of one slot, by reason."""
     return {name: values["refused_" + name] for name in REFUSALS if values["refused_" + name]}
+
+
+def total_refusals(rows: list[dict[str, int]]) -> Counter:
+    """The refusals of every slot in `rows`, added up by reason."""
+    total: Counter = Counter()
+    for row in rows:
+        total.update(refusals(row))
+    return total

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import selectors
 import socket
-import time
 
-from servers.contract import TICK_S, ServeContext, StopSignal
+from servers.contract import IntakeWatch, ServeContext, StopSignal
 from servers.gauges import SERVING, GaugeBoard
 
 
@@ -24,15 +23,11 @@ def run_acceptor(ctx: ServeContext, workers: dict[int, socket.socket], board: Ga
     intake = ctx.make_intake()
     sel = selectors.DefaultSelector()
     sel.register(stop, selectors.EVENT_READ)
-    sel.register(intake, selectors.EVENT_READ)
     for sock in workers.values():
         sock.setblocking(False)
     rotation = list(workers)
     turn = 0
     counters = ctx.counters
-    resume_at = 0.0
-    ctx.ready()
-    next_tick = time.monotonic() + TICK_S
 
     def has_room(index: int) -> bool:
         g = board.read(index)
@@ -57,25 +52,11 @@ def run_acceptor(ctx: ServeContext, workers: dict[int, socket.socket], board: Ga
         counters.refuse("EMFILE")
         ctx.log.note("EMFILE", hint="every worker is at its fd limit")
 
-    while not stop.requested:
-        now = time.monotonic()
-        if now >= next_tick:
-            ctx.tick()
-            next_tick = now + TICK_S
-            if resume_at and now >= resume_at:
-                sel.register(intake, selectors.EVENT_READ)
-                resume_at = 0.0
-        for key, _ in sel.select(max(0.0, next_tick - now)):
-            if key.fileobj is stop:
-                stop.drain()
-                continue
-            new, pause = intake.take()
-            for conn in new:
-                hand_on(conn)
-                conn.close()  # the worker holds its own copy now (or the client is refused)
-                counters.closed += 1
-            if pause:
-                sel.unregister(intake)
-                resume_at = time.monotonic() + pause
-                next_tick = min(next_tick, resume_at)
+    def take(conn: socket.socket) -> None:
+        hand_on(conn)
+        conn.close()  # the worker holds its own copy now (or the client is refused)
+        counters.closed += 1
+
+    ctx.ready()
+    IntakeWatch(ctx, sel, intake).serve(stop, take)
     ctx.stopped()

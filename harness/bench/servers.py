@@ -12,6 +12,7 @@ Each writes a JSON file under results/ and prints a table.
 from __future__ import annotations
 
 import json
+from collections import Counter
 import subprocess
 import sys
 import time
@@ -177,10 +178,7 @@ def bench_hold(backend: str, connections: int, processes: int | None, share: str
             for p in procs:
                 p.kill()
                 p.wait()
-    failed: dict[str, int] = {}
-    for r in results:
-        for k, v in r["failed"].items():
-            failed[k] = failed.get(k, 0) + v
+    failed = dict(sum((Counter(r["failed"]) for r in results), Counter()))
     doc = {"backend": backend, "share": share, "target": connections, "server_processes": plan.server_processes,
            "client_processes": len(procs), "source_addresses": addresses, "port": group.port,
            "held_by_clients": sum(h["open"] for h in held),

@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from servers.contract import ServerConfig
-from servers.gauges import ROLE_ACCEPTOR, refusals
+from servers.gauges import ROLE_ACCEPTOR, total_refusals
 from harness.clients.probe import fill
 from servers.registry import BACKENDS
 from servers.supervisor import ServerGroup
@@ -28,19 +28,23 @@ def check_one(config: ServerConfig, extra: int = 20) -> dict:
         servers = [g for g in group.board.read_all() if g["role"] != ROLE_ACCEPTOR]
         cap = sum(g["cap"] for g in servers)
         result = fill(config.host, group.port, cap + extra)
-        time.sleep(0.4)  # one gauge tick
-        rows = group.board.read_all()
-        reasons: dict[str, int] = {}
-        for row in rows:
-            for reason, n in refusals(row).items():
-                reasons[reason] = reasons.get(reason, 0) + n
+        # The servers publish their gauges every TICK_S: wait until they show what the client saw.
+        deadline = time.monotonic() + 2.0
+        while True:
+            rows = group.board.read_all()
+            reasons = total_refusals(rows)
+            open_now = sum(r["open"] for r in rows if r["role"] != ROLE_ACCEPTOR)
+            if (sum(reasons.values()) >= result.refused and open_now == len(result.held)) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         outcome = {
             "backend": config.backend, "share": config.share, "processes": config.processes,
             "fd_limit": group.fd_limit, "held_fds": servers[0]["base_fds"], "cap": cap,
             "held": len(result.held),
             "server_open": sum(r["open"] for r in rows if r["role"] != ROLE_ACCEPTOR),
             "refused": result.refused, "unanswered": result.unanswered,
-            "slowest_answer_ms": round(result.slowest_answer_s * 1000, 1), "refused_by": reasons,
+            "slowest_answer_ms": round(result.slowest_answer_s * 1000, 1), "refused_by": dict(reasons),
         }
         result.close()
     with open(log_file) as f:

@@ -30,7 +30,7 @@ from harness.results.rundoc import build_document
 from harness.results.schema import run_dir_name
 from servers import proc, registry
 from servers.contract import ServerConfig
-from servers.gauges import ROLE_ACCEPTOR, refusals
+from servers.gauges import ROLE_ACCEPTOR, total_refusals
 from servers.supervisor import ConfigError, ServerGroup
 
 WORKER_EXIT_GRACE_S = 3.0
@@ -150,7 +150,7 @@ class Sampler:
             rows[index]["open"] = 0
         servers = [r for r in rows if r["role"] != ROLE_ACCEPTOR]
         totals = status.get("totals", {})
-        refused = sum(sum(refusals(r).values()) for r in rows)
+        refused = sum(total_refusals(rows).values())
         phase = status.get("phase", "starting")
         changed, self._phase = phase != self._phase, phase  # counted afresh as each phase begins
         memory = meminfo()

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import selectors
 import socket
-import time
 
-from servers.contract import RECV_BYTES, TICK_S, ServeContext, StopSignal
+from servers.contract import RECV_BYTES, IntakeWatch, ServeContext, StopSignal
 from servers.intake import FD_SETSIZE
 
 MECHANISMS = {
@@ -34,12 +33,10 @@ def serve(ctx: ServeContext) -> None:
     stop = StopSignal()
     intake = ctx.make_intake(fd_ceiling=FD_SETSIZE if mechanism == "select" else None)
     sel.register(stop, EVENT_READ, "stop")
-    sel.register(intake, EVENT_READ, "intake")
     pending: dict[int, bytes] = {}  # fd -> echo not yet sent (only for clients that stopped reading)
     counters = ctx.counters
-    resume_intake_at = 0.0
     ctx.ready()
-    next_tick = time.monotonic() + TICK_S
+    watch = IntakeWatch(ctx, sel, intake, "intake")
 
     def close(conn: socket.socket) -> None:
         sel.unregister(conn)
@@ -48,14 +45,7 @@ def serve(ctx: ServeContext) -> None:
         counters.closed += 1
 
     while not stop.requested:
-        now = time.monotonic()
-        if now >= next_tick:
-            ctx.tick()
-            next_tick = now + TICK_S
-            if resume_intake_at and now >= resume_intake_at:
-                sel.register(intake, EVENT_READ, "intake")
-                resume_intake_at = 0.0
-        for key, events in sel.select(max(0.0, next_tick - now)):
+        for key, events in sel.select(watch.timeout()):
             conn = key.fileobj
             if key.data is None:
                 if events & EVENT_READ:
@@ -83,13 +73,8 @@ def serve(ctx: ServeContext) -> None:
                 else:
                     _flush(conn, pending, sel, counters, close)
             elif key.data == "intake":
-                new, pause = intake.take()
-                for conn in new:
+                for conn in watch.take():
                     sel.register(conn, EVENT_READ)
-                if pause:
-                    sel.unregister(intake)
-                    resume_intake_at = time.monotonic() + pause
-                    next_tick = min(next_tick, resume_intake_at)
             else:
                 stop.drain()
     ctx.stopped()

@@ -21,9 +21,8 @@ import selectors
 import socket
 import sys
 import threading
-import time
 
-from servers.contract import RECV_BYTES, TICK_S, ServeContext, StopSignal
+from servers.contract import RECV_BYTES, IntakeWatch, ServeContext, StopSignal
 
 THREAD_STACK_BYTES = 256 * 1024  # the handler is shallow; a small stack leaves room for more threads
 
@@ -35,41 +34,24 @@ def serve(ctx: ServeContext) -> None:
     intake = ctx.make_intake()
     sel = selectors.DefaultSelector()
     sel.register(stop, selectors.EVENT_READ)
-    sel.register(intake, selectors.EVENT_READ)
     counters = ctx.counters
     lock = threading.Lock()
     _count_stillborn(ctx, lock)
-    resume_at = 0.0
+
+    def start_thread(conn: socket.socket) -> None:
+        conn.setblocking(True)
+        try:
+            _thread.start_new_thread(_echo, (conn, ctx, lock))
+        except (RuntimeError, MemoryError):  # "can't start new thread", or no memory for its state
+            conn.close()
+            with lock:
+                counters.closed += 1
+            counters.refuse("threads")
+            ctx.log.note("threads", hint="no thread could start (memory or RLIMIT_AS, "
+                         "kernel.threads-max, kernel.pid_max, vm.max_map_count: see `harness limits`)")
+
     ctx.ready()
-    next_tick = time.monotonic() + TICK_S
-    while not stop.requested:
-        now = time.monotonic()
-        if now >= next_tick:
-            ctx.tick()
-            next_tick = now + TICK_S
-            if resume_at and now >= resume_at:
-                sel.register(intake, selectors.EVENT_READ)
-                resume_at = 0.0
-        for key, _ in sel.select(max(0.0, next_tick - now)):
-            if key.fileobj is stop:
-                stop.drain()
-                continue
-            new, pause = intake.take()
-            for conn in new:
-                conn.setblocking(True)
-                try:
-                    _thread.start_new_thread(_echo, (conn, ctx, lock))
-                except (RuntimeError, MemoryError):  # "can't start new thread", or no memory for its state
-                    conn.close()
-                    with lock:
-                        counters.closed += 1
-                    counters.refuse("threads")
-                    ctx.log.note("threads", hint="no thread could start (memory or RLIMIT_AS, "
-                                 "kernel.threads-max, kernel.pid_max, vm.max_map_count: see `harness limits`)")
-            if pause:
-                sel.unregister(intake)
-                resume_at = time.monotonic() + pause
-                next_tick = min(next_tick, resume_at)
+    IntakeWatch(ctx, sel, intake).serve(stop, start_thread)
     ctx.stopped()
 
 
