@@ -1,4 +1,10 @@
-"""The `harness` command line: one small `cmd_*` function per subcommand, picked from COMMANDS."""
+"""The `harness` command line: one small `cmd_*` function per subcommand, picked from COMMANDS.
+
+One vocabulary across subcommands: `--fd-limit` is a server process's soft fd limit everywhere
+(`--server-fd-limit` is kept as an alias in `run` and `ui`), `--backend` picks one backend and
+`--backends` several, and every choice comes from the registry and the contract. Bad input is one
+line naming the flag and the fix, exit code 2; a flag a subcommand does not take is refused.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,11 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 
-
+from scenarios.tally import ECHO_MODES, USER_MODES
+from servers.contract import SELECTORS, SHARE_MODES
+from servers.registry import BACKENDS
 
 def cmd_limits(args: argparse.Namespace) -> int:
     from harness.plan import core
@@ -15,6 +24,10 @@ def cmd_limits(args: argparse.Namespace) -> int:
     from harness.plan.limits import read_limits
 
     limits = read_limits()
+    error = core.fd_limit_error("--fd-limit", args.fd_limit, limits)
+    if error:
+        print(f"harness limits: error: {error}", file=sys.stderr)
+        return 2
     plan = core.plan(limits, args.connections, backend=args.backend, fd_limit=args.fd_limit)
     if args.json:
         print(json.dumps({"limits": limits, "plan": plan.as_dict()}, indent=2))
@@ -33,34 +46,45 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if run_check() else 1
 
 
+def bench_echo(args: argparse.Namespace) -> dict:
+    from harness.bench.servers import bench_echo
+    return bench_echo(args.backends, args.connections, args.size, args.seconds)
+
+
+def bench_memory(args: argparse.Namespace) -> dict:
+    from harness.bench.servers import bench_memory
+    return bench_memory(args.backends, args.connections)
+
+
+def bench_idle(args: argparse.Namespace) -> dict:
+    from harness.bench.idle import bench_idle
+    return bench_idle(args.backends, args.idle, args.connections, seconds=args.seconds, repeats=args.repeats)
+
+
+def bench_reference(args: argparse.Namespace) -> dict:
+    from harness.bench.reference import bench_reference
+    return bench_reference(args.backends, args.connections)
+
+
+def bench_hold(args: argparse.Namespace) -> dict:
+    from harness.bench.servers import bench_hold
+    return bench_hold(args.backend, args.connections, args.processes, args.share, args.clients, args.hold)
+
+
+BENCHES = {"echo": bench_echo, "memory": bench_memory, "hold": bench_hold, "idle": bench_idle,
+           "reference": bench_reference}
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from harness.bench.reference import ReferenceMissing
+    from harness.bench.servers import save
 
-    from harness.bench import servers as bench
-
-    backends = args.backends.split(",") if args.backends else None
-    if args.kind == "echo":
-        doc = bench.bench_echo(backends or ["selectors", "uvloop", "asyncio", "threaded"],
-                               args.connections or 100, args.size, args.seconds)
-    elif args.kind == "memory":
-        doc = bench.bench_memory(backends or ["selectors", "uvloop", "asyncio", "threaded"],
-                                 args.connections or 18_000)
-    elif args.kind == "idle":
-        from harness.bench.idle import IDLE_POINTS, bench_idle
-        idle = [int(x) for x in args.idle.split(",")] if args.idle else list(IDLE_POINTS)
-        doc = bench_idle(backends or ["selectors", "uvloop", "asyncio", "threaded"], idle,
-                         args.connections or 100, seconds=args.seconds, repeats=args.repeats)
-    elif args.kind == "reference":
-        from harness.bench.reference import ReferenceMissing, bench_reference
-        try:
-            doc = bench_reference(backends or ["selectors", "uvloop", "asyncio", "threaded"], args.connections or 100)
-        except ReferenceMissing as exc:
-            print(f"harness bench: error: {exc}", file=sys.stderr)
-            return 2
-    else:
-        doc = bench.bench_hold(args.backend, args.connections or 100_000, args.processes, args.share,
-                               args.clients, args.hold)
-    print(f"written {bench.save(args.kind, doc, Path(args.out))}")
+    try:
+        doc = BENCHES[args.kind](args)
+    except ReferenceMissing as exc:
+        print(f"harness bench {args.kind}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"written {save(args.kind, doc, Path(args.out))}")
     return 0
 
 
@@ -69,23 +93,31 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return run_ui(args)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def run_config(args: argparse.Namespace):
+    from harness.run.execute import RunConfig
 
+    return RunConfig(backend=args.backend, connections=getattr(args, "connections", None) or 0,
+                     processes=args.processes,
+                     share=args.share, server_fd_limit=args.fd_limit, selector=args.selector,
+                     workers=args.workers, worker_fd_limit=args.worker_fd_limit, user_mode=args.user_mode,
+                     port=args.port, hold=args.hold, echo_interval=args.echo_interval, echo_mode=args.echo_mode,
+                     ramp_rate=args.ramp_rate, max_seconds=args.max_seconds, out=args.out,
+                     echo_timeout=args.echo_timeout)
+
+
+def cmd_proof(args: argparse.Namespace) -> int:
+    from harness.run.proof import run_proof
+
+    return run_proof(run_config(args), as_json=args.json, prog=f"harness {args.command}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from harness.run import execute as run_mod
 
-    cfg = run_mod.RunConfig(backend=args.backend, connections=args.connections, processes=args.processes,
-                            share=args.share, server_fd_limit=args.server_fd_limit, selector=args.selector,
-                            workers=args.workers, worker_fd_limit=args.worker_fd_limit, user_mode=args.user_mode,
-                            port=args.port, hold=args.hold, echo_interval=args.echo_interval,
-                            echo_mode=args.echo_mode,
-                            ramp_rate=args.ramp_rate, max_seconds=args.max_seconds, out=args.out,
-                            echo_timeout=args.echo_timeout)
-    if args.proof:
-        from harness.run.proof import run_proof
-        return run_proof(cfg)
+    if args.connections is None:  # no target given: the default proof, which plans its own
+        return cmd_proof(args)
     try:
-        prepared = run_mod.prepare(cfg)
+        prepared = run_mod.prepare(run_config(args))
         for reason in prepared.plan.reasons:
             print(f"plan: {reason}", file=sys.stderr)
         doc, run_dir = run_mod.execute(prepared, progress=not args.json)
@@ -110,20 +142,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from harness.run.execute import RunError
     from harness.run.sweep import sweep, table
-    from servers.registry import BACKENDS, UnknownBackend, get
 
     try:
-        backends = [get(b).name for b in args.backends.split(",")] if args.backends else list(BACKENDS)
-        limits = [int(x) for x in args.fd_limits.split(",")]
-    except (UnknownBackend, ValueError) as exc:
-        print(f"harness sweep: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        doc = sweep(backends, limits, args.connections, Path(args.out), selector=args.selector)
+        doc = sweep(args.backends, args.fd_limits, args.connections, Path(args.out), selector=args.selector)
     except RunError as exc:
         print(f"harness sweep: error: {exc}", file=sys.stderr)
         return 2
@@ -134,7 +157,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     import time
-    from pathlib import Path
 
     from harness.report.page import ReportError, build
     from harness.results.schema import SchemaError
@@ -156,7 +178,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     try:
         a, b = load(args.run_a), load(args.run_b)
-    except (SchemaError, OSError, ValueError) as exc:
+    except (SchemaError, OSError) as exc:
         print(f"harness compare: error: {exc}", file=sys.stderr)
         return 2
     print(compare(a, b))
@@ -174,98 +196,15 @@ def cmd_tour(args: argparse.Namespace) -> int:
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """Bad arguments are one line naming the problem (and exit code 2), not a usage dump."""
+    """Bad arguments are one line naming the problem (and exit code 2), not a usage dump. No
+    abbreviations: `bench echo --backend x` must not pass for `--backends x`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from servers.foreground import add_arguments
-    from servers.registry import BACKENDS
-
-    parser = OneLineErrorParser(prog="harness", description="Connections per port are capped by "
-                                     "file descriptors and memory, not by 65,535 port numbers: prove it here.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
-    p = sub.add_parser("limits", help="the limits that cap connections on this machine, and what they predict")
-    p.add_argument("--connections", type=_positive, default=100_000, help="plan for this many (default 100,000)")
-    p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
-    p.add_argument("--fd-limit", type=_positive, default=None, help="plan with this soft fd limit per server process")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p = sub.add_parser("serve", help="run an echo server backend in the foreground, with live gauges")
-    add_arguments(p)
-    sub.add_parser("check", help="short self-check: every backend stops exactly at its fd limit")
-    p = sub.add_parser("run", help="the proof run (no arguments), or one headless run: servers + Locust, "
-                       "ramp to N or the cap, hold, write results/<time>-<backend>-<N>/run.json")
-    p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
-    p.add_argument("--connections", type=_positive, default=100_000, help="target connections (default 100,000)")
-    p.add_argument("--processes", type=_positive, default=None, help="server processes (default: planned)")
-    p.add_argument("--share", default="reuseport", choices=["reuseport", "fork", "handoff"])
-    p.add_argument("--server-fd-limit", type=_positive, default=None, help="soft fd limit per server process")
-    p.add_argument("--selector", default="epoll", choices=["epoll", "poll", "select"], help="selectors backend")
-    p.add_argument("--workers", type=_positive, default=None, help="Locust workers (default: planned)")
-    p.add_argument("--worker-fd-limit", type=_positive, default=None, help="soft fd limit per Locust worker")
-    p.add_argument("--user-mode", default="driver", choices=["driver", "greenlet"],
-                   help="driver: one greenlet per worker serves all its users (lean); greenlet: one per user")
-    p.add_argument("--port", type=_port, default=9999)
-    p.add_argument("--hold", type=_seconds, default=10.0, help="seconds to hold once the ramp ends")
-    p.add_argument("--echo-interval", type=_positive_float, default=5.0, help="seconds between echoes per connection")
-    p.add_argument("--echo-mode", default="closed", choices=["closed", "open"],
-                   help="closed: the next echo an interval after the last answer; open: echoes on a fixed "
-                        "schedule, latency from the intended send time (no coordinated omission)")
-    p.add_argument("--echo-timeout", type=_positive_float, default=10.0, help="seconds a connect or echo may take")
-    p.add_argument("--ramp-rate", type=_positive_float, default=None, help="connections per second (default 10,000; the ramp slows down where the machine cannot keep up)")
-    p.add_argument("--max-seconds", type=_positive_float, default=None,
-                   help="end the ramp after this long (default: 240 s, or the target at 2,000 connections/s)")
-    p.add_argument("--out", default="results", help="directory for run directories")
-    p.add_argument("--json", action="store_true", help="print the result document")
-    p.add_argument("--report", action="store_true", help="also write RUN_DIR/report/report.html")
-    p.add_argument("--proof", action="store_true", help=argparse.SUPPRESS)
-    p = sub.add_parser("sweep", help="one run per (backend, fd limit), then cap against limit with the fitted line")
-    p.add_argument("--backends", default=None, help="comma-separated (default: all)")
-    p.add_argument("--fd-limits", default="256,512,1024", help="comma-separated soft fd limits")
-    p.add_argument("--connections", type=_positive, default=None, help="per run (default: 1.25 × the limit)")
-    p.add_argument("--selector", default="epoll", choices=["epoll", "poll", "select"], help="selectors backend")
-    p.add_argument("--out", default="results")
-    p = sub.add_parser("report", help="PNG plots and a self-contained report.html from result files alone")
-    p.add_argument("paths", nargs="+", help="run directories, sweep directories, bench-*.json files")
-    p.add_argument("--out", default=None, help="directory for the report (default: FIRST_PATH/report)")
-    p = sub.add_parser("compare", help="two runs' key figures side by side, with what is significant")
-    p.add_argument("run_a")
-    p.add_argument("run_b")
-    p = sub.add_parser("tour", help="the seed article's claims, each shown live on loopback with the kernel's evidence")
-    p.add_argument("step", nargs="?", choices=["demo", "4-tuple", "fd", "sharing", "ports", "ephemeral", "fd-limit",
-                                               "capture"], help="run one step only")
-    p.add_argument("--quick", action="store_true", help="keep the fd-limit step small (no 100,000-connection proof)")
-    p.add_argument("--out", default="results", help="where to write tour-<time>.json (the report can include it)")
-    p = sub.add_parser("ui", help="servers + Locust master (web UI) + workers, until Ctrl-C")
-    p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
-    p.add_argument("--processes", type=_positive, default=1, help="server processes on the port")
-    p.add_argument("--share", default="reuseport", choices=["reuseport", "fork", "handoff"])
-    p.add_argument("--server-fd-limit", type=_positive, default=None, help="soft fd limit of each server process")
-    p.add_argument("--workers", type=_positive, default=2, help="Locust worker processes")
-    p.add_argument("--worker-fd-limit", type=_positive, default=None, help="soft fd limit of each worker")
-    p.add_argument("--port", type=_port, default=9999, help="the servers' port")
-    p.add_argument("--web-port", type=_positive, default=8089)
-    p.add_argument("--connections", type=_positive, default=1000, help="initial target in the start form")
-    p.add_argument("--echo-interval", type=_positive_float, default=5.0)
-    p = sub.add_parser("bench", help="server benchmarks: echo throughput, memory per connection, N held on one port")
-    p.add_argument("kind", choices=["echo", "memory", "hold", "idle", "reference"])
-    p.add_argument("--backends", default=None, help="comma-separated (echo, memory, idle, reference); default all")
-    p.add_argument("--idle", default=None, help="idle: comma-separated idle connection counts (default 0,1000,10000,100000)")
-    p.add_argument("--backend", choices=list(BACKENDS), default="asyncio", help="hold: the backend")
-    p.add_argument("--connections", type=_positive, default=None,
-                   help="echo, reference: 100 clients; idle: 100 active; memory: 18,000 held; hold: 100,000 held")
-    p.add_argument("--processes", type=_positive, default=None, help="hold: server processes (default: planned)")
-    p.add_argument("--share", default="reuseport", choices=["reuseport", "fork", "handoff"])
-    p.add_argument("--clients", type=_positive, default=None, help="hold: client processes (default: planned)")
-    p.add_argument("--hold", type=_seconds, default=5.0, help="hold: seconds to hold before re-verifying")
-    p.add_argument("--size", type=_positive, default=1024, help="echo: message bytes")
-    p.add_argument("--seconds", type=_positive_float, default=5.0, help="echo, idle: measured seconds per backend or point")
-    p.add_argument("--repeats", type=_positive, default=3,
-                   help="idle: measured windows per point; each percentile is their median")
-    p.add_argument("--out", default="results", help="directory for the result JSON")
-    return parser
 
 
 def _ranged(kind: type, low: float, high: float, advice: str):
@@ -275,6 +214,7 @@ def _ranged(kind: type, low: float, high: float, advice: str):
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(advice.format(value=value))
         return value
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
     return parse
 
 
@@ -282,17 +222,169 @@ _seconds = _ranged(float, 0, 86_400, "{value:g} s is out of range; use 0 to 86,4
 _positive_float = _ranged(float, math.nextafter(0, 1), math.inf, "{value:g} must be above 0")
 _port = _ranged(int, 0, 65535, "{value} is not a TCP port; use 0-65535 (0 picks a free one)")
 _positive = _ranged(int, 1, math.inf, "{value} must be at least 1")
+_count = _ranged(int, 0, math.inf, "{value} must be 0 or more")
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "compare": cmd_compare, "tour": cmd_tour,
-            "limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench, "ui": cmd_ui}
+def _list_of(item, example: str):
+    """An argparse type: a comma-separated list, each item parsed by `item`."""
+    def parse(text: str) -> list:
+        values = []
+        for part in text.split(","):
+            try:
+                values.append(item(part.strip()))
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                why = str(exc) if isinstance(exc, argparse.ArgumentTypeError) else f"{part.strip()!r} is not a number"
+                raise argparse.ArgumentTypeError(f"{why}; give a comma-separated list such as {example}") from None
+        return values
+    return parse
+
+
+def _backend_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise argparse.ArgumentTypeError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    return name
+
+
+_backends = _list_of(_backend_name, ",".join(list(BACKENDS)[:2]))
+_fd_limits = _list_of(_positive, "256,512,1024")
+_idle_points = _list_of(_count, "0,1000,10000,100000")
+
+
+def _add_fd_limit(p: argparse.ArgumentParser, alias: bool = False) -> None:
+    names = ["--fd-limit", "--server-fd-limit"] if alias else ["--fd-limit"]
+    p.add_argument(*names, dest="fd_limit", type=_positive, default=None,
+                   help="soft fd limit of each server process (default: the hard limit)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The flags of one run, shared by `run` and `proof` (the proof plans --connections itself)."""
+    p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
+    p.add_argument("--processes", type=_positive, default=None, help="server processes (default: planned)")
+    p.add_argument("--share", default="reuseport", choices=SHARE_MODES)
+    _add_fd_limit(p, alias=True)
+    p.add_argument("--selector", default="epoll", choices=SELECTORS, help="selectors backend")
+    p.add_argument("--workers", type=_positive, default=None, help="Locust workers (default: planned)")
+    p.add_argument("--worker-fd-limit", type=_positive, default=None, help="soft fd limit per Locust worker")
+    p.add_argument("--user-mode", default="driver", choices=USER_MODES,
+                   help="driver: one greenlet per worker serves all its users (lean); greenlet: one per user")
+    p.add_argument("--port", type=_port, default=9999)
+    p.add_argument("--hold", type=_seconds, default=10.0, help="seconds to hold once the ramp ends")
+    p.add_argument("--echo-interval", type=_positive_float, default=5.0, help="seconds between echoes per connection")
+    p.add_argument("--echo-mode", default="closed", choices=ECHO_MODES,
+                   help="closed: the next echo an interval after the last answer; open: echoes on a fixed "
+                        "schedule, latency from the intended send time (no coordinated omission)")
+    p.add_argument("--echo-timeout", type=_positive_float, default=10.0, help="seconds a connect or echo may take")
+    p.add_argument("--ramp-rate", type=_positive_float, default=None,
+                   help="connections per second (default 10,000; the ramp slows down where the machine cannot keep up)")
+    p.add_argument("--max-seconds", type=_positive_float, default=None,
+                   help="end the ramp after this long (default: 240 s, or the target at 2,000 connections/s)")
+    p.add_argument("--out", default="results", help="directory for run directories")
+    p.add_argument("--json", action="store_true", help="print the result document")
+
+
+def _add_bench_parsers(bench: argparse.ArgumentParser, idle_points: tuple[int, ...]) -> None:
+    kinds = bench.add_subparsers(dest="kind", required=True, parser_class=OneLineErrorParser)
+
+    def kind(name: str, help_: str, connections: int, connections_help: str) -> argparse.ArgumentParser:
+        p = kinds.add_parser(name, help=help_)
+        p.add_argument("--connections", type=_positive, default=connections, help=connections_help)
+        p.add_argument("--out", default="results", help="directory for the result JSON")
+        return p
+
+    def backends(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--backends", type=_backends, default=list(BACKENDS), help="comma-separated (default: all)")
+
+    p = kind("echo", "ping-pong throughput per backend, and each side's CPU per request", 100, "clients")
+    backends(p)
+    p.add_argument("--size", type=_positive, default=1024, help="message bytes")
+    p.add_argument("--seconds", type=_positive_float, default=5.0, help="measured seconds per backend")
+    p = kind("memory", "server memory per idle connection per backend", 18_000, "connections held")
+    backends(p)
+    p = kind("idle", "latency of active connections while 0-100k idle ones are held", 100, "active connections")
+    backends(p)
+    p.add_argument("--idle", type=_idle_points, default=list(idle_points),
+                   help="comma-separated idle connection counts")
+    p.add_argument("--seconds", type=_positive_float, default=5.0, help="measured seconds per window")
+    p.add_argument("--repeats", type=_positive, default=3, help="windows per point; each percentile is their median")
+    p = kind("reference", "throughput beside redis-server, the C reference", 100, "clients")
+    backends(p)
+    p = kind("hold", "N echo-verified connections held on one port, counted three ways", 100_000, "connections held")
+    p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
+    p.add_argument("--processes", type=_positive, default=None, help="server processes (default: planned)")
+    p.add_argument("--share", default="reuseport", choices=SHARE_MODES)
+    p.add_argument("--clients", type=_positive, default=None, help="client processes (default: planned)")
+    p.add_argument("--hold", type=_seconds, default=5.0, help="seconds to hold before re-verifying")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness.bench.idle import IDLE_POINTS
+    from harness.tour import STEPS
+    from servers.foreground import add_arguments
+
+    parser = OneLineErrorParser(prog="harness", description="Connections per port are capped by "
+                                     "file descriptors and memory, not by 65,535 port numbers: prove it here.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
+    p = sub.add_parser("proof", help="the default proof (make run): >65,535 connections on one port planned "
+                       "from this machine's limits, an fd-limit sweep of every backend, a summary and a report")
+    _add_run_options(p)
+    p = sub.add_parser("run", help="one headless run: servers + Locust, ramp to N or the cap, hold, write "
+                       "results/<time>-<backend>-<N>/run.json (without --connections: the default proof)")
+    _add_run_options(p)
+    p.add_argument("--connections", type=_positive, default=None,
+                   help="target connections (without it, `harness run` is `harness proof`)")
+    p.add_argument("--report", action="store_true", help="also write RUN_DIR/report/report.html")
+    p = sub.add_parser("limits", help="the limits that cap connections on this machine, and what they predict")
+    p.add_argument("--connections", type=_positive, default=100_000, help="plan for this many (default 100,000)")
+    p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
+    _add_fd_limit(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("serve", help="run an echo server backend in the foreground, with live gauges")
+    add_arguments(p)
+    sub.add_parser("check", help="short self-check: every backend stops exactly at its fd limit")
+    p = sub.add_parser("sweep", help="one run per (backend, fd limit), then cap against limit with the fitted line")
+    p.add_argument("--backends", type=_backends, default=list(BACKENDS), help="comma-separated (default: all)")
+    p.add_argument("--fd-limits", type=_fd_limits, default=[256, 512, 1024], help="comma-separated soft fd limits")
+    p.add_argument("--connections", type=_positive, default=None, help="per run (default: 1.25 × the limit)")
+    p.add_argument("--selector", default="epoll", choices=SELECTORS, help="selectors backend")
+    p.add_argument("--out", default="results")
+    p = sub.add_parser("report", help="PNG plots and a self-contained report.html from result files alone")
+    p.add_argument("paths", nargs="+", help="run directories, sweep directories, bench-*.json files")
+    p.add_argument("--out", default=None, help="directory for the report (default: FIRST_PATH/report)")
+    p = sub.add_parser("compare", help="two runs' key figures side by side, with what is significant")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p = sub.add_parser("tour", help="the seed article's claims, each shown live on loopback with the kernel's evidence")
+    p.add_argument("step", nargs="?", choices=list(STEPS), help="run one step only")
+    p.add_argument("--quick", action="store_true", help="keep the fd-limit step small (no 100,000-connection proof)")
+    p.add_argument("--out", default="results", help="where to write tour-<time>.json (the report can include it)")
+    p = sub.add_parser("ui", help="servers + Locust master (web UI) + workers, until Ctrl-C")
+    p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
+    p.add_argument("--processes", type=_positive, default=1, help="server processes on the port")
+    p.add_argument("--share", default="reuseport", choices=SHARE_MODES)
+    _add_fd_limit(p, alias=True)
+    p.add_argument("--workers", type=_positive, default=2, help="Locust worker processes")
+    p.add_argument("--worker-fd-limit", type=_positive, default=None, help="soft fd limit of each worker")
+    p.add_argument("--port", type=_port, default=9999, help="the servers' port")
+    p.add_argument("--web-port", type=_port, default=8089)
+    p.add_argument("--connections", type=_positive, default=1000, help="initial target in the start form")
+    p.add_argument("--echo-interval", type=_positive_float, default=5.0)
+    _add_bench_parsers(sub.add_parser("bench", help="server benchmarks: echo throughput, memory per connection, "
+                                      "N held on one port, the idle-connection tax, the C reference"), IDLE_POINTS)
+    return parser
+
+
+COMMANDS = {"proof": cmd_proof, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "compare": cmd_compare,
+            "tour": cmd_tour, "limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench,
+            "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "run" and len(argv) == 1:
-        argv = ["run", "--proof"]  # `harness run` with no arguments is the default proof
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    if extra:  # said by the subcommand that does not take them, not by `harness`
+        prog = " ".join(["harness", args.command, *([args.kind] if getattr(args, "kind", None) else [])])
+        print(f"{prog}: error: unrecognized arguments: {' '.join(extra)} ({prog} does not take them; "
+              f"see {prog} --help)", file=sys.stderr)
+        return 2
     return COMMANDS[args.command](args)
 
 

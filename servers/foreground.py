@@ -18,7 +18,7 @@ import time
 from servers import proc, registry
 from servers.contract import SELECTORS, SHARE_MODES, ServerConfig
 from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, total_refusals
-from servers.supervisor import ConfigError, ServerGroup
+from servers.supervisor import ConfigError, ServerGroup, StartError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"harness serve: error: {exc}", file=sys.stderr)
         return 2
+    except StartError as exc:
+        print(f"harness serve: error: {exc}", file=sys.stderr)
+        return 1
     try:
         print(f"listening on {config.host}:{group.port} ({config.backend}, {config.processes} "
               f"process(es), share={config.share}, fd limit {group.fd_limit} each, "

@@ -28,7 +28,7 @@ import traceback
 from servers import proc, registry
 from servers.contract import SELECTORS, SHARE_MODES, ServeContext, ServerConfig
 from servers.gauges import ROLE_ACCEPTOR, SERVING, STARTING, GaugeBoard
-from servers.wire import echo_once
+from servers.wire import EchoError, echo_once
 
 START_DEADLINE_S = 15.0
 READY_PAYLOAD = b"HARNESS-READY-0123456789"  # the same after --upper: readiness is transform-blind
@@ -37,6 +37,10 @@ STOP_GRACE_S = 5.0
 
 class ConfigError(ValueError):
     """Bad server configuration; the message names the problem and the fix."""
+
+
+class StartError(RuntimeError):
+    """The server processes did not come up; the message says why, with their last log line."""
 
 
 def default_fd_limit() -> int:
@@ -207,18 +211,33 @@ class ServerGroup:
             self.reap()
             if self.exited:
                 index, status = next(iter(self.exited.items()))
-                raise RuntimeError(f"server process {index} exited during start-up "
-                                   f"({proc.describe_exit(status)}); its error is printed above")
+                raise StartError(f"server process {index} exited during start-up "
+                                 f"({proc.describe_exit(status)}){self._log_tail()}")
             if all(g["state"] == SERVING for g in self.board.read_all()):
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"server processes not ready after {START_DEADLINE_S:.0f} s")
+                raise StartError(f"server processes not ready after {START_DEADLINE_S:.0f} s{self._log_tail()}")
             time.sleep(0.02)
-        echo_once(self.config.host, self.port, READY_PAYLOAD, timeout=max(1.0, deadline - time.monotonic()))
+        try:
+            echo_once(self.config.host, self.port, READY_PAYLOAD, timeout=max(1.0, deadline - time.monotonic()))
+        except (OSError, EchoError) as exc:
+            raise StartError(f"the servers on port {self.port} did not answer an echo ({exc}){self._log_tail()}") from None
         reservation = getattr(self, "_reservation", None)
         if reservation is not None:
             reservation.close()
             self._reservation = None
+
+    def _log_tail(self) -> str:
+        """'; its error: LAST LOG LINE (all of it in LOG)', or where the error went."""
+        if not self.log_file:
+            return "; its error is printed above"
+        try:
+            with open(self.log_file, errors="replace") as f:
+                lines = [line.strip() for line in f if line.strip()]
+        except OSError:
+            lines = []
+        last = lines[-1] if lines else "nothing was logged"
+        return f"; its error: {last[:300]} (all of it in {self.log_file})"
 
     # -- running and stopping --------------------------------------------------------------
     def reap(self) -> dict[int, int]:

@@ -94,10 +94,80 @@ def test_limits_json_reads_the_kernel():
     assert plan["source_addresses"] * plan["per_source"] >= 100_000
 
 
-def test_limits_text_names_the_plan():
-    result = run("limits", "--connections", "100000")
-    assert result.returncode == 0
-    assert "per server process" in result.stdout and "never a limit" in result.stdout
+def test_limits_text_gives_the_plans_numbers():
+    from harness.plan import core
+    from harness.plan.limits import read_limits
+
+    result = run("limits", "--connections", "100000", "--fd-limit", "4096")
+    assert result.returncode == 0, result.stderr
+    p = core.plan(read_limits(), 100_000, fd_limit=4096)
+    lines = {line.split("  ")[1].strip(): line.strip() for line in result.stdout.splitlines() if line.startswith("  ")
+             and len(line.split("  ")) > 2}
+    assert lines["per server process"].endswith(f"{p.per_process:,} connections = fd limit 4,096 − {p.held_fds} fds held")
+    assert lines["server processes"].endswith(f" {p.server_processes}") and p.server_processes == 29
+    assert lines["Locust workers"].startswith(f"Locust workers                 {p.workers} ({p.users_per_worker:,} users")
+    assert f" {p.source_addresses} ({p.sources_per_worker} per worker" in lines["client source addresses"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ui", "--server-fd-limit", "99999999"],
+     "harness ui: error: fd limit 99999999 exceeds the hard limit {hard} of this process; lower --fd-limit"),
+    (["ui", "--fd-limit", "99999999"], "harness ui: error: fd limit 99999999 exceeds the hard limit {hard}"),
+    (["limits", "--fd-limit", "99999999"], "harness limits: error: --fd-limit 99999999 exceeds the hard limit {hard}"),
+    (["sweep", "--fd-limits", "256,abc"], "harness sweep: error: argument --fd-limits: 'abc' is not a number; give "
+     "a comma-separated list such as 256,512,1024"),
+    (["sweep", "--backends", "asyncio,nosuch"], "harness sweep: error: argument --backends: unknown backend 'nosuch'"),
+    (["bench", "hold", "--backends", "selectors"], "harness bench hold: error: unrecognized arguments: --backends "
+     "selectors (harness bench hold does not take them"),
+    (["bench", "echo", "--backend", "selectors"], "harness bench echo: error: unrecognized arguments: --backend"),
+    (["bench", "idle", "--idle", "0,-5"], "harness bench idle: error: argument --idle: -5 must be 0 or more"),
+    (["run", "--connections", "10", "--share", "nosuch"], "harness run: error: argument --share: invalid choice"),
+])
+def test_bad_flags_are_one_line_naming_the_flag_and_exit_2(args, message):
+    result = run(*args)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(message.format(hard=hard)), result.stderr
+
+
+def test_a_server_that_cannot_start_is_one_line_with_its_own_error(tmp_path):
+    """A backend that raises while it starts (as a user's own backend might): `harness run` says
+    what the server said and where its log is, instead of a traceback pointing at a log file."""
+    code = ("import sys; from servers import registry; "
+            "registry.BACKENDS['broken'] = registry.Backend('broken', 'tests.fixtures.broken_backend', 10, 'x'); "
+            "from harness.cli import main; "
+            f"sys.exit(main(['run', '--backend', 'broken', '--connections', '10', '--port', '0', '--out', '{tmp_path}']))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    *plan, line = result.stderr.strip().splitlines()
+    assert all(p.startswith("plan: ") for p in plan) and "Traceback" not in result.stderr
+    assert line.startswith("harness run: error: server process 0 exited during start-up (exit code 1); its error: "
+                           "RuntimeError: this backend cannot start (tests/fixtures/broken_backend.py) (all of it in ")
+    log = line.rsplit("(all of it in ", 1)[1].rstrip(")")
+    assert "Traceback" in open(log).read()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_of_a_truncated_run_json_is_one_line(tmp_path):
+    run_dir = tmp_path / "cut"
+    run_dir.mkdir()
+    whole = (ROOT / "tests" / "fixtures" / "run-100k" / "run.json").read_text()
+    (run_dir / "run.json").write_text(whole[: len(whole) // 2])
+    result = run("report", str(run_dir), "--out", str(tmp_path / "report"))
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"harness report: error: {run_dir / 'run.json'} is not whole JSON (")
+    assert "it was cut off or is not a result file; re-run, or restore it" in line
+    assert not (tmp_path / "report").exists()
+
+
+def test_an_unknown_result_kind_or_version_is_refused_by_name(tmp_path):
+    (tmp_path / "future.json").write_text(json.dumps({"schema": 3, "kind": "sweep"}))
+    (tmp_path / "other.json").write_text(json.dumps({"schema": 1, "kind": "flamegraph"}))
+    for name, words in (("future.json", "sweep schema 3 is not one this harness reads (it reads schema 1)"),
+                        ("other.json", "result kind 'flamegraph' is not one this harness reads")):
+        result = run("report", str(tmp_path / name), "--out", str(tmp_path / "r"))
+        assert result.returncode == 2 and words in result.stderr, result.stderr
 
 
 def test_check_passes_on_this_machine():

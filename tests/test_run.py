@@ -13,7 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from harness.plan.core import held_fds
 from harness.results.schema import SCHEMA, SchemaError, load, validate
+from servers.intake import FD_SETSIZE
 from servers.registry import BACKENDS
 from tests.helpers import ROOT, process_alive
 
@@ -69,7 +71,8 @@ def test_select_run_stops_at_fd_setsize(tmp_path):
     code, doc, err = harness_run(tmp_path, "--backend", "selectors", "--selector", "select",
                                  "--server-fd-limit", "1200", "--connections", "1100", *SMALL)
     assert code == 0, err
-    assert doc["stopped_by"] == "FD_SETSIZE" and doc["peak_connections"] == doc["predicted_cap"] == 1024 - 9
+    fd_setsize_cap = FD_SETSIZE - held_fds("selectors", "select")  # select() needs no epoll fd
+    assert doc["stopped_by"] == "FD_SETSIZE" and doc["peak_connections"] == doc["predicted_cap"] == fd_setsize_cap
 
 
 def _wait_for(path: Path, predicate, timeout: float = 60) -> dict:
@@ -114,7 +117,9 @@ def test_interrupted_run_leaves_a_valid_run_json_and_no_process(tmp_path, how):
 
 @pytest.mark.parametrize("args, words", [
     (["--backend", "nosuch"], ["invalid choice: 'nosuch'"]),
-    (["--server-fd-limit", str(10**7)], ["exceeds the hard limit", "--server-fd-limit"]),
+    (["--fd-limit", str(10**7)], ["exceeds the hard limit", "lower --fd-limit"]),
+    (["--server-fd-limit", str(10**7)], ["harness run: error: --fd-limit 10000000 exceeds the hard limit"]),
+    (["--connections", "300", "--server-fd-limit", "63"], ["--fd-limit 63 is too small; use at least 64"]),
     (["--connections", str(10**10)], ["connections exceed the", "cap of", "lower --connections"]),
     (["--workers", "1", "--connections", "50000"], ["use --workers 3"]),
     (["--hold", "-1"], ["--hold", "out of range"]),

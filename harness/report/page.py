@@ -10,13 +10,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.report import plots
 from harness.results.store import write_bytes_atomic
-from harness.results.schema import SchemaError, load
+from harness.results.schema import load_result
 
 PNG_DPI = 90
 
@@ -38,35 +37,25 @@ def collect(paths: list[str | Path]) -> Inputs:
     found = Inputs()
     for raw in paths:
         path = Path(raw)
-        if path.is_dir() and (path / "run.json").exists():
-            found.runs.append(load(path))
-        elif path.is_dir() and (path / "sweep.json").exists():
-            found.sweeps.append(_load_kind(path / "sweep.json", "sweep"))
-        elif path.is_file() and path.suffix == ".json":
-            doc = json.loads(path.read_text())
-            kind = doc.get("kind")
-            if kind == "sweep":
-                found.sweeps.append(doc)
-            elif kind == "bench-echo":
-                found.bench_echo = doc
-            elif kind == "bench-memory":
-                found.bench_memory = doc
-            elif kind == "tour":
-                found.tours.append(doc)
-            else:
-                found.runs.append(load(path))
-        else:
+        if not path.exists() or not (path.is_dir() or path.suffix == ".json"):
             raise ReportError(f"{path} is not a run directory, sweep directory or result file")
+        kind, doc = load_result(path)
+        if kind == "run":
+            found.runs.append(doc)
+        elif kind == "sweep":
+            found.sweeps.append(doc)
+        elif kind == "bench-echo":
+            found.bench_echo = doc
+        elif kind == "bench-memory":
+            found.bench_memory = doc
+        elif kind == "tour":
+            found.tours.append(doc)
+        else:
+            raise ReportError(f"{path}: the report draws no {kind} results yet; give run, sweep, bench-echo, "
+                              "bench-memory or tour files")
     if not (found.runs or found.sweeps or found.bench_echo or found.bench_memory or found.tours):
         raise ReportError("nothing to report: give run directories, sweep directories or bench files")
     return found
-
-
-def _load_kind(path: Path, kind: str) -> dict:
-    doc = json.loads(path.read_text())
-    if doc.get("schema") != 1 or doc.get("kind") != kind:
-        raise SchemaError(f"{path}: not a {kind} document of schema 1")
-    return doc
 
 
 def figures(found: Inputs) -> list[tuple[str, str, object]]:

@@ -1,7 +1,9 @@
-"""`run.json`: the result document of one run, its schema version and its reader.
+"""Every result kind the harness writes, its schema version, and the one reader for each.
 
-Like asv and pyperf: the document carries an integer `schema`; the reader refuses a schema it does
-not know instead of misreading it, and checks that every required field is there with its type.
+Like asv and pyperf: each document carries an integer `schema` and (except run.json, the first
+kind) a `kind`; the readers refuse a kind or a version they do not know, by name, instead of
+misreading it, and a file that is not whole JSON (cut off mid-write by something else) is refused
+with where it breaks. `validate` checks a run document's every required field and its type.
 Run directories are named by what the run was: `<UTC time>-<backend>-<target connections>`.
 """
 
@@ -13,6 +15,9 @@ from pathlib import Path
 from scenarios.tally import WORKER_FULL
 
 SCHEMA = 1
+# Every kind of result file and the schema version this harness reads and writes for it.
+KINDS = {"run": SCHEMA, "sweep": 1, "tour": 1, "bench-echo": 1, "bench-memory": 1, "bench-hold": 1,
+         "bench-idle": 1, "bench-reference": 1}
 STOPPED_BY = ("target", "EMFILE", "ENFILE", "FD_SETSIZE", "EADDRNOTAVAIL", "ECONNREFUSED", "threads",
               "memory", "timeout", "interrupted", "error")
 REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -72,13 +77,51 @@ def validate(doc: dict) -> dict:
     return doc
 
 
+def read_json(path: str | Path) -> dict:
+    """A result file's JSON, or SchemaError naming the file and where it stops being JSON."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{path} is not whole JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
+                          "it was cut off or is not a result file; re-run, or restore it") from None
+    except UnicodeDecodeError:
+        raise SchemaError(f"{path} is not a text file; give a run directory or a result .json file") from None
+    if not isinstance(doc, dict):
+        raise SchemaError(f"{path} holds JSON but not a result document")
+    return doc
+
+
+def kind_of(doc: dict) -> str:
+    """The document's kind, checked with its version: SchemaError names what is not understood."""
+    kind = doc.get("kind", "run")
+    if kind not in KINDS:
+        raise SchemaError(f"result kind {kind!r} is not one this harness reads ({', '.join(KINDS)})")
+    if doc.get("schema") != KINDS[kind]:
+        raise SchemaError(f"{kind} schema {doc.get('schema')!r} is not one this harness reads (it reads "
+                          f"schema {KINDS[kind]}); use the harness version that wrote it")
+    return kind
+
+
 def load(path: str | Path) -> dict:
     """Read and validate a run.json (or the run.json inside a run directory)."""
     path = Path(path)
     if path.is_dir():
         path = path / "run.json"
-    with open(path) as f:
-        return validate(json.load(f))
+    return validate(read_json(path))
+
+
+def load_result(path: str | Path) -> tuple[str, dict]:
+    """(kind, document) of a run directory, a sweep directory or any result .json file."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("run.json", "sweep.json"):
+            if (path / name).exists():
+                return load_result(path / name)
+        raise SchemaError(f"{path} holds no run.json or sweep.json; give a run or sweep directory")
+    doc = read_json(path)
+    kind = kind_of(doc)
+    return kind, validate(doc) if kind == "run" else doc
 
 
 def run_dir_name(started_at: str, backend: str, target: int) -> str:

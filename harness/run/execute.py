@@ -31,7 +31,7 @@ from harness.results.schema import run_dir_name
 from servers import proc, registry
 from servers.contract import ServerConfig
 from servers.gauges import ROLE_ACCEPTOR, total_refusals
-from servers.supervisor import ConfigError, ServerGroup
+from servers.supervisor import ConfigError, ServerGroup, StartError
 
 WORKER_EXIT_GRACE_S = 3.0
 DEFAULT_RAMP_RATE = 10_000.0  # the shape slows down by itself where the machine cannot keep up
@@ -188,7 +188,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
     memory_before = meminfo()["MemAvailable"]  # what the whole run costs is measured from here
     try:
         group.start()
-    except ConfigError as exc:
+    except (ConfigError, StartError) as exc:
         _restore(previous)
         raise RunError(str(exc)) from None
     run_dir = Path(cfg.out) / run_dir_name(started_at, cfg.backend, cfg.connections)

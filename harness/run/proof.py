@@ -1,40 +1,45 @@
-"""The default proof (`harness run` with no arguments, `make run`).
+"""The default proof (`harness proof`; `harness run` without --connections; `make run`).
 
 1. More than 65,535 echo-verified connections to ONE port (100,000 where the machine allows),
    planned from the machine's limits.
 2. A short fd-limit sweep of every backend: each stops at its limit minus the fds it holds.
-3. A summary a newcomer understands, and where the results are.
+3. A summary a newcomer understands, where the results are, and a report.
 On a machine whose limits make 100,000 impractical (say a hard fd limit of 1,024), the target is
-lowered to what MAX_PROCESSES server and worker processes can hold, and the summary says why.
+lowered to what PROOF_MAX_PROCESSES server and worker processes can hold, and the summary says why.
+The narration goes to `out`; with `as_json` it goes to stderr and stdout gets one JSON document.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from harness.plan.core import PORT_NUMBERS, proof_target
 from harness.plan.limits import read_limits
-from harness.run.execute import RunConfig, RunError, execute, prepare
-from harness.results.rundoc import summary
 from harness.report.page import build as build_report
+from harness.results.rundoc import summary
+from harness.run.execute import RunConfig, RunError, execute, prepare
 from harness.run.sweep import sweep, table
 from servers.registry import BACKENDS
 
 SWEEP_LIMITS = [256, 1024]
 
 
-def run_proof(base: RunConfig, out=print) -> int:
+def run_proof(base: RunConfig, out=print, as_json: bool = False, prog: str = "harness proof") -> int:
+    if as_json:
+        out = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     limits = read_limits()
     target, note = proof_target(limits, base.backend)
-    out(f"Step 1: {target:,} connections to one port ({base.backend}, planned from this machine's limits)"
-        + (f"; {note}" if note else ""))
     try:
         prepared = prepare(replace(base, connections=target))
     except RunError as exc:
-        print(f"harness run: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    out(f"The default proof ({prog}). Step 1: {target:,} connections to one port ({base.backend}, planned "
+        "from this machine's limits)"
+        + (f"; {note}" if note else ""))
     for reason in prepared.plan.reasons:
         out(f"  plan: {reason}")
     doc, run_dir = execute(prepared)
@@ -50,6 +55,8 @@ def run_proof(base: RunConfig, out=print) -> int:
     report = build_report([run_dir, Path(sweep_doc["path"]).parent, *latest_benches(Path(base.out))],
                           run_dir / "report")
     out(f"report: {report}")
+    if as_json:
+        print(json.dumps({"run": doc, "run_dir": str(run_dir), "sweep": sweep_doc, "report": str(report)}, indent=2))
     return 0
 
 

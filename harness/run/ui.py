@@ -16,17 +16,21 @@ from pathlib import Path
 from harness.run.cluster import LocustCluster
 from harness.run.execute import LOAD_NICE
 from servers.contract import ServerConfig
-from servers.supervisor import ServerGroup
+from servers.supervisor import ConfigError, ServerGroup, StartError
 
 
 def run_ui(args: argparse.Namespace) -> int:
     config = ServerConfig(backend=args.backend, port=args.port, processes=args.processes, share=args.share,
-                          fd_limit=args.server_fd_limit, nice=LOAD_NICE)
+                          fd_limit=args.fd_limit, nice=LOAD_NICE)
     workdir = Path(tempfile.mkdtemp(prefix="harness-ui-"))
     stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, f: stopping.append(s))
-    group = ServerGroup(config, log_file=str(workdir / "servers.log")).start()
+    try:
+        group = ServerGroup(config, log_file=str(workdir / "servers.log")).start()
+    except (ConfigError, StartError) as exc:
+        print(f"harness ui: error: {exc}", file=sys.stderr)
+        return 2
     cluster = LocustCluster(
         host="127.0.0.1", port=group.port, workers=args.workers, log_dir=workdir, worker_nice=LOAD_NICE,
         master_args=["--web-host", "127.0.0.1", "--web-port", str(args.web_port), "--expect-workers",
