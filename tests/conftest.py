@@ -1,10 +1,16 @@
-"""Shared fixtures: server subprocesses that are always stopped, whatever the test did."""
+"""Shared fixtures (server subprocesses that are always stopped, whatever the test did), and the
+rule that no test may skip here: a skipped test fails the run, with its reason, unless
+HARNESS_ALLOW_SKIPS=1 says this machine cannot run it (no root, no Chromium, ...)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
 from tests.helpers import ServerProcess
+
+_skipped: list[str] = []
 
 
 @pytest.fixture
@@ -19,3 +25,23 @@ def start_server(tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+def pytest_runtest_logreport(report) -> None:
+    # Runs in the controller too when the tests run under xdist, with every worker's reports.
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skipped.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _skipped and not os.environ.get("HARNESS_ALLOW_SKIPS") and not hasattr(session.config, "workerinput"):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if _skipped and not os.environ.get("HARNESS_ALLOW_SKIPS"):
+        terminalreporter.write_line(f"{len(_skipped)} test(s) skipped, and no test may skip here "
+                                    "(HARNESS_ALLOW_SKIPS=1 allows it on a machine that cannot run them):", red=True)
+        for line in _skipped:
+            terminalreporter.write_line(f"  {line}", red=True)
