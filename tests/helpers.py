@@ -143,6 +143,19 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+def wait_until(predicate, timeout: float, what: str):
+    """Poll `predicate` until it returns something true, and return that; fail naming `what` at
+    the deadline. The way tests wait for a process or a gauge instead of sleeping a guess."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.02)
+
+
 def wait_status(directory: Path, predicate, timeout: float = 60, pattern: str = "*/status.json") -> dict:
     """The first status file (a Locust master's gauges, rewritten every second) under `directory`
     that satisfies `predicate`."""

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from harness.results.schema import load
-from tests.helpers import ROOT, process_alive, wait_status
+from tests.helpers import ROOT, process_alive, wait_status, wait_until
 
 HARNESS = [sys.executable, "-m", "harness.cli", "run"]
 
@@ -82,7 +82,7 @@ def test_sigstop_of_a_server_shows_in_the_latency_and_clients_time_out_cleanly(t
     status = wait_status(tmp_path, lambda s: s["phase"] == "hold")
     server = status["servers"][0]["pid"]
     os.kill(server, signal.SIGSTOP)
-    time.sleep(5)
+    time.sleep(5)  # the stall itself: the fault under test lasts 5 s, longer than the 3 s echo timeout
     os.kill(server, signal.SIGCONT)
     code = proc.wait(60)
     doc = load(next(tmp_path.iterdir()))
@@ -101,9 +101,10 @@ def test_open_loop_latency_counts_a_stall_from_each_intended_send_time(tmp_path)
                      "--echo-timeout", "10")
     status = wait_status(tmp_path, lambda s: s["phase"] == "hold" and len(s["workers"]) == 2)
     server = status["servers"][0]["pid"]
-    time.sleep(1.5)
+    # The stall begins once the periodic echoes are flowing (more than the one check per connection).
+    wait_status(tmp_path, lambda s: s["totals"]["echoes_verified"] >= 100 + 500)
     os.kill(server, signal.SIGSTOP)
-    time.sleep(2)
+    time.sleep(2)  # the stall itself: the fault under test lasts 2 s
     os.kill(server, signal.SIGCONT)
     code = proc.wait(60)
     doc = load(next(tmp_path.iterdir()))
@@ -125,15 +126,18 @@ def test_ctrl_c_in_every_phase_leaves_a_valid_run_json_and_no_process(tmp_path, 
     if phase == "ramping":
         args += ["--ramp-rate", "40"]
     proc = start_run(tmp_path, *args)
-    if phase == "starting":
-        time.sleep(0.6)
+    if phase == "starting":  # the harness has begun forking its server processes
+        wait_until(lambda: family(proc), 30, "the first server process")
     elif phase == "ramping":
         wait_status(tmp_path, lambda s: s["phase"] == "ramp" and 0 < s["totals"]["open"] < 400)
     elif phase == "holding":
         wait_status(tmp_path, lambda s: s["phase"] == "hold")
     else:
         wait_status(tmp_path, lambda s: s["phase"] == "hold")
-        time.sleep(3.5)  # the end of the hold: keep pressing Ctrl-C while results are written
+        # The end of the hold: once the Locust master has exited, the harness is writing the
+        # results; keep pressing Ctrl-C until it is done.
+        [master] = [p for p in psutil.Process(proc.pid).children() if "--master" in p.cmdline()]
+        master.wait(30)
     pids = family(proc)
     while proc.poll() is None:
         proc.send_signal(signal.SIGINT)

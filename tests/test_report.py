@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.report import plots
-from harness.report.compare import compare, figures, verdict
+from harness.report import page
 from harness.report.page import build, collect
 from harness.results.schema import load
 from tests.helpers import ROOT
@@ -112,37 +111,21 @@ def test_latency_is_drawn_against_connections_held():
     assert list(ax.get_lines()[0].get_xdata()) == held
 
 
-def test_compare_same_run_is_same_or_not_significant():
-    run = load(FIXTURES / "run-100k")
-    text = compare(run, copy.deepcopy(run))
-    assert "warning" not in text
-    changes = [line.rsplit("   ", 1)[-1] for line in text.splitlines()[1:]]
-    assert set(changes) <= {"same", "not significant", "no data"}, text
+def test_every_figure_draws_its_data():
+    """A figure with no lines, points or bars (a "no data" plot) fails here, whatever the PNG looks like."""
+    for name, caption, fig in page.figures(collect(INPUTS)):
+        for ax in fig.axes:
+            drawn = ([line for line in ax.get_lines() if len(line.get_xdata())]
+                     + [c for c in ax.collections if len(c.get_offsets())] + [b for b in ax.patches if b.get_height()])
+            assert drawn, f"{name}: an axis draws nothing"
+        plots.plt.close(fig)
 
 
-def test_compare_flags_real_changes_and_different_machines():
-    a = load(FIXTURES / "run-100k")
-    b = copy.deepcopy(a)
-    b["machine"]["hostname"] = "elsewhere"
-    b["limits"]["nofile_hard"] = 1024
-    b["peak_connections"] = 50_000
-    for point in b["series"]:
-        point["server_rss_bytes"] = a["series"][0]["server_rss_bytes"] + 2 * (point["server_rss_bytes"] - a["series"][0]["server_rss_bytes"])
-    text = compare(a, b)
-    assert "warning: machines differ in hostname" in text and "warning: limits differ in nofile_hard" in text
-    assert "-50.0%" in text
-    fa = {f.name: f for f in figures(a)}
-    fb = {f.name: f for f in figures(b)}
-    name = "server memory per connection, KB"
-    assert verdict(fa[name], fb[name]) not in ("not significant", "same")
-
-
-def test_cli_report_and_bad_input():
+def test_cli_report_and_bad_input(tmp_path):
     result = subprocess.run([sys.executable, "-m", "harness.cli", "report", *map(str, INPUTS), "--out",
-                             str(FIXTURES.parent / ".." / "results" / "test-report")], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+                             str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "report.html" in result.stdout
-    shutil.rmtree(ROOT / "results" / "test-report")
+    assert (tmp_path / "report" / "report.html").stat().st_size > 100_000
     bad = subprocess.run([sys.executable, "-m", "harness.cli", "report", "/nonexistent"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "is not a run directory" in bad.stderr

@@ -44,9 +44,10 @@ def test_paced_client_keeps_its_schedule_through_a_stall(start_server):
                                "--seconds", "2"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert json.loads(client.stdout.readline())["event"] == "started"
-        time.sleep(0.7)
+        # Mid-window: a third of the 1,000 echoes answered (64 bytes each), then a 0.6 s stall.
+        server.wait_gauges(lambda rows: rows[0]["bytes_echoed"] >= 300 * 64, timeout=10)
         os.kill(pid, signal.SIGSTOP)
-        time.sleep(0.6)
+        time.sleep(0.6)  # the stall itself: the fault under test lasts 0.6 s
         os.kill(pid, signal.SIGCONT)
         result = json.loads(client.stdout.read().strip().splitlines()[-1])
         assert client.wait(30) == 0
