@@ -18,6 +18,7 @@ from scenarios.tally import ECHO_MODES, USER_MODES
 from servers.contract import SELECTORS, SHARE_MODES
 from servers.registry import BACKENDS
 
+
 def cmd_limits(args: argparse.Namespace) -> int:
     from harness.plan import core
     from harness.plan.describe import format_limits
@@ -142,9 +143,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.plan import core
+    from harness.plan.limits import read_limits
     from harness.run.execute import RunError
     from harness.run.sweep import sweep, table
 
+    limits = read_limits()
+    for limit in args.fd_limits:
+        error = core.fd_limit_error("--fd-limits", limit, limits)
+        if error:
+            print(f"harness sweep: error: {error}", file=sys.stderr)
+            return 2
     try:
         doc = sweep(args.backends, args.fd_limits, args.connections, Path(args.out), selector=args.selector)
     except RunError as exc:
@@ -282,7 +291,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result document")
 
 
-def _add_bench_parsers(bench: argparse.ArgumentParser, idle_points: tuple[int, ...]) -> None:
+def _add_bench_parsers(bench: argparse.ArgumentParser, idle_points: tuple[int, ...], order: tuple[str, ...]) -> None:
     kinds = bench.add_subparsers(dest="kind", required=True, parser_class=OneLineErrorParser)
 
     def kind(name: str, help_: str, connections: int, connections_help: str) -> argparse.ArgumentParser:
@@ -292,7 +301,8 @@ def _add_bench_parsers(bench: argparse.ArgumentParser, idle_points: tuple[int, .
         return p
 
     def backends(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--backends", type=_backends, default=list(BACKENDS), help="comma-separated (default: all)")
+        p.add_argument("--backends", type=_backends, default=list(order),
+                       help=f"comma-separated (default: {','.join(order)})")
 
     p = kind("echo", "ping-pong throughput per backend, and each side's CPU per request", 100, "clients")
     backends(p)
@@ -318,6 +328,7 @@ def _add_bench_parsers(bench: argparse.ArgumentParser, idle_points: tuple[int, .
 
 def build_parser() -> argparse.ArgumentParser:
     from harness.bench.idle import IDLE_POINTS
+    from harness.bench.servers import DEFAULT_ORDER
     from harness.tour import STEPS
     from servers.foreground import add_arguments
 
@@ -365,11 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive, default=2, help="Locust worker processes")
     p.add_argument("--worker-fd-limit", type=_positive, default=None, help="soft fd limit of each worker")
     p.add_argument("--port", type=_port, default=9999, help="the servers' port")
-    p.add_argument("--web-port", type=_port, default=8089)
+    p.add_argument("--web-port", type=_positive, default=8089)
     p.add_argument("--connections", type=_positive, default=1000, help="initial target in the start form")
     p.add_argument("--echo-interval", type=_positive_float, default=5.0)
     _add_bench_parsers(sub.add_parser("bench", help="server benchmarks: echo throughput, memory per connection, "
-                                      "N held on one port, the idle-connection tax, the C reference"), IDLE_POINTS)
+                                      "N held on one port, the idle-connection tax, the C reference"), IDLE_POINTS, DEFAULT_ORDER)
     return parser
 
 

@@ -17,9 +17,10 @@ from harness.plan.limits import read_limits
 from scenarios import gauges, locust_fixes, webui  # noqa: F401  (locust_fixes patches on import)
 from scenarios.shape import StepRampShape  # noqa: F401  (Locust picks shapes up from this module)
 from scenarios.targets import is_loopback, target_error
-from scenarios.tally import TALLY, parse_host
+from scenarios.tally import ECHO_MODES, TALLY, USER_MODES, parse_host
 from scenarios.users import EchoUser  # noqa: F401  (Locust picks users up from this module)
 from servers.proc import die_with_parent
+
 
 @events.init_command_line_parser.add_listener
 def add_arguments(parser) -> None:
@@ -30,7 +31,7 @@ def add_arguments(parser) -> None:
                        help="connections (users) to ramp to")
     group.add_argument("--echo-interval", type=float, default=5.0, include_in_web_ui=True,
                        help="seconds between echoes on each connection")
-    group.add_argument("--echo-mode", choices=["closed", "open"], default="closed", include_in_web_ui=True,
+    group.add_argument("--echo-mode", choices=ECHO_MODES, default="closed", include_in_web_ui=True,
                        help="closed: the next echo an interval after the last answer (Locust's usual loop); "
                             "open: echoes on a fixed schedule, latency from the intended send time")
     group.add_argument("--payload-size", type=int, default=64, include_in_web_ui=True,
@@ -39,7 +40,7 @@ def add_arguments(parser) -> None:
                        help="new connections per second while ramping")
     group.add_argument("--hold-seconds", type=float, default=10.0, include_in_web_ui=True,
                        help="seconds to hold once the ramp ends")
-    group.add_argument("--user-mode", choices=["driver", "greenlet"], default="driver", include_in_web_ui=False,
+    group.add_argument("--user-mode", choices=USER_MODES, default="driver", include_in_web_ui=False,
                        help="driver: one greenlet per process serves every user (lean, the default); "
                             "greenlet: one greenlet per user, as Locust users usually run")
     group.add_argument("--step-seconds", type=float, default=1.0, include_in_web_ui=False, help="ramp step length")

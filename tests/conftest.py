@@ -27,11 +27,20 @@ def start_server(tmp_path):
         server.stop()
 
 
-def pytest_runtest_logreport(report) -> None:
-    # Runs in the controller too when the tests run under xdist, with every worker's reports.
+def _note_skip(report) -> None:
     if report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         _skipped.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_runtest_logreport(report) -> None:
+    # Runs in the controller too when the tests run under xdist, with every worker's reports.
+    _note_skip(report)
+
+
+def pytest_collectreport(report) -> None:
+    # A whole module skipped while it is collected (importorskip, allow_module_level) is a skip too.
+    _note_skip(report)
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

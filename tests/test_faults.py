@@ -28,6 +28,16 @@ def family(proc: subprocess.Popen) -> list[int]:
     return [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
 
 
+def _master_of(proc: subprocess.Popen) -> psutil.Process | None:
+    for child in psutil.Process(proc.pid).children():
+        try:
+            if "--master" in child.cmdline():
+                return child
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
 def assert_all_gone(pids: list[int]) -> None:
     deadline = time.monotonic() + 5
     while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
@@ -136,7 +146,7 @@ def test_ctrl_c_in_every_phase_leaves_a_valid_run_json_and_no_process(tmp_path, 
         wait_status(tmp_path, lambda s: s["phase"] == "hold")
         # The end of the hold: once the Locust master has exited, the harness is writing the
         # results; keep pressing Ctrl-C until it is done.
-        [master] = [p for p in psutil.Process(proc.pid).children() if "--master" in p.cmdline()]
+        master = wait_until(lambda: _master_of(proc), 30, "the Locust master")
         master.wait(30)
     pids = family(proc)
     while proc.poll() is None:

@@ -114,4 +114,12 @@ def test_lean_clients_split_like_workers_and_bind_their_own_addresses():
     assert core.client_split(10, THIS_MACHINE, clients=3) == [4, 3, 3]
     assert [core.source_address(0, k) for k in range(2)] == ["127.0.1.2", "127.0.1.3"]
     assert core.source_address(5, 0) == "127.0.6.2"
+    assert core.source_address(253, 0) == "127.0.254.2" and core.source_address(254, 0) == "127.1.0.2"
+    with pytest.raises(ValueError, match="past the 253"):
+        core.source_address(0, 253)
+
+
+def test_a_worker_fd_limit_below_the_reserve_is_refused_not_divided_by():
+    p = plan(THIS_MACHINE, 10, worker_fd_limit=80)
+    assert p.workers == 0 and p.error.endswith("raise --worker-fd-limit to at least 128 (or the hard limit)")
     assert core.sources_for(16_667, THIS_MACHINE) == 2 and core.sources_for(0, THIS_MACHINE) == 1

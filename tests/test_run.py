@@ -120,6 +120,7 @@ def test_interrupted_run_leaves_a_valid_run_json_and_no_process(tmp_path, how):
     (["--fd-limit", str(10**7)], ["exceeds the hard limit", "lower --fd-limit"]),
     (["--server-fd-limit", str(10**7)], ["harness run: error: --fd-limit 10000000 exceeds the hard limit"]),
     (["--connections", "300", "--server-fd-limit", "63"], ["--fd-limit 63 is too small; use at least 64"]),
+    (["--connections", "10", "--worker-fd-limit", "80"], ["--worker-fd-limit 80 is too small; use at least 128"]),
     (["--connections", str(10**10)], ["connections exceed the", "cap of", "lower --connections"]),
     (["--workers", "1", "--connections", "50000"], ["use --workers 3"]),
     (["--hold", "-1"], ["--hold", "out of range"]),

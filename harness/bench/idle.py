@@ -25,16 +25,15 @@ from collections import Counter
 from harness.plan import core
 from harness.plan.limits import read_limits
 from harness.bench.servers import CLIENT, read_event, server_rows, start_holders
-from servers.contract import ServerConfig
+from servers.contract import SELECTORS, ServerConfig
 from servers.gauges import refusals
 from servers.supervisor import ServerGroup
 
 IDLE_POINTS = (0, 1_000, 10_000, 100_000)
-MECHANISMS = ("epoll", "poll", "select")
 
 
 def variants(backends: list[str]) -> list[tuple[str, str]]:
-    return [(b, m) for b in backends for m in (MECHANISMS if b == "selectors" else ("",))]
+    return [(b, m) for b in backends for m in (SELECTORS if b == "selectors" else ("",))]
 
 
 def bench_idle(backends: list[str], idle_points=IDLE_POINTS, active: int = 100, per_second: float = 50.0,

@@ -12,10 +12,10 @@ Each writes a JSON file under results/ and prints a table.
 from __future__ import annotations
 
 import json
-from collections import Counter
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from harness.plan import core
@@ -27,6 +27,7 @@ from servers.proc import established_on_port
 from servers.supervisor import ServerGroup
 
 CLIENT = [sys.executable, "-m", "harness.clients.instruments"]
+DEFAULT_ORDER = ("selectors", "uvloop", "asyncio", "threaded")  # the README's tables: fastest first
 
 
 def read_event(proc: subprocess.Popen, until: str, timeout: float) -> dict:
@@ -158,7 +159,7 @@ def bench_hold(backend: str, connections: int, processes: int | None, share: str
                hold_s: float = 5.0) -> dict:
     limits = read_limits()
     plan = core.plan(limits, connections, backend=backend, processes=processes)
-    for reason in plan.reasons:
+    for reason in plan.server_reasons:  # the lean clients are planned below, not as Locust workers
         print(f"  plan: {reason}", flush=True)
     with ServerGroup(ServerConfig(backend=backend, port=0, processes=plan.server_processes, share=share)) as group:
         start = time.monotonic()

@@ -25,9 +25,11 @@ from servers.registry import BACKENDS
 BYTES_PER_CONNECTION = 9 * 1024
 REUSEPORT_HEADROOM = 0.85
 PORT_NUMBERS = 65_535
-MIN_FD_LIMIT = 64  # below this a server or a Locust worker has no room for its own fds
-# A client process (a Locust worker or a lean hold client) keeps this many fds for itself.
+MIN_FD_LIMIT = 64  # below this a server process has no room for its own fds
+# A client process (a Locust worker or a lean hold client) keeps this many fds for itself, and
+# needs room for some users besides.
 CLIENT_FD_RESERVE = WORKER_FD_RESERVE
+MIN_WORKER_FD_LIMIT = CLIENT_FD_RESERVE + 28
 # The caps a run is allowed to find; any other binding cap makes the plan refuse the run.
 RUN_FINDS = ("fd limit", "FD_SETSIZE")
 # The default proof: at most this many server processes and Locust workers together.
@@ -55,6 +57,7 @@ class Plan:
     sources_per_worker: int = 1
     caps: dict[str, int] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
+    server_reasons: list[str] = field(default_factory=list)  # the first of `reasons`: the servers' part
     problems: list[str] = field(default_factory=list)
     error: str | None = None  # why a run with this plan must not start, naming the flag to change
 
@@ -84,8 +87,12 @@ def held_fds(backend: str, selector: str = "epoll") -> int:
 
 def source_address(group: int, k: int) -> str:
     """The k-th source address of client group `group` (Locust worker i, or lean hold client i):
-    127.0.group+1.k+2. All of 127/8 is on lo, so no setup is needed."""
-    return f"127.0.{group + 1}.{k + 2}"
+    127.0.group+1.k+2, carrying into the second octet past group 253 (127.1.0.k+2, ...). All of
+    127/8 is on lo, so no setup is needed."""
+    if not 0 <= k <= 252:
+        raise ValueError(f"source address {k} of a group is past the 253 a /24 holds")
+    block = group + 1
+    return f"127.{block // 255}.{block % 255}.{k + 2}"
 
 
 def sources_for(users: int, limits: dict) -> int:
@@ -119,6 +126,7 @@ def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int
                        + (f" (with {100 - REUSEPORT_HEADROOM * 100:.0f}% headroom for SO_REUSEPORT's "
                           "uneven spread)" if processes > 1 else ""))
 
+    server_reasons = list(reasons)
     caps = {("FD_SETSIZE" if select_wall else "fd limit"): processes * per_process}
     free_files = limits["file_max"] - limits["file_nr"]
     caps["fs.file-max"] = free_files // 2  # both ends are on this machine
@@ -136,6 +144,15 @@ def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int
 
     worker_fd = worker_fd_limit or usable
     per_worker = users_per_client(worker_fd)
+    if per_worker == 0:
+        problems.append(f"a Locust worker's fd limit of {worker_fd:,} leaves no room for users beside its "
+                        f"reserve of {CLIENT_FD_RESERVE}")
+        return Plan(connections=connections, backend=backend, fd_limit=fd_limit, held_fds=held,
+                    per_process=per_process, per_source=per_source_address(limits), server_processes=processes,
+                    source_addresses=0, predicted_cap=0, binding="Locust workers' fd limit", workers=0,
+                    worker_fd_limit=worker_fd, caps=caps, reasons=reasons, server_reasons=server_reasons,
+                    problems=problems, error=f"{problems[-1]}; raise --worker-fd-limit to at least {MIN_WORKER_FD_LIMIT} "
+                          "(or the hard limit)")
     worker_count = workers or max(1, math.ceil(connections / per_worker))
     if workers is None and worker_count > 1:
         reasons.append(f"{worker_fd:,} fds per Locust worker − {CLIENT_FD_RESERVE} reserve = {per_worker:,} "
@@ -152,17 +169,17 @@ def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int
     if problems and binding not in RUN_FINDS:
         error = f"{problems[0]} on this machine; lower --connections"
     elif worker_count * per_worker < predicted:
-        need = math.ceil(predicted / per_worker) if per_worker else "more"
+        need = math.ceil(predicted / per_worker)
         error = (f"{worker_count} worker(s) of {per_worker:,} users each cannot hold {connections:,} connections "
                  f"(each worker's fd limit {worker_fd:,} minus {CLIENT_FD_RESERVE} for itself); use --workers {need}")
     return Plan(connections=connections, backend=backend, fd_limit=fd_limit, held_fds=held,
                 per_process=per_process, per_source=per_source, server_processes=processes,
                 source_addresses=sources, predicted_cap=predicted, binding=binding, workers=worker_count,
                 worker_fd_limit=worker_fd, users_per_worker=per_worker, sources_per_worker=per_worker_sources,
-                caps=caps, reasons=reasons, problems=problems, error=error)
+                caps=caps, reasons=reasons, server_reasons=server_reasons, problems=problems, error=error)
 
 
-def fd_limit_error(flag: str, value: int | None, limits: dict) -> str | None:
+def fd_limit_error(flag: str, value: int | None, limits: dict, least: int = MIN_FD_LIMIT) -> str | None:
     """Why a soft fd limit given with `flag` cannot be used here, or None."""
     usable = usable_fd_limit(limits)
     if value is None:
@@ -170,15 +187,15 @@ def fd_limit_error(flag: str, value: int | None, limits: dict) -> str | None:
     if value > usable:
         return (f"{flag} {value} exceeds the hard limit {usable} of this process; lower {flag} "
                 f"or raise the hard limit (ulimit -Hn, needs CAP_SYS_RESOURCE)")
-    if value < MIN_FD_LIMIT:
-        return f"{flag} {value} is too small; use at least {MIN_FD_LIMIT}"
+    if value < least:
+        return f"{flag} {value} is too small; use at least {least}"
     return None
 
 
 def client_split(count: int, limits: dict, clients: int | None = None) -> list[int]:
     """Connections per lean client process for `count` in all: each holds at most what its fd
     limit allows (the same reserve as a Locust worker), and the counts differ by at most one."""
-    per_client = users_per_client(usable_fd_limit(limits))
+    per_client = max(1, users_per_client(usable_fd_limit(limits)))
     clients = clients or max(1, math.ceil(count / per_client))
     return [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
 
@@ -187,8 +204,8 @@ def proof_target(limits: dict, backend: str) -> tuple[int, str]:
     """The default proof's target: PROOF_TARGET, or what PROOF_MAX_PROCESSES server and worker
     processes (or memory) can hold here, with the reason it was lowered ("" if it was not)."""
     usable = usable_fd_limit(limits)
-    per_server = int((usable - held_fds(backend)) * REUSEPORT_HEADROOM)
-    per_worker = users_per_client(usable)
+    per_server = max(1, int((usable - held_fds(backend)) * REUSEPORT_HEADROOM))
+    per_worker = max(1, users_per_client(usable))
     by_processes = int(PROOF_MAX_PROCESSES / (1 / per_server + 1 / per_worker))
     by_memory = limits["mem_available"] // (2 * BYTES_PER_CONNECTION)
     target = min(PROOF_TARGET, by_processes, by_memory)

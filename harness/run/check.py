@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 
-from servers.contract import ServerConfig
+from servers.contract import SHARE_MODES, ServerConfig
 from servers.gauges import ROLE_ACCEPTOR, total_refusals
 from harness.clients.probe import fill
 from servers.registry import BACKENDS
@@ -67,7 +67,7 @@ def run_check(out=print) -> bool:
             f"≤ {r['slowest_answer_ms']} ms, none left hanging; {r['log_lines']} log line(s)" if r["unanswered"] == 0 else
             f"  FAIL {name}: {r['unanswered']} refused clients left hanging")
     out(f"Several processes on ONE port, each with fd limit {CHECK_FD_LIMIT}:")
-    for share in ("reuseport", "fork", "handoff"):
+    for share in SHARE_MODES:
         r = check_one(ServerConfig(backend="asyncio", port=0, processes=3, share=share,
                                    fd_limit=CHECK_FD_LIMIT))
         # SO_REUSEPORT spreads by hash, so a full process refuses while others have room.

@@ -90,8 +90,9 @@ def prepare(cfg: RunConfig) -> Prepared:
     except registry.UnknownBackend as exc:
         raise RunError(str(exc)) from None
     limits = read_limits()
-    for flag, value in (("--fd-limit", cfg.server_fd_limit), ("--worker-fd-limit", cfg.worker_fd_limit)):
-        error = core.fd_limit_error(flag, value, limits)
+    for flag, value, least in (("--fd-limit", cfg.server_fd_limit, core.MIN_FD_LIMIT),
+                               ("--worker-fd-limit", cfg.worker_fd_limit, core.MIN_WORKER_FD_LIMIT)):
+        error = core.fd_limit_error(flag, value, limits, least)
         if error:
             raise RunError(error)
     if cfg.connections < 1:

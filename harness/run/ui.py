@@ -7,6 +7,7 @@ order, and nothing is left behind.
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 import tempfile
@@ -29,6 +30,7 @@ def run_ui(args: argparse.Namespace) -> int:
     try:
         group = ServerGroup(config, log_file=str(workdir / "servers.log")).start()
     except (ConfigError, StartError) as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
         print(f"harness ui: error: {exc}", file=sys.stderr)
         return 2
     cluster = LocustCluster(

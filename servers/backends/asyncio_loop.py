@@ -1,4 +1,4 @@
-"""The `asyncio` backend (stdlib event loop); `uvloop_backend` runs the same code on uvloop.
+"""The `asyncio` backend (stdlib event loop); `uvloop_loop` runs the same code on uvloop.
 
 Connections are adopted from our own intake (`loop.add_reader` + `connect_accepted_socket`)
 rather than `loop.create_server`, because the stock accept loop retries EMFILE `backlog` times per
