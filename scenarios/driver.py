@@ -9,10 +9,15 @@ driver-mode user's "greenlet" is its `Conn`, a slotted object that keeps that co
 rawlink, kill, join) and holds the connection's state, for ~0.2 KB instead of ~1.4 KB for an
 unstarted gevent.Greenlet with its link and the same state in the user's __dict__.
 
-Theory of operation, per connection (`phase` on the Conn):
+Theory of operation, per connection (`phase` on the Conn). A request and its reply are those of
+the run's protocol (`scenarios.protocols`: echo by default; "echo" below is any request):
   CONNECTING --writable, SO_ERROR 0--> ECHOING (first echo sent) --every echo answered--> IDLE
   IDLE --due in the echo schedule--> ECHOING --every echo answered--> IDLE
-  any phase --error, EOF, mismatch or timeout--> closed (user idle; the failure is fired)
+  any phase --error, EOF, a wrong reply or timeout--> closed (user idle; the failure is fired,
+  with what the target said word for word where it said anything)
+With the `hold` protocol nothing is sent: CONNECTING --writable--> IDLE, and the connection counts
+as verified once it has stayed open HOLD_VERIFY_S (a target at its limit often accepts and then
+closes at once); a close at any time is a failure with what the target sent before it.
 Periodic echoes start when the hold begins, every connection's first one staggered over one
 interval. Echo modes (--echo-mode): `closed` schedules a connection's next echo an interval after
 its last answer (Locust's usual closed loop). `open` sends on a fixed schedule of intended times
@@ -31,7 +36,6 @@ from __future__ import annotations
 
 import errno
 import math
-import os
 import socket as gsocket
 import time
 from collections import deque
@@ -40,6 +44,7 @@ import gevent
 from gevent import GreenletExit, monkey
 from gevent.event import Event
 
+from scenarios import protocols
 from scenarios.tally import TALLY, WORKER_FULL, TCPError, parse_host
 from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET, errno_name
 
@@ -58,7 +63,7 @@ CONNECT = 0  # the op number of a connect in the inflight queue
 class Conn:
     """One driver-mode user's connection, standing in for its greenlet in Locust's runner group."""
 
-    __slots__ = ("user", "links", "dead", "sock", "phase", "sent", "answered", "payload", "got", "marks",
+    __slots__ = ("user", "links", "dead", "sock", "phase", "sent", "answered", "parser", "marks",
                  "started", "verified")
 
     def __init__(self, user) -> None:
@@ -69,9 +74,9 @@ class Conn:
         self.phase = CONNECTING
         self.sent = 0  # echoes sent; the inflight queue names each by this number
         self.answered = 0  # echoes answered in full
-        self.payload = b""  # the echo stream still owed by the server: every unanswered payload, in order
-        self.got = 0  # bytes of `payload` already answered
-        self.marks: deque | None = None  # per unanswered echo: (end offset in payload, sent at, intended at)
+        # The replies still owed (a protocol parser), only while some are: an idle connection holds none.
+        self.parser: protocols.Parser | None = None
+        self.marks: deque | None = None  # per unanswered echo: (its size, sent at, intended at)
         self.started = 0.0
         self.verified = False
 
@@ -138,10 +143,13 @@ class Driver:
         self.by_fd: dict[int, Conn] = {}
         self.schedule: deque = deque()  # (due, conn): each connection's next echo, in due order
         self.inflight: deque = deque()  # (deadline, conn, op): connects (CONNECT) and echoes (their number)
+        self.verifying: deque = deque()  # (when, conn): hold protocol connections held once still open then
         self.sources_turn = 0
         self.adopted = 0
         self.holding = False
         self.open_loop = getattr(self.opts, "echo_mode", "closed") == "open"
+        self.protocol = protocols.from_options(self.opts, environment.host)
+        self.request_name = self.protocol.name
         self.greenlet = gevent.spawn(self.run)
 
     # -- users arriving and leaving (called from Locust's spawning greenlet) ------------------
@@ -174,6 +182,8 @@ class Driver:
             pass
         sock.close()
         TALLY.open -= 1
+        if conn.verified:
+            TALLY.held -= 1
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -205,6 +215,12 @@ class Driver:
                     self._fail(conn, "connect", "timeout", conn.started)
                 elif op != CONNECT and op > conn.answered:
                     self._fail(conn, "echo", "timeout", conn.marks[0][1])
+            while self.verifying and self.verifying[0][0] <= now:  # hold: still open, so held
+                _, conn = self.verifying.popleft()
+                if conn.sock is not None and not conn.verified:
+                    conn.verified = True
+                    TALLY.connects_ok += 1
+                    TALLY.held += 1
             gevent.sleep(0)  # let Locust's own greenlets (heartbeats, spawning) run
 
     def _start_holding(self, now: float) -> None:
@@ -212,13 +228,15 @@ class Driver:
         interval. Without that, every connection verified during the ramp was due at once, and
         the latency measured that burst (p50 565 ms at 100k) instead of the steady state."""
         self.holding = True
+        if not self.protocol.sends:
+            return  # hold: nothing to send, ever
         conns = list(self.by_fd.values())
         step = self.opts.echo_interval / max(1, len(conns))
         self.schedule = deque((_on_grid(now + i * step), conn) for i, conn in enumerate(conns))
 
     def _wait(self) -> float:
         now = time.perf_counter()
-        queues = (self.schedule, self.inflight) if self.holding else (self.inflight,)
+        queues = (self.schedule, self.inflight, self.verifying) if self.holding else (self.inflight, self.verifying)
         heads = [q[0][0] for q in queues if q]
         return max(0.0, min([MAX_WAIT_S, *(h - now for h in heads)]))
 
@@ -267,6 +285,10 @@ class Driver:
             self._fire("connect", conn.started, 0, None)
             self.ep.modify(sock.fileno(), EPOLLIN)
             now = time.perf_counter()
+            if not self.protocol.sends:
+                conn.phase = IDLE
+                self.verifying.append((now + protocols.HOLD_VERIFY_S, conn))
+                return None
             return self._send_echo(conn, now, intended=now)
         try:
             data = sock.recv(65536)
@@ -276,26 +298,28 @@ class Driver:
             return self._fail(conn, "echo", errno_name(exc.errno))
         if not data:
             return self._fail(conn, "echo", "EOF")
-        got = conn.got + len(data)
-        if conn.phase != ECHOING or data != conn.payload[conn.got:got]:
-            return self._fail(conn, "echo", "mismatch")  # wrong bytes, or bytes nobody asked for
-        conn.got = got
+        if conn.parser is None:  # bytes while nothing was asked: hold keeps them, the others refuse them
+            conn.parser = self.protocol.parser()
+        done, wrong = conn.parser.feed(data)
         now = time.perf_counter()
         marks = conn.marks
-        while marks and marks[0][0] <= got:
-            end, sent_at, intended = marks.popleft()
+        for _ in range(done):
+            size, sent_at, intended = marks.popleft()
             conn.answered += 1
             TALLY.echoes_verified += 1
-            TALLY.bytes_echoed += self.opts.payload_size
+            TALLY.bytes_echoed += size
             if intended is not None:
                 TALLY.latency.record_value(max(1, int((now - intended) * 1e6)))
-            self._fire("echo", sent_at, self.opts.payload_size, None)
+            self._fire(self.request_name, sent_at, size, None)
         if not conn.verified and conn.answered:
             conn.verified = True
             TALLY.connects_ok += 1
-        if marks:
+            TALLY.held += 1
+        if wrong:
+            return self._fail(conn, "echo", wrong)
+        if marks or not self.protocol.sends:
             return
-        conn.phase, conn.payload, conn.got, conn.marks = IDLE, b"", 0, None
+        conn.phase, conn.parser, conn.marks = IDLE, None, None
         if self.holding and (not self.open_loop or conn.answered == 1):
             # closed loop: the next echo an interval after this answer; open loop: a connection
             # that came up after the schedule was laid out joins it now
@@ -303,11 +327,12 @@ class Driver:
 
     def _send_echo(self, conn: Conn, now: float, intended: float) -> None:
         """Send one echo; its latency is recorded (from `intended`) only once the ramp is over."""
-        payload = os.urandom(self.opts.payload_size)
+        payload = self.protocol.request()
         if conn.marks is None:
             conn.marks = deque()
-        conn.payload += payload
-        conn.marks.append((len(conn.payload), now, intended if self.holding else None))
+            conn.parser = self.protocol.parser()
+        conn.parser.sent(payload)
+        conn.marks.append((len(payload), now, intended if self.holding else None))
         conn.phase = ECHOING
         conn.sent += 1
         self.inflight.append((now + self.opts.echo_timeout, conn, conn.sent))
@@ -322,12 +347,16 @@ class Driver:
     def _fail(self, conn: Conn, name: str, failure: str, started: float | None = None) -> None:
         if started is None:
             started = conn.marks[0][1] if conn.marks else conn.started
+        if conn.parser is not None:
+            TALLY.note_evidence(failure, conn.parser.leftover())
+        if name == "echo":
+            name = self.request_name
         if not conn.verified:
             TALLY.failed(TALLY.connects_failed, failure)  # never held a verified connection
-        if name == "echo":
+        if name == self.request_name:
             TALLY.failed(TALLY.echo_failed, failure)
         self.drop(conn)
-        conn.phase = IDLE
+        conn.phase, conn.parser, conn.marks = IDLE, None, None
         self._fire(name, started, 0, failure)
 
     def _fire(self, name: str, started: float, length: int, failure: str | None) -> None:

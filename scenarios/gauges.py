@@ -29,13 +29,14 @@ KERNEL_INTERVAL_S = 2.0
 
 
 def worker_report(worker_index: int, rss: RssReader, rss_base: int, base_fds: int) -> dict:
-    return {"worker_index": worker_index, "pid": os.getpid(), "open": TALLY.open,
+    return {"worker_index": worker_index, "pid": os.getpid(), "open": TALLY.open, "held": TALLY.held,
             "connects_ok": TALLY.connects_ok, "connects_failed": dict(TALLY.connects_failed),
             "echo_failed": dict(TALLY.echo_failed), "echoes_sent": TALLY.echoes_sent,
             "echoes_verified": TALLY.echoes_verified,
             "bytes_echoed": TALLY.bytes_echoed, "rss_bytes": rss.rss_bytes(), "rss_base_bytes": rss_base,
             "fds": base_fds + TALLY.open,
             "max_users": TALLY.max_users, "sources": TALLY.sources, "at": time.time(),
+            "evidence": dict(TALLY.evidence),
             "latency": TALLY.latency.encode()}
 
 
@@ -90,14 +91,16 @@ class Board:
 
     def totals(self) -> dict:
         w = self.live_workers()
-        failed, echo_failed = Counter(), Counter()
+        failed, echo_failed, evidence = Counter(), Counter(), {}
         for report in w:
             failed.update(report["connects_failed"])
             echo_failed.update(report["echo_failed"])
-        return {"open": sum(r["open"] for r in w), "connects_ok": sum(r["connects_ok"] for r in w),
+            for name, words in report.get("evidence", {}).items():
+                evidence.setdefault(name, words)
+        return {"open": sum(r["open"] for r in w), "held": sum(r.get("held", 0) for r in w), "connects_ok": sum(r["connects_ok"] for r in w),
                 "connects_failed": dict(failed), "echoes_sent": sum(r["echoes_sent"] for r in w),
                 "echoes_verified": sum(r["echoes_verified"] for r in w),
-                "echo_failed": dict(echo_failed),
+                "echo_failed": dict(echo_failed), "evidence": evidence,
                 "bytes_echoed": sum(r["bytes_echoed"] for r in w),
                 "rss_bytes": sum(r["rss_bytes"] for r in w),
                 "rss_base_bytes": sum(r["rss_base_bytes"] for r in w),

@@ -17,6 +17,7 @@ from harness.plan.limits import read_limits
 from scenarios import gauges, locust_fixes, webui  # noqa: F401  (locust_fixes patches on import)
 from scenarios.shape import StepRampShape  # noqa: F401  (Locust picks shapes up from this module)
 from scenarios.targets import is_loopback, target_error
+from scenarios.protocols import PROTOCOLS
 from scenarios.tally import ECHO_MODES, TALLY, USER_MODES, parse_host
 from scenarios.users import EchoUser  # noqa: F401  (Locust picks users up from this module)
 from servers.proc import die_with_parent
@@ -36,6 +37,13 @@ def add_arguments(parser) -> None:
                             "open: echoes on a fixed schedule, latency from the intended send time")
     group.add_argument("--payload-size", type=int, default=64, include_in_web_ui=True,
                        help="bytes per echo")
+    group.add_argument("--protocol", choices=PROTOCOLS, default="echo", include_in_web_ui=False,
+                       help="what the target speaks: echo, hold (connect and hold), line (--send, --expect), "
+                            "redis (PING), http (GET --path)")
+    group.add_argument("--send", default="", include_in_web_ui=False,
+                       help="line: the request, with backslash escapes (e.g. 'version\\r\\n')")
+    group.add_argument("--expect", default="", include_in_web_ui=False, help="line: what the reply starts with")
+    group.add_argument("--path", default="/", include_in_web_ui=False, help="http: the path to GET")
     group.add_argument("--ramp-rate", type=float, default=1000.0, include_in_web_ui=True,
                        help="new connections per second while ramping")
     group.add_argument("--hold-seconds", type=float, default=10.0, include_in_web_ui=True,

@@ -10,6 +10,7 @@ import socket
 
 from hdrh.histogram import HdrHistogram
 
+from scenarios.protocols import evidence_text
 from servers.wire import ShortRead, errno_name
 
 USER_MODES = ("driver", "greenlet")
@@ -52,6 +53,7 @@ class WorkerTally:
     def __init__(self) -> None:
         self.open = 0
         self.connects_ok = 0  # connections established and echo-verified once
+        self.held = 0  # ...and still open: what this process holds, as a server would count it
         self.connects_failed: dict[str, int] = {}  # by name: no connection, or no first echo
         self.echo_failed: dict[str, int] = {}
         self.echoes_sent = 0
@@ -65,6 +67,7 @@ class WorkerTally:
         # Echo latency after the ramp, in µs from each echo's intended send time (the actual send
         # time in the closed loop), 3 significant digits; the master merges every worker's.
         self.latency = new_latency_histogram()
+        self.evidence: dict[str, str] = {}  # failure name -> the first 200 bytes the target sent with it
 
     def full(self) -> bool:
         """At the most users this process may hold: one more socket would eat Locust's own fd reserve."""
@@ -72,6 +75,11 @@ class WorkerTally:
 
     def failed(self, where: dict[str, int], name: str) -> None:
         where[name] = where.get(name, 0) + 1
+
+    def note_evidence(self, failure: str, data: bytes) -> None:
+        """What the target sent with the first failure of each name, word for word."""
+        if data and failure not in self.evidence:
+            self.evidence[failure] = evidence_text(data)
 
 
 LATENCY_MAX_US = 600_000_000  # 10 minutes: longer than any echo timeout

@@ -11,15 +11,15 @@ users hold, which `scenarios.gauges` reports to the master.
 from __future__ import annotations
 
 import itertools
-import os
 import socket
 import time
 
 from locust import User, task
 
+from scenarios import protocols
 from scenarios.driver import driver
 from scenarios.tally import TALLY, WORKER_FULL, TCPError, error_name, parse_host
-from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET, recv_exactly
+from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
 
 _user_numbers = itertools.count()
 
@@ -53,10 +53,11 @@ class EchoUser(User):
     def on_start(self) -> None:
         self.sock: socket.socket | None = None
         self._verified = False
+        self._held = False  # counted in TALLY.held: verified and still open
         self._intended = 0.0  # open loop: the intended send time of the next echo
         opts = self.environment.parsed_options
         self.timeout = getattr(opts, "echo_timeout", 10.0)
-        self.payload_size = getattr(opts, "payload_size", 64)
+        self.protocol = protocols.from_options(opts, self.host)
         host, port = parse_host(self.host)
         source = TALLY.sources[next(_user_numbers) % len(TALLY.sources)]
         start = time.perf_counter()
@@ -80,43 +81,80 @@ class EchoUser(User):
             return self._fire_failure("connect", start, exc, TALLY.connects_failed)
         self.sock = sock
         self._fire("connect", start, 0, None)
-        # Every connection is echo-verified once, right away. A server at its fd limit completes
-        # the handshake (the kernel does) and then closes: the client sees EOF here, so a failed
-        # first echo counts as a failed connection.
+        # Every connection is echo-verified once, right away (hold: seen to stay open). A server at
+        # its fd limit completes the handshake (the kernel does) and then closes: the client sees
+        # EOF here, so a failed first echo counts as a failed connection.
         self._verified = False
-        failure = self.echo()
+        failure = self.echo() if self.protocol.sends else self._watch(protocols.HOLD_VERIFY_S)
         self._verified = True
         if failure is None:
             TALLY.connects_ok += 1
+            TALLY.held += 1
+            self._held = True
         else:
             TALLY.failed(TALLY.connects_failed, failure)
 
     @task
     def echo(self) -> str | None:
-        """One echo, checked byte for byte; returns the failure's name, or None."""
+        """One request of the run's protocol, its reply checked; returns the failure's name, or None."""
         if self.sock is None:
             return None  # connect failed: stay idle; the load shape decides what happens next
         if TALLY.ramping and self._verified:
             return None
-        payload = os.urandom(self.payload_size)
+        if not self.protocol.sends:
+            return self._watch(0.0)
+        request = self.protocol.request()
+        parser = self.protocol.parser()
+        parser.sent(request)
         start = time.perf_counter()
         open_loop = getattr(self.environment.parsed_options, "echo_mode", "closed") == "open"
         intended = self._intended if open_loop and self._intended else start
         record = not TALLY.ramping
         TALLY.echoes_sent += 1
         try:
-            self.sock.sendall(payload)
-            if recv_exactly(self.sock, len(payload)) != payload:
-                raise TCPError("mismatch")
-        except (OSError, TCPError) as exc:  # ShortRead is an OSError: named EOF
+            self.sock.sendall(request)
+            done = 0
+            while not done:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise TCPError("EOF")
+                done, wrong = parser.feed(data)
+                if wrong:
+                    raise TCPError(wrong)
+        except (OSError, TCPError) as exc:
+            TALLY.note_evidence(error_name(exc), parser.leftover())
             self._drop()
-            return self._fire_failure("echo", start, exc, TALLY.echo_failed)
+            return self._fire_failure(self.protocol.name, start, exc, TALLY.echo_failed)
         TALLY.echoes_verified += 1
-        TALLY.bytes_echoed += len(payload)
+        TALLY.bytes_echoed += len(request)
         if record:
             TALLY.latency.record_value(max(1, int((time.perf_counter() - intended) * 1e6)))
-        self._fire("echo", start, len(payload), None)
+        self._fire(self.protocol.name, start, len(request), None)
         return None
+
+    def _watch(self, seconds: float) -> str | None:
+        """hold: whether the target closed the connection within `seconds` (0: has it closed);
+        what it sent meanwhile is kept as evidence. Returns the failure's name, or None."""
+        parser = self.protocol.parser()
+        deadline = time.monotonic() + seconds
+        try:
+            while True:
+                self.sock.settimeout(max(0.0, deadline - time.monotonic()))
+                try:
+                    data = self.sock.recv(65536)
+                except (socket.timeout, BlockingIOError):
+                    return None  # still open
+                if not data:
+                    raise TCPError("EOF")
+                parser.feed(data)
+        except (OSError, TCPError) as exc:
+            TALLY.note_evidence(error_name(exc), parser.leftover())
+            self._drop()
+            start = time.perf_counter()
+            return self._fire_failure(self.protocol.name, start, exc, TALLY.echo_failed)
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(self.timeout)
 
     def on_stop(self) -> None:
         self._drop()
@@ -130,6 +168,9 @@ class EchoUser(User):
             self.sock.close()
             self.sock = None
             TALLY.open -= 1
+            if self._held:
+                TALLY.held -= 1
+                self._held = False
 
     def _fire(self, name: str, start: float, length: int, exc: BaseException | None) -> None:
         self.environment.events.request.fire(
