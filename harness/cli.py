@@ -14,6 +14,7 @@ import math
 import sys
 from pathlib import Path
 
+from scenarios.protocols import PROTOCOLS
 from scenarios.tally import ECHO_MODES, USER_MODES
 from servers.contract import SELECTORS, SHARE_MODES
 from servers.registry import BACKENDS
@@ -25,6 +26,8 @@ def cmd_limits(args: argparse.Namespace) -> int:
     from harness.plan.limits import read_limits
 
     limits = read_limits()
+    if args.target:
+        return _limits_of_target(args, limits)
     error = core.fd_limit_error("--fd-limit", args.fd_limit, limits)
     if error:
         print(f"harness limits: error: {error}", file=sys.stderr)
@@ -34,6 +37,28 @@ def cmd_limits(args: argparse.Namespace) -> int:
         print(json.dumps({"limits": limits, "plan": plan.as_dict()}, indent=2))
     else:
         print(format_limits(limits, plan))
+    return 0
+
+
+def _limits_of_target(args: argparse.Namespace, limits: dict) -> int:
+    from harness.diagnose import process, rules
+    from harness.plan import core
+    from harness.plan.describe import format_target
+    from harness.run.target import TargetError, is_local, parse_target
+
+    try:
+        host, port = parse_target(args.target)
+    except TargetError as exc:
+        print(f"harness limits: error: {exc}", file=sys.stderr)
+        return 2
+    procs = process.listeners(port) if is_local(host) else []
+    predicted = rules.predicted_cap(procs) if procs else None
+    plan = core.plan_target(limits, args.connections, local=is_local(host), target_room=predicted)
+    if args.json:
+        print(json.dumps({"target": {"host": host, "port": port}, "processes": procs, "predicted_cap": predicted,
+                          "plan": plan.as_dict()}, indent=2))
+    else:
+        print(format_target(host, port, procs, predicted, plan))
     return 0
 
 
@@ -97,7 +122,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def run_config(args: argparse.Namespace):
     from harness.run.execute import RunConfig
 
-    return RunConfig(backend=args.backend, connections=getattr(args, "connections", None) or 0,
+    connections = getattr(args, "connections", None)
+    return RunConfig(backend=args.backend, connections=0 if connections in (None, MAX) else connections,
+                     fill=connections == MAX, target=getattr(args, "target", None),
+                     protocol=getattr(args, "protocol", None), send=getattr(args, "send", ""),
+                     expect=getattr(args, "expect", ""), path=getattr(args, "path", "/"),
+                     source_addresses=getattr(args, "source_addresses", None),
+                     allow_non_loopback=getattr(args, "allow_non_loopback", False),
                      processes=args.processes,
                      share=args.share, server_fd_limit=args.fd_limit, selector=args.selector,
                      workers=args.workers, worker_fd_limit=args.worker_fd_limit, user_mode=args.user_mode,
@@ -116,6 +147,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.run import execute as run_mod
 
     if args.connections is None:  # no target given: the default proof, which plans its own
+        if args.target:
+            print("harness run: error: --target needs --connections N (or max)", file=sys.stderr)
+            return 2
         return cmd_proof(args)
     try:
         prepared = run_mod.prepare(run_config(args))
@@ -255,6 +289,16 @@ def _backend_name(name: str) -> str:
 
 
 _backends = _list_of(_backend_name, ",".join(list(BACKENDS)[:2]))
+_addresses = _list_of(str, "127.0.0.9,127.0.0.10")
+MAX = "max"
+
+
+def _connections(text: str) -> int | str:
+    """--connections: a number, or `max` (ramp until a limit stops the run)."""
+    return MAX if text == MAX else _positive(text)
+
+
+_connections.__name__ = "int"
 _fd_limits = _list_of(_positive, "256,512,1024")
 _idle_points = _list_of(_count, "0,1000,10000,100000")
 
@@ -289,6 +333,23 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="end the ramp after this long (default: 240 s, or the target at 2,000 connections/s)")
     p.add_argument("--out", default="results", help="directory for run directories")
     p.add_argument("--json", action="store_true", help="print the result document")
+
+
+def _add_target_options(p: argparse.ArgumentParser) -> None:
+    """Loading a server the harness does not start, and what it speaks."""
+    p.add_argument("--target", default=None, metavar="HOST:PORT",
+                   help="load this server instead of starting the harness's own (loopback unless "
+                        "--allow-non-loopback); needs --protocol")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                   help="what the target speaks: echo (byte for byte), hold (connect and hold), line (--send, "
+                        "--expect), redis (PING), http (GET --path); default echo for the harness's own servers")
+    p.add_argument("--send", default="", help="line: the request, with backslash escapes, e.g. 'version\\r\\n'")
+    p.add_argument("--expect", default="", help="line: what the reply starts with, e.g. 'VERSION '")
+    p.add_argument("--path", default="/", help="http: the path to GET (default /)")
+    p.add_argument("--source-addresses", type=_addresses, default=None,
+                   help="every Locust worker binds these (default: 127.0.i+1.2 … per worker, planned)")
+    p.add_argument("--allow-non-loopback", action="store_true",
+                   help="allow a --target outside 127.0.0.0/8 (only a host that is yours to load)")
 
 
 def _add_bench_parsers(bench: argparse.ArgumentParser, idle_points: tuple[int, ...], order: tuple[str, ...]) -> None:
@@ -341,13 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="one headless run: servers + Locust, ramp to N or the cap, hold, write "
                        "results/<time>-<backend>-<N>/run.json (without --connections: the default proof)")
     _add_run_options(p)
-    p.add_argument("--connections", type=_positive, default=None,
-                   help="target connections (without it, `harness run` is `harness proof`)")
+    p.add_argument("--connections", type=_connections, default=None,
+                   help="target connections, or max: until a limit stops the run (without it, `harness run` is "
+                        "`harness proof`)")
     p.add_argument("--report", action="store_true", help="also write RUN_DIR/report/report.html")
+    _add_target_options(p)
     p = sub.add_parser("limits", help="the limits that cap connections on this machine, and what they predict")
     p.add_argument("--connections", type=_positive, default=100_000, help="plan for this many (default 100,000)")
     p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
     _add_fd_limit(p)
+    p.add_argument("--target", default=None, metavar="HOST:PORT",
+                   help="a server the harness does not start: its processes' limits and predicted cap")
     p.add_argument("--json", action="store_true", help="print JSON")
     p = sub.add_parser("serve", help="run an echo server backend in the foreground, with live gauges")
     add_arguments(p)

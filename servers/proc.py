@@ -110,3 +110,10 @@ def established_on_port(port: int) -> int:
     out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
                          capture_output=True, check=True).stdout
     return out.count(b"\n")
+
+
+def established_to(host: str, port: int) -> int:
+    """Established TCP connections from this machine to host:port (our side of them, ss)."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", "dst", f"{host}:{port}"],
+                         capture_output=True, check=True).stdout
+    return out.count(b"\n")

@@ -142,41 +142,92 @@ def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int
     else:
         binding = "target"
 
-    worker_fd = worker_fd_limit or usable
+    clients = _clients(limits, connections, predicted, workers, worker_fd_limit)
+    error = clients.pop("error")
+    if problems and binding not in RUN_FINDS:
+        error = f"{problems[0]} on this machine; lower --connections"
+    return Plan(connections=connections, backend=backend, fd_limit=fd_limit, held_fds=held,
+                per_process=per_process, per_source=per_source_address(limits), server_processes=processes,
+                predicted_cap=predicted, binding=binding, caps=caps, reasons=reasons + clients.pop("reasons"),
+                server_reasons=server_reasons, problems=problems, error=error, **clients)
+
+
+def _clients(limits: dict, connections: int, predicted: int, workers: int | None, worker_fd_limit: int | None,
+             sources_given: list[str] | None = None) -> dict:
+    """The Locust side of a plan: workers, users each, the source addresses they bind, the reasons,
+    and the refusal if they cannot hold what the run asks for."""
+    worker_fd = worker_fd_limit or usable_fd_limit(limits)
     per_worker = users_per_client(worker_fd)
     if per_worker == 0:
-        problems.append(f"a Locust worker's fd limit of {worker_fd:,} leaves no room for users beside its "
-                        f"reserve of {CLIENT_FD_RESERVE}")
-        return Plan(connections=connections, backend=backend, fd_limit=fd_limit, held_fds=held,
-                    per_process=per_process, per_source=per_source_address(limits), server_processes=processes,
-                    source_addresses=0, predicted_cap=0, binding="Locust workers' fd limit", workers=0,
-                    worker_fd_limit=worker_fd, caps=caps, reasons=reasons, server_reasons=server_reasons,
-                    problems=problems, error=f"{problems[-1]}; raise --worker-fd-limit to at least {MIN_WORKER_FD_LIMIT} "
-                          "(or the hard limit)")
+        return {"workers": 0, "worker_fd_limit": worker_fd, "users_per_worker": 0, "sources_per_worker": 0,
+                "source_addresses": 0, "reasons": [],
+                "error": f"a Locust worker's fd limit of {worker_fd:,} leaves no room for users beside its reserve "
+                         f"of {CLIENT_FD_RESERVE}; raise --worker-fd-limit to at least {MIN_WORKER_FD_LIMIT} "
+                         "(or the hard limit)"}
+    reasons = []
     worker_count = workers or max(1, math.ceil(connections / per_worker))
     if workers is None and worker_count > 1:
         reasons.append(f"{worker_fd:,} fds per Locust worker − {CLIENT_FD_RESERVE} reserve = {per_worker:,} "
                        f"users per worker → {worker_count} workers")
-    # Each worker binds enough addresses of its own for all the users its fd limit allows
-    # (scenarios.locustfile.configure_user_process): that, not N alone, sets the count.
     per_source = per_source_address(limits)
-    per_worker_sources = sources_for(per_worker, limits)
-    sources = worker_count * per_worker_sources
-    reasons.append(f"{per_source:,} connections per client source address (half of ip_local_port_range) → "
-                   f"{per_worker_sources} address(es) per worker (worker i: 127.0.i+1.2 …), {sources} in all")
-
+    if sources_given:
+        per_worker_sources, sources = len(sources_given), len(sources_given)
+        reasons.append(f"every worker binds the {sources} source address(es) given ({', '.join(sources_given[:4])}"
+                       f"{' …' if sources > 4 else ''}): {full_port_range(limits):,} ephemeral ports each to the target")
+    else:
+        # Each worker binds enough addresses of its own for all the users its fd limit allows
+        # (scenarios.locustfile.configure_user_process): that, not N alone, sets the count.
+        per_worker_sources = sources_for(per_worker, limits)
+        sources = worker_count * per_worker_sources
+        reasons.append(f"{per_source:,} connections per client source address (half of ip_local_port_range) → "
+                       f"{per_worker_sources} address(es) per worker (worker i: 127.0.i+1.2 …), {sources} in all")
     error = None
-    if problems and binding not in RUN_FINDS:
-        error = f"{problems[0]} on this machine; lower --connections"
-    elif worker_count * per_worker < predicted:
+    if worker_count * per_worker < predicted:
         need = math.ceil(predicted / per_worker)
         error = (f"{worker_count} worker(s) of {per_worker:,} users each cannot hold {connections:,} connections "
                  f"(each worker's fd limit {worker_fd:,} minus {CLIENT_FD_RESERVE} for itself); use --workers {need}")
-    return Plan(connections=connections, backend=backend, fd_limit=fd_limit, held_fds=held,
-                per_process=per_process, per_source=per_source, server_processes=processes,
-                source_addresses=sources, predicted_cap=predicted, binding=binding, workers=worker_count,
-                worker_fd_limit=worker_fd, users_per_worker=per_worker, sources_per_worker=per_worker_sources,
-                caps=caps, reasons=reasons, server_reasons=server_reasons, problems=problems, error=error)
+    return {"workers": worker_count, "worker_fd_limit": worker_fd, "users_per_worker": per_worker,
+            "sources_per_worker": per_worker_sources, "source_addresses": sources, "reasons": reasons, "error": error}
+
+
+def full_port_range(limits: dict) -> int:
+    """Ephemeral ports per (source address, destination): the whole of ip_local_port_range."""
+    lo, hi = limits["ip_local_port_range"]
+    return hi - lo + 1
+
+
+def plan_target(limits: dict, connections: int, *, local: bool, target_room: int | None = None,
+                workers: int | None = None, worker_fd_limit: int | None = None,
+                sources_given: list[str] | None = None) -> Plan:
+    """The plan for loading a server the harness did not start: no server processes; the caps are
+    the client side's (source ports when the addresses are given, the file table: both ends when
+    the target is on this machine, memory) and, for a local target, the fd room its processes
+    have (`target_room`, from `harness.diagnose.process`)."""
+    caps: dict[str, int] = {}
+    if target_room is not None:
+        caps["target fd limit"] = target_room
+    if sources_given:
+        caps["source ports"] = len(sources_given) * full_port_range(limits)
+    caps["fs.file-max"] = (limits["file_max"] - limits["file_nr"]) // (2 if local else 1)
+    caps["memory"] = limits["mem_available"] // BYTES_PER_CONNECTION
+    binding = min(caps, key=caps.get)
+    predicted = min(connections, caps[binding])
+    problems = []
+    if caps[binding] < connections:
+        problems.append(f"{connections:,} connections exceed the {binding} cap of "
+                        f"{caps[binding]:,} by {connections - caps[binding]:,}")
+    else:
+        binding = "target"
+    reasons = ([f"the target's processes have room for {target_room:,} more fds (their fd limits less the fds "
+                "they hold)"] if target_room is not None else [])
+    clients = _clients(limits, connections, predicted, workers, worker_fd_limit, sources_given)
+    error = clients.pop("error")
+    if problems and binding in ("fs.file-max", "memory"):
+        error = f"{problems[0]} on this machine; lower --connections"
+    return Plan(connections=connections, backend="target", fd_limit=0, held_fds=0, per_process=0,
+                per_source=per_source_address(limits), server_processes=0, predicted_cap=predicted,
+                binding=binding, caps=caps, reasons=reasons + clients.pop("reasons"), problems=problems,
+                error=error, **clients)
 
 
 def fd_limit_error(flag: str, value: int | None, limits: dict, least: int = MIN_FD_LIMIT) -> str | None:

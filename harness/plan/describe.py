@@ -40,3 +40,28 @@ def format_limits(limits: dict, p: Plan) -> str:
     rows.append("  verdict: " + ("; ".join(p.problems) if p.problems else "fits: the fd limit per process, "
                                  "not the port, decides how many processes are needed"))
     return "\n".join(rows)
+
+
+def format_target(host: str, port: int, procs: list[dict], predicted: int | None, p: Plan) -> str:
+    """`harness limits --target`: the processes behind the port, their limits, what they can hold."""
+    from harness.diagnose.rules import _accepting, _room
+
+    accepting = {q["pid"] for q in _accepting(procs)}
+    rows = [f"Target {host}:{port}"]
+    if not procs:
+        rows.append("  no process on this machine listens there (a remote target, or nothing is listening): "
+                    "its limits cannot be read from here")
+    for q in procs:
+        soft = f"{q['fd_soft']:,}" if q.get("fd_soft") else "unlimited"
+        role = (f"room for {_room(q):,} more connections" if q["pid"] in accepting and q.get("fd_soft")
+                else "parent of the others: takes no connections" if q["pid"] not in accepting else "no fd limit")
+        cgroup = "".join(f", cgroup {k.replace('_', '.')} {v:,}" for k, v in q.items() if k in ("memory_max", "pids_max"))
+        rows.append(f"  pid {q['pid']:<7} {q['name']:<14} fd limit {soft:>9}, holds {q['fds']:,} fds, "
+                    f"{q['threads']} thread(s), RSS {q['rss_bytes'] / 2**20:,.1f} MiB{cgroup}: {role}")
+    if predicted is not None:
+        rows.append(f"  predicted cap by its fd limits: {predicted:,} connections (each process's limit less the "
+                    "fds it holds now)")
+    rows.append(f"For {p.connections:,} connections: {p.workers} Locust worker(s), {p.source_addresses} source "
+                f"address(es); binding: {p.binding}" + (f" ({p.problems[0]})" if p.problems else ""))
+    rows += [f"  why: {r}" for r in p.reasons]
+    return "\n".join(rows)

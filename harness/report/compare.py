@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.results.rundoc import hold_samples
+from harness.results.rundoc import held_key, hold_samples
 
 MIN_SAMPLES = 3
 LIMIT_KEYS = ("nofile_soft", "nofile_hard", "nr_open", "file_max", "ip_local_port_range", "somaxconn", "pid_max")
@@ -41,7 +41,7 @@ def _stat(name: str, values: list[float]) -> Figure:
 
 
 def figures(run: dict) -> list[Figure]:
-    series, hold = run["series"], hold_samples(run["series"], run["peak_connections"])
+    series, hold = run["series"], hold_samples(run["series"], run["peak_connections"], held_key(run))
     first = series[0] if series else None
     rates = [(b["kernel_established"] - a["kernel_established"]) / max(1e-6, b["t"] - a["t"])
              for a, b in zip(series, series[1:]) if b["kernel_established"] > a["kernel_established"]]

@@ -17,10 +17,12 @@ from scenarios.tally import WORKER_FULL, WORKER_FULL_DETAIL
 def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, port: int, started_at: str,
                    duration: float, series: list[dict], status: dict, locust_stats: dict,
                    latency_series: list[dict], files: dict, stop_reason: str | None, master_code: int | None,
-                   error: str | None, faults: list[dict], memory_before: int | None = None) -> dict:
-    peak = max(series, key=lambda p: p["kernel_established"]) if series else None
+                   error: str | None, faults: list[dict], memory_before: int | None = None,
+                   host: str = "127.0.0.1", target: dict | None = None, diagnosis: dict | None = None) -> dict:
+    held = held_count(target is not None)
+    peak = max(series, key=held) if series else None
     first = series[0] if series else None
-    peak_n = peak["kernel_established"] if peak else 0
+    peak_n = held(peak) if peak else 0
     totals = status.get("totals", {})
     echo_failed = totals.get("echo_failed", {})
 
@@ -30,10 +32,12 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
         return (peak[key] - base) / peak_n
 
     stopped_by = stop_reason or map_stopped_by(status.get("stopped_by"))
-    ramp_s = _ramp_seconds(series, peak_n)
+    count_key = "server_open" if target is None else "locust_held"  # counted every second
+    ramp_s = _ramp_seconds(series, peak_n, count_key)
     doc = {
         "schema": SCHEMA, "started_at": started_at, "duration_s": round(duration, 2),
-        "backend": config["backend"], "share": config["share"], "selector": config["selector"], "host": "127.0.0.1",
+        "backend": config["backend"] if target is None else "target", "share": config["share"],
+        "selector": config["selector"], "host": host,
         "port": port, "server_processes": plan["server_processes"], "server_fd_limit": plan["fd_limit"],
         "server_held_fds": plan["held_fds"], "workers": plan["workers"], "worker_fd_limit": plan["worker_fd_limit"],
         "user_mode": config["user_mode"],
@@ -42,14 +46,17 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
         "peak_connections_servers": max((p["server_open"] for p in series), default=0),
         "peak_connections_by_process": peak["server_open_by_process"] if peak else [],
         "predicted_cap": plan["predicted_cap"], "stopped_by": stopped_by, "faults": faults,
+        "target": target, "diagnosis": diagnosis,
         "stop_detail": error or (WORKER_FULL_DETAIL if status.get("stopped_by") == WORKER_FULL else None)
+        or (status.get("stopped_by") if stopped_by in ("reply", "error") else None)
         or (f"Locust master exit code {master_code}" if master_code else None),
         "ramp_s": ramp_s, "connect_rate_per_s": round(peak_n / ramp_s) if ramp_s else 0,
-        "steady_state": steady_state(series, peak_n),
+        "steady_state": steady_state(series, peak_n, count_key),
         "echo": {"sent": totals.get("echoes_sent", 0), "verified": totals.get("echoes_verified", 0),
                  "mismatched": echo_failed.get("mismatch", 0), "failed": echo_failed},
         "connects": {"ok": totals.get("connects_ok", 0), "failed": totals.get("connects_failed", {}),
-                     "server_refused": status.get("server_refusals", {})},
+                     "server_refused": status.get("server_refusals", {}),
+                     "evidence": totals.get("evidence", {})},
         "memory": {"server_rss_per_conn_bytes": per_conn("server_rss_bytes", first and first["server_rss_bytes"]),
                    "locust_rss_per_conn_bytes": per_conn("locust_rss_bytes", totals.get("rss_base_bytes")),
                    "kernel_slab_per_conn_bytes": per_conn("slab_bytes", first and first["slab_bytes"]),
@@ -67,19 +74,34 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
     return validate(doc)
 
 
-def hold_samples(series: list[dict], peak: int) -> list[dict]:
+def held_count(target: bool):
+    """How a sample counts the connections held: the kernel's count on the port; for a target, our
+    side's count, and no more than the connections verified and still open (a handshake the kernel
+    finished into an accept queue that the target never drains is established, not held)."""
+    if not target:
+        return lambda p: p["kernel_established"]
+    return lambda p: min(p["kernel_established"], p.get("locust_held", p["locust_open"]))
+
+
+def hold_samples(series: list[dict], peak: int, key: str = "server_open") -> list[dict]:
     """Samples taken while the master said "hold" and both the kernel's count (sampled every 2 s)
-    and the servers' (every second) were within 1% of the peak: the steady state, teardown excluded."""
-    return [p for p in series if peak and min(p["kernel_established"], p["server_open"]) >= 0.99 * peak
+    and the servers' (every second; for a target, the workers' `locust_held`) were within 1% of
+    the peak: the steady state, teardown excluded."""
+    return [p for p in series if peak and min(p["kernel_established"], p.get(key, 0)) >= 0.99 * peak
             and p.get("phase", "hold") == "hold"]
 
 
-def steady_state(series: list[dict], peak: int) -> dict:
+def held_key(run: dict) -> str:
+    """The series field that counts a run's connections every second."""
+    return "server_open" if not run.get("target") else "locust_held"
+
+
+def steady_state(series: list[dict], peak: int, key: str = "server_open") -> dict:
     """The hold, seen from its samples (`hold_samples`; closing connections moves RSS, so teardown
     is left out): how long, how many
     echoes, and how far server and Locust RSS moved from its first sample to its last (a leak
     shows as growth; the soak asks for under 5%)."""
-    hold = hold_samples(series, peak)
+    hold = hold_samples(series, peak, key)
     if len(hold) < 2:
         return {"seconds": 0.0, "echoes_verified": 0, "server_rss_change_pct": None, "locust_rss_change_pct": None}
     first, last = hold[0], hold[-1]
@@ -94,10 +116,14 @@ def steady_state(series: list[dict], peak: int) -> dict:
 def summary(doc: dict, run_dir: Path) -> str:
     m = doc["memory"]
     by_process = doc["peak_connections_by_process"]
+    target = doc.get("target")
     lines = [
         f"held {doc['peak_connections']:,} connections on {doc['host']}:{doc['port']} (kernel count; servers "
         f"{doc['peak_connections_servers']:,} in {doc['server_processes']} process(es)"
-        + (f": {', '.join(f'{n:,}' for n in by_process)}" if len(by_process) > 1 else "") + ")",
+        + (f": {', '.join(f'{n:,}' for n in by_process)}" if len(by_process) > 1 else "") + ")"
+        if target is None else
+        f"held {doc['peak_connections']:,} connections to {doc['host']}:{doc['port']} ({target['protocol']}; "
+        "the kernel's count of ours)",
         f"stopped by {doc['stopped_by']} (target {doc['target_connections']:,}, predicted cap "
         f"{doc['predicted_cap']:,}); ramp {doc['ramp_s']:.1f} s ({doc['connect_rate_per_s']:,} connections/s); "
         f"echoes {doc['echo']['verified']:,} verified, {doc['echo']['mismatched']} mismatched",
@@ -111,15 +137,20 @@ def summary(doc: dict, run_dir: Path) -> str:
         lines.append(f"echo latency after the ramp ({lat['mode']} loop, from the {lat['measured_from']}; "
                      f"{lat['count']:,} echoes): p50 {lat['p50']:g} ms, p90 {lat['p90']:g} ms, "
                      f"p99 {lat['p99']:g} ms, p99.9 {lat['p99_9']:g} ms, max {lat['max']:g} ms")
+    diagnosis = doc.get("diagnosis")
+    if diagnosis:
+        lines.append(f"diagnosis: {diagnosis['summary']}" + (f"; fix: {diagnosis['fix']}" if diagnosis["fix"] else ""))
+        lines += [f"  evidence: {line}" for line in diagnosis["evidence"][:6]]
     lines.append(f"results: {run_dir / 'run.json'}")
     return "\n".join(lines)
 
 
-def _ramp_seconds(series: list[dict], peak: int) -> float:
+def _ramp_seconds(series: list[dict], peak: int, key: str = "server_open") -> float:
     """From the first sample with a connection to the first with 99% of the peak, by the servers'
-    own count (sampled every second; the kernel's is sampled less often as connections grow)."""
-    started = next((p["t"] for p in series if p["server_open"] > 0), None)
-    reached = next((p["t"] for p in series if p["server_open"] >= 0.99 * peak), None)
+    own count (or the workers', for a target; both sampled every second; the kernel's is sampled
+    less often as connections grow)."""
+    started = next((p["t"] for p in series if p[key] > 0), None)
+    reached = next((p["t"] for p in series if p[key] >= 0.99 * peak), None)
     if started is None or reached is None or peak == 0:
         return 0.0
     return max(reached - started, 1.0)  # samples are a second apart

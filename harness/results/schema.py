@@ -18,8 +18,10 @@ SCHEMA = 1
 # Every kind of result file and the schema version this harness reads and writes for it.
 KINDS = {"run": SCHEMA, "sweep": 1, "tour": 1, "bench-echo": 1, "bench-memory": 1, "bench-hold": 1,
          "bench-idle": 1, "bench-reference": 1}
-STOPPED_BY = ("target", "EMFILE", "ENFILE", "FD_SETSIZE", "EADDRNOTAVAIL", "ECONNREFUSED", "threads",
-              "memory", "timeout", "interrupted", "error")
+STOPPED_BY = ("target", "EMFILE", "ENFILE", "FD_SETSIZE", "EADDRNOTAVAIL", "ECONNREFUSED", "ECONNRESET", "EOF",
+              "reply", "threads", "memory", "timeout", "interrupted", "error")
+# failure names of a wrong reply (scenarios.protocols): stopped_by "reply", the name in stop_detail
+REPLY_FAILURES = ("mismatch", "error-reply", "unexpected-reply", "bad-response", "unasked", "too-long")
 REQUIRED: dict[str, type | tuple[type, ...]] = {
     "schema": int, "started_at": str, "duration_s": (int, float), "backend": str, "share": str,
     "host": str, "port": int, "server_processes": int, "server_fd_limit": int, "workers": int,
@@ -47,6 +49,8 @@ def map_stopped_by(reason: str | None) -> str:
         return "memory"
     if reason == WORKER_FULL:  # the client side's fd limit
         return "EMFILE"
+    if reason in REPLY_FAILURES or (reason or "").startswith("http-"):
+        return "reply"
     return "error"
 
 

@@ -9,28 +9,31 @@ crashed worker, an error), every process is stopped and a valid run.json is writ
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
-import psutil
-
+from harness.diagnose import kernel, process, rules
+from harness.diagnose.evidence import run_evidence
 from harness.plan import core
 from harness.plan.limits import meminfo, read_limits
 from harness.run.cluster import LocustCluster
 from harness.run.progress import RunProgress
+from harness.run.sampler import Sampler
+from harness.run.target import OutsideTarget, TargetError, is_local, parse_target
 from harness.results import locust_files
 from harness.results.store import machine, utc_stamp, write_json_atomic
 from harness.results.rundoc import build_document
 from harness.results.schema import run_dir_name
+from scenarios import protocols
+from scenarios.targets import is_loopback, target_error
 from servers import proc, registry
 from servers.contract import ServerConfig
-from servers.gauges import ROLE_ACCEPTOR, total_refusals
+from servers.gauges import ROLE_ACCEPTOR
 from servers.supervisor import ConfigError, ServerGroup, StartError
 
 WORKER_EXIT_GRACE_S = 3.0
@@ -43,8 +46,6 @@ SLOWEST_PLANNED_RAMP = 2_000.0
 # share fell behind its workers' heartbeats, marked 73 of them missing and moved their users onto
 # the others. At +10 the master gets ~8% of the CPU when it needs it instead of ~1%.
 LOAD_NICE = 10
-KERNEL_EVERY_S = 2.0  # at least this long between two kernel counts (ss)
-KERNEL_CPU_SHARE = 0.1  # ...and long enough that ss takes at most this share of a core (~1 s a call at 1M)
 
 
 class RunError(ValueError):
@@ -70,6 +71,14 @@ class RunConfig:
     ramp_rate: float | None = None
     max_seconds: float | None = None  # the ramp's time bound; None: planned from the target
     out: str = "results"
+    fill: bool = False  # --connections max: ramp until a limit stops the run
+    target: str | None = None  # HOST:PORT of a server the harness does not start
+    protocol: str | None = None  # what the target speaks (default echo for the harness's own servers)
+    send: str = ""
+    expect: str = ""
+    path: str = "/"
+    source_addresses: list[str] | None = None  # every worker binds these (default: planned per worker)
+    allow_non_loopback: bool = False
 
 
 @dataclass
@@ -81,6 +90,12 @@ class Prepared:
     worker_fd_limit: int
     ramp_rate: float
     max_seconds: float
+    target: OutsideTarget | None = None
+
+
+# Flags that shape the servers the harness starts, which a run against --target does not.
+SERVER_FLAGS = (("processes", "--processes"), ("server_fd_limit", "--fd-limit"))
+FILL_OVERSHOOT = 1.25  # --connections max asks for this much more than the predicted cap, so the run meets it
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -89,12 +104,28 @@ def prepare(cfg: RunConfig) -> Prepared:
         registry.get(cfg.backend)
     except registry.UnknownBackend as exc:
         raise RunError(str(exc)) from None
+    try:
+        protocols.make(cfg.protocol or "echo", send=cfg.send, expect=cfg.expect, path=cfg.path)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+    for address in cfg.source_addresses or []:
+        if not is_loopback(address):
+            raise RunError(f"--source-addresses {address} is not on loopback; use addresses of 127.0.0.0/8")
     limits = read_limits()
+    if cfg.target:
+        return _prepare_target(cfg, limits)
+    if cfg.protocol not in (None, "echo", "hold"):
+        raise RunError(f"--protocol {cfg.protocol} needs a --target that speaks it; the harness's own servers "
+                       "echo (--protocol echo or hold)")
     for flag, value, least in (("--fd-limit", cfg.server_fd_limit, core.MIN_FD_LIMIT),
                                ("--worker-fd-limit", cfg.worker_fd_limit, core.MIN_WORKER_FD_LIMIT)):
         error = core.fd_limit_error(flag, value, limits, least)
         if error:
             raise RunError(error)
+    if cfg.fill:  # ask for more than the servers can hold, so the run finds where they stop
+        cap = core.plan(limits, 1, backend=cfg.backend, fd_limit=cfg.server_fd_limit, processes=cfg.processes or 1,
+                        selector=cfg.selector).caps
+        cfg = replace(cfg, connections=int(min(cap.values()) * FILL_OVERSHOOT) + 50, processes=cfg.processes or 1)
     if cfg.connections < 1:
         raise RunError(f"--connections {cfg.connections} must be at least 1")
     plan = core.plan(limits, cfg.connections, backend=cfg.backend, fd_limit=cfg.server_fd_limit,
@@ -102,6 +133,45 @@ def prepare(cfg: RunConfig) -> Prepared:
                      worker_fd_limit=cfg.worker_fd_limit)
     if plan.error:
         raise RunError(plan.error)
+    return _finish(cfg, limits, plan)
+
+
+def _prepare_target(cfg: RunConfig, limits: dict) -> Prepared:
+    """A run against a server the harness does not start: its address, what it speaks, and what
+    its processes (when it is on this machine) can hold."""
+    try:
+        host, port = parse_target(cfg.target)
+    except TargetError as exc:
+        raise RunError(str(exc)) from None
+    error = target_error(host, cfg.allow_non_loopback)
+    if error:
+        raise RunError(error.replace("target ", "--target ", 1))
+    if cfg.protocol is None:
+        raise RunError(f"--target {cfg.target} needs --protocol: say what it speaks ({', '.join(protocols.PROTOCOLS)})")
+    for field_name, flag in SERVER_FLAGS:
+        if getattr(cfg, field_name) is not None:
+            raise RunError(f"{flag} shapes the servers the harness starts; with --target none is started: drop {flag}")
+    local = is_local(host)
+    found = process.listeners(port) if local else []
+    target = OutsideTarget(host, port, found)
+    room = rules.predicted_cap(target.processes) if found else None
+    if cfg.fill:
+        if room is None:
+            raise RunError(f"--connections max needs to know what {cfg.target} can hold, and no process on this "
+                           "machine listens there with a known fd limit; give --connections N")
+        cfg = replace(cfg, connections=int(room * FILL_OVERSHOOT) + 50)
+    if cfg.connections < 1:
+        raise RunError(f"--connections {cfg.connections} must be at least 1")
+    plan = core.plan_target(limits, cfg.connections, local=local, target_room=room, workers=cfg.workers,
+                            worker_fd_limit=cfg.worker_fd_limit, sources_given=cfg.source_addresses)
+    if plan.error:
+        raise RunError(plan.error)
+    prepared = _finish(cfg, limits, plan)
+    prepared.target = target
+    return prepared
+
+
+def _finish(cfg: RunConfig, limits: dict, plan: core.Plan) -> Prepared:
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -113,67 +183,6 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(cfg, limits, plan, plan.workers, plan.worker_fd_limit, ramp, max_seconds)
 
 
-class Sampler:
-    """One point a second: what the kernel, the servers and the workers each count."""
-
-    def __init__(self, group: ServerGroup, cluster: LocustCluster, status_file: Path, t0: float) -> None:
-        self.group, self.cluster, self.status_file, self.t0 = group, cluster, status_file, t0
-        self.series: list[dict] = []
-        self.status: dict = {}
-        self._kernel = (0, -KERNEL_EVERY_S)  # (count, when)
-        self._kernel_every = KERNEL_EVERY_S
-        self._phase = "starting"
-
-    def read_status(self) -> dict:
-        try:
-            self.status = json.loads(self.status_file.read_text())
-        except (OSError, ValueError):
-            pass
-        return self.status
-
-    def kernel_count(self, fresh: bool) -> tuple[int, bool]:
-        """The kernel's count of established connections on the port, and whether it was taken
-        now: when `fresh` is asked or when due (ss walks every socket on the machine, so it runs
-        less often as they grow); otherwise the last count."""
-        now = time.monotonic()
-        if fresh or now - self._kernel[1] >= self._kernel_every:
-            count = proc.established_on_port(self.group.port)
-            took = time.monotonic() - now
-            self._kernel = (count, now)
-            self._kernel_every = max(KERNEL_EVERY_S, took / KERNEL_CPU_SHARE)
-            return count, True
-        return self._kernel[0], False
-
-    def sample(self, fresh: bool = False) -> dict:
-        status = self.read_status()
-        rows = self.group.board.read_all()
-        for index in self.group.exited:  # a dead process's slot keeps its last numbers: it holds nothing
-            rows[index]["open"] = 0
-        servers = [r for r in rows if r["role"] != ROLE_ACCEPTOR]
-        totals = status.get("totals", {})
-        refused = sum(total_refusals(rows).values())
-        phase = status.get("phase", "starting")
-        changed, self._phase = phase != self._phase, phase  # counted afresh as each phase begins
-        memory = meminfo()
-        kernel, counted = self.kernel_count(fresh or changed)
-        point = {
-            "t": round(time.monotonic() - self.t0, 2), "phase": phase,
-            "kernel_established": kernel, "kernel_counted": counted,
-            "server_open": sum(r["open"] for r in servers),
-            "server_open_by_process": [r["open"] for r in servers],
-            "locust_open": totals.get("open", 0), "connects_ok": totals.get("connects_ok", 0),
-            "connects_failed": sum(totals.get("connects_failed", {}).values()),
-            "server_refused": refused, "echoes_verified": totals.get("echoes_verified", 0),
-            "server_rss_bytes": sum(r["rss_bytes"] for r in rows),
-            "locust_rss_bytes": totals.get("rss_bytes", 0),
-            "slab_bytes": memory["SUnreclaim"], "mem_available_bytes": memory["MemAvailable"],
-            "server_cpu_s": _cpu_seconds(r["pid"] for r in rows),
-            "locust_cpu_s": _cpu_seconds(self.cluster.pids()),
-        }
-        self.series.append(point)
-        return point
-
-
 def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
     cfg, plan = prepared.config, prepared.plan
     started_at = utc_stamp()
@@ -183,36 +192,48 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
     previous = {sig: signal.signal(sig, lambda s, f: stop_reason.append("interrupted"))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     scratch = Path(tempfile.mkdtemp(prefix="harness-run-"))
-    config = ServerConfig(backend=cfg.backend, port=cfg.port, processes=plan.server_processes, share=cfg.share,
-                          fd_limit=plan.fd_limit, selector=cfg.selector, nice=LOAD_NICE)
-    group = ServerGroup(config, log_file=str(scratch / "servers.log"))
+    target = prepared.target
+    if target is None:
+        config = ServerConfig(backend=cfg.backend, port=cfg.port, processes=plan.server_processes, share=cfg.share,
+                              fd_limit=plan.fd_limit, selector=cfg.selector, nice=LOAD_NICE)
+        group: ServerGroup | OutsideTarget = ServerGroup(config, log_file=str(scratch / "servers.log"))
+    else:
+        group = target
     memory_before = meminfo()["MemAvailable"]  # what the whole run costs is measured from here
     try:
         group.start()
-    except (ConfigError, StartError) as exc:
+    except (ConfigError, StartError, TargetError) as exc:
         _restore(previous)
         raise RunError(str(exc)) from None
-    run_dir = Path(cfg.out) / run_dir_name(started_at, cfg.backend, cfg.connections)
+    host = target.host if target else "127.0.0.1"
+    label = f"target-{target.port}" if target else cfg.backend
+    run_dir = Path(cfg.out) / run_dir_name(started_at, label, cfg.connections)
     run_dir.mkdir(parents=True)
     status_file = run_dir / "status.json"
+    kernel_before = kernel.snapshot(group.port)
+    protocol_args = ["--protocol", cfg.protocol or "echo", "--send", cfg.send, "--expect", cfg.expect,
+                     "--path", cfg.path, *(["--allow-non-loopback"] if cfg.allow_non_loopback else [])]
     cluster = LocustCluster(
-        host="127.0.0.1", port=group.port, workers=prepared.workers, log_dir=run_dir / "logs", worker_nice=LOAD_NICE,
-        master_args=["--headless", "--expect-workers", str(prepared.workers),
+        host=host, port=group.port, workers=prepared.workers, log_dir=run_dir / "logs", worker_nice=LOAD_NICE,
+        master_args=["--headless", "--expect-workers", str(prepared.workers), *protocol_args,
                      "--target-connections", str(cfg.connections), "--ramp-rate", str(prepared.ramp_rate),
                      "--hold-seconds", str(cfg.hold), "--echo-interval", str(cfg.echo_interval),
                      "--echo-mode", cfg.echo_mode,
                      "--echo-timeout", str(cfg.echo_timeout),
-                     "--max-seconds", str(prepared.max_seconds), "--server-gauges", group.gauges_path,
+                     "--max-seconds", str(prepared.max_seconds),
+                     *(["--server-gauges", group.gauges_path] if group.gauges_path else []),
                      "--status-file", str(status_file), "--kernel-interval", "0", "--csv", str(run_dir / "locust"),
                      "--csv-full-history", "--html", str(run_dir / "locust.html"), "--only-summary"],
         worker_args=["--worker-fd-limit", str(prepared.worker_fd_limit), "--user-mode", cfg.user_mode,
-                     "--echo-timeout", str(cfg.echo_timeout)])
+                     "--echo-timeout", str(cfg.echo_timeout), *protocol_args,
+                     *(["--source-addresses", ",".join(cfg.source_addresses)] if cfg.source_addresses else [])])
     sampler = Sampler(group, cluster, status_file, t0)
     display = RunProgress(cfg.connections, "starting") if progress else None
     master_code = None
     error = None
     faults: list[dict] = []
     reported: set[str] = set()
+    drops = {"lost": 0, "failed": {}}  # a target's held connections closed so far, and the echo failures
     try:
         if stop_reason:  # Ctrl-C while the servers were starting: no Locust to start
             raise _Interrupted
@@ -243,12 +264,14 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
             if time.monotonic() >= next_sample:
                 point = sampler.sample()
                 next_sample += 1.0
+                if target is not None:
+                    faults += _target_drops(sampler, drops)
                 if display:
-                    display.update(point["server_open"], _rate(sampler.series),
+                    display.update(point[sampler.held_key], _rate(sampler.series, sampler.held_key),
                                    sampler.status.get("totals", {}).get("connects_failed", {}),
                                    sampler.status.get("phase", "starting"))
             time.sleep(0.05)
-        sampler.sample()
+        sampler.sample(fresh=True)
     except _Interrupted:
         pass
     except Exception as exc:  # noqa: BLE001 - whatever happened, stop everything and record it
@@ -257,19 +280,27 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
     finally:
         if display:
             display.close()
+        kernel_after = _quietly(kernel.snapshot, group.port)  # before teardown: the queue as the run left it
+        servers_at_peak = _servers_at_peak(group, sampler)
         cluster.stop()
         group.stop()
         _move(scratch / "servers.log", run_dir / "logs" / "servers.log")
         if faults and not stop_reason:
             stop_reason.append("interrupted")  # the run went on, but not as planned: marked
+        stopped_by = stop_reason[0] if stop_reason else None
+        diagnosis = _quietly(lambda: rules.diagnose(run_evidence(
+            config=asdict(cfg), plan=plan.as_dict(), limits=prepared.limits, series=sampler.series,
+            status=sampler.status, stopped_by=stopped_by, host=host, port=group.port, servers=servers_at_peak,
+            processes=target.processes if target else [], kernel_before=kernel_before, kernel_after=kernel_after)))
         doc = build_document(
             config=asdict(cfg), plan=plan.as_dict(), limits=prepared.limits,
-            machine={**machine(), "locust": version("locust")}, port=group.port, started_at=started_at,
+            machine={**machine(), "locust": version("locust")}, host=host, port=group.port, started_at=started_at,
             duration=time.monotonic() - t0, series=sampler.series, status=sampler.status,
             locust_stats=locust_files.stats(run_dir / "locust_stats.csv"),
             latency_series=locust_files.latency_series(run_dir / "locust_stats_history.csv", epoch0),
-            files=locust_files.present(run_dir), stop_reason=stop_reason[0] if stop_reason else None,
-            master_code=master_code, error=error, faults=faults, memory_before=memory_before)
+            files=locust_files.present(run_dir), stop_reason=stopped_by,
+            master_code=master_code, error=error, faults=faults, memory_before=memory_before,
+            target=_target_doc(target, cfg), diagnosis=diagnosis)
         write_json_atomic(run_dir / "run.json", doc)
         _restore(previous)  # only now: a Ctrl-C while the results are written must not cut them off
     return doc, run_dir
@@ -292,22 +323,56 @@ def _worker_fault(sampler: Sampler, pid: int, code: int | None) -> dict:
     return _fault(sampler, f"{who} (pid {pid}) died ({how})", report["open"] if report else 0)
 
 
-def _rate(series: list[dict]) -> float:
+def _target_drops(sampler: Sampler, seen: dict) -> list[dict]:
+    """Held connections a target closed or reset since the last sample (it restarted, or shed
+    load), as a fault: verified connections no longer held, by the failure names that came."""
+    status = sampler.status
+    if status.get("phase") not in ("ramp", "hold"):
+        return []  # at the end the users are stopped: that is not the target's doing
+    totals = status.get("totals", {})
+    lost = totals.get("connects_ok", 0) - totals.get("held", 0)
+    failed = totals.get("echo_failed", {})
+    if lost <= seen["lost"]:
+        return []
+    new = {k: v - seen["failed"].get(k, 0) for k, v in failed.items() if v > seen["failed"].get(k, 0)}
+    how = ", ".join(f"{k} {v:,}" for k, v in new.items()) or "closed"
+    fault = _fault(sampler, f"the target closed {lost - seen['lost']:,} held connection(s) ({how})",
+                   lost - seen["lost"])
+    seen.update(lost=lost, failed=dict(failed))
+    return [fault]
+
+
+def _rate(series: list[dict], key: str) -> float:
     if len(series) < 2:
         return 0.0
     a, b = series[-2], series[-1]
-    return max(0.0, (b["server_open"] - a["server_open"]) / max(1e-6, b["t"] - a["t"]))
+    return max(0.0, (b[key] - a[key]) / max(1e-6, b["t"] - a["t"]))
 
 
-def _cpu_seconds(pids) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return round(total, 2)
+def _quietly(read, *args):
+    """What `read` returns, or None if it fails: the diagnosis must never cost a run its run.json."""
+    try:
+        return read(*args)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _servers_at_peak(group, sampler: Sampler) -> list[dict]:
+    """The harness's own server processes' gauges (cap, open at the peak, fd limit), for the diagnosis."""
+    if group.board is None:
+        return []
+    rows = [r for r in group.board.read_all() if r["role"] != ROLE_ACCEPTOR]
+    peak = max(sampler.series, key=lambda p: p["kernel_established"], default=None)
+    by_process = peak["server_open_by_process"] if peak else []
+    return [{"pid": r["pid"], "cap": r["cap"], "open": by_process[i] if i < len(by_process) else r["open"],
+             "fd_soft": r["fd_soft"], "base_fds": r["base_fds"]} for i, r in enumerate(rows)]
+
+
+def _target_doc(target: OutsideTarget | None, cfg: RunConfig) -> dict | None:
+    if target is None:
+        return None
+    return {"host": target.host, "port": target.port, "protocol": cfg.protocol, "local": target.local,
+            "processes": target.processes}
 
 
 def _move(src: Path, dst: Path) -> None:

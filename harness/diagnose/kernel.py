@@ -1,0 +1,68 @@
+"""The kernel's side of a port, read from /proc and ss: the TCP counters that say a server stopped
+accepting (TcpExt ListenOverflows, ListenDrops, SyncookiesSent), the listening socket's accept
+queue against its backlog, TCP memory against tcp_mem, and conntrack where it is loaded."""
+
+from __future__ import annotations
+
+import subprocess
+
+COUNTERS = ("ListenOverflows", "ListenDrops", "SyncookiesSent", "TCPTimeouts", "TCPAbortOnData")
+
+
+def netstat(path: str = "/proc/net/netstat") -> dict[str, int]:
+    """TcpExt counters by name (machine-wide; a run reads them before and after)."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    out: dict[str, int] = {}
+    for names, values in zip(lines[::2], lines[1::2]):
+        prefix, _, names = names.partition(":")
+        if prefix == "TcpExt":
+            out.update(zip(names.split(), (int(v) for v in values.split(":", 1)[1].split())))
+    return {name: out.get(name, 0) for name in COUNTERS}
+
+
+def listen_queue(port: int) -> list[dict]:
+    """Each listening socket on `port`: its accept queue (Recv-Q: handshakes done, not yet
+    accepted) and its backlog (Send-Q of a LISTEN socket)."""
+    out = subprocess.run(["ss", "-Hltn", f"( sport = :{port} )"], capture_output=True, text=True,
+                         check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[0] == "LISTEN":
+            rows.append({"queued": int(fields[1]), "backlog": int(fields[2]), "local": fields[3]})
+    return rows
+
+
+def tcp_memory() -> dict:
+    """TCP's buffer memory in pages against net.ipv4.tcp_mem (low, pressure, high)."""
+    pages = 0
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            if line.startswith("TCP:"):
+                fields = line.split()
+                pages = int(fields[fields.index("mem") + 1])
+    with open("/proc/sys/net/ipv4/tcp_mem") as f:
+        low, pressure, high = (int(x) for x in f.read().split())
+    return {"pages": pages, "low": low, "pressure": pressure, "high": high}
+
+
+def conntrack() -> dict | None:
+    """nf_conntrack's count and max, where the module is loaded (None elsewhere)."""
+    try:
+        with open("/proc/sys/net/netfilter/nf_conntrack_count") as f:
+            count = int(f.read())
+        with open("/proc/sys/net/netfilter/nf_conntrack_max") as f:
+            return {"count": count, "max": int(f.read())}
+    except OSError:
+        return None
+
+
+def snapshot(port: int) -> dict:
+    """Everything above at one moment, for one port."""
+    return {"netstat": netstat(), "listen": listen_queue(port), "tcp_memory": tcp_memory(), "conntrack": conntrack()}
+
+
+def deltas(before: dict, after: dict) -> dict[str, int]:
+    """How much each TcpExt counter grew between two snapshots."""
+    return {name: after["netstat"][name] - before["netstat"][name] for name in COUNTERS}

@@ -1,0 +1,100 @@
+"""The run's sampler: one point a second of what the kernel, the servers (or the target's
+processes) and the Locust workers each count, with memory and CPU, into `run.json`'s series."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import psutil
+
+from harness.plan.limits import meminfo
+from harness.run.cluster import LocustCluster
+from harness.run.target import OutsideTarget
+from servers import proc
+from servers.gauges import ROLE_ACCEPTOR, total_refusals
+from servers.supervisor import ServerGroup
+
+KERNEL_EVERY_S = 2.0  # at least this long between two kernel counts (ss)
+KERNEL_CPU_SHARE = 0.1  # ...and long enough that ss takes at most this share of a core (~1 s a call at 1M)
+
+
+class Sampler:
+    """One point a second: what the kernel, the servers and the workers each count."""
+
+    def __init__(self, group: ServerGroup | OutsideTarget, cluster: LocustCluster, status_file: Path,
+                 t0: float) -> None:
+        self.group, self.cluster, self.status_file, self.t0 = group, cluster, status_file, t0
+        self.target = group if isinstance(group, OutsideTarget) else None
+        # what counts connections every second: the servers' gauges, or (a target's) the workers'
+        self.held_key = "server_open" if self.target is None else "locust_held"
+        self.series: list[dict] = []
+        self.status: dict = {}
+        self._kernel = (0, -KERNEL_EVERY_S)  # (count, when)
+        self._kernel_every = KERNEL_EVERY_S
+        self._phase = "starting"
+
+    def read_status(self) -> dict:
+        try:
+            self.status = json.loads(self.status_file.read_text())
+        except (OSError, ValueError):
+            pass
+        return self.status
+
+    def kernel_count(self, fresh: bool) -> tuple[int, bool]:
+        """The kernel's count of established connections on the port, and whether it was taken
+        now: when `fresh` is asked or when due (ss walks every socket on the machine, so it runs
+        less often as they grow); otherwise the last count."""
+        now = time.monotonic()
+        if fresh or now - self._kernel[1] >= self._kernel_every:
+            if self.target is None:
+                count = proc.established_on_port(self.group.port)
+            else:  # our side of the connections: the target may be elsewhere, or hold other clients'
+                count = proc.established_to(self.target.host, self.target.port)
+                self.target.sample()
+            took = time.monotonic() - now
+            self._kernel = (count, now)
+            self._kernel_every = max(KERNEL_EVERY_S, took / KERNEL_CPU_SHARE)
+            return count, True
+        return self._kernel[0], False
+
+    def sample(self, fresh: bool = False) -> dict:
+        status = self.read_status()
+        rows = self.group.board.read_all() if self.group.board is not None else []
+        for index in self.group.exited:  # a dead process's slot keeps its last numbers: it holds nothing
+            rows[index]["open"] = 0
+        servers = [r for r in rows if r["role"] != ROLE_ACCEPTOR]
+        totals = status.get("totals", {})
+        refused = sum(total_refusals(rows).values())
+        phase = status.get("phase", "starting")
+        changed, self._phase = phase != self._phase, phase  # counted afresh as each phase begins
+        memory = meminfo()
+        kernel, counted = self.kernel_count(fresh or changed)
+        point = {
+            "t": round(time.monotonic() - self.t0, 2), "phase": phase,
+            "kernel_established": kernel, "kernel_counted": counted,
+            "server_open": sum(r["open"] for r in servers),
+            "server_open_by_process": [r["open"] for r in servers],
+            "locust_open": totals.get("open", 0), "locust_held": totals.get("held", 0), "connects_ok": totals.get("connects_ok", 0),
+            "connects_failed": sum(totals.get("connects_failed", {}).values()),
+            "server_refused": refused, "echoes_verified": totals.get("echoes_verified", 0),
+            "server_rss_bytes": sum(r["rss_bytes"] for r in rows),
+            "locust_rss_bytes": totals.get("rss_bytes", 0),
+            "slab_bytes": memory["SUnreclaim"], "mem_available_bytes": memory["MemAvailable"],
+            "server_cpu_s": _cpu_seconds(r["pid"] for r in rows),
+            "locust_cpu_s": _cpu_seconds(self.cluster.pids()),
+        }
+        self.series.append(point)
+        return point
+
+
+def _cpu_seconds(pids) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return round(total, 2)

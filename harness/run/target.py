@@ -1,0 +1,77 @@
+"""A server the harness did not start, as a run sees it: `harness run --target HOST:PORT`.
+
+It stands where a `ServerGroup` stands in a run (start, port, reap, stop) but starts and stops
+nothing: `start()` only checks that something accepts on the address, and a target on this machine
+is watched through /proc (`harness.diagnose.process`): every process holding its listening
+socket, the fds each holds at its most, and its limits, for the diagnosis.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from harness.diagnose import process
+
+CONNECT_CHECK_S = 5.0
+
+
+class TargetError(ValueError):
+    """A target that cannot be loaded; the message names the flag and the fix."""
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    """'127.0.0.1:6379' -> ('127.0.0.1', 6379); 'localhost:80' -> ('127.0.0.1', 80)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise TargetError(f"--target {text!r} is not HOST:PORT; give e.g. --target 127.0.0.1:6379")
+    host = host.strip("[]")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise TargetError(f"--target {text!r}: {host!r} is not an IP address; give the address, e.g. "
+                          "--target 127.0.0.1:6379") from None
+    return host, int(port)
+
+
+def is_local(host: str) -> bool:
+    """Whether the target's processes can be read here: loopback (all of 127/8 is this machine)."""
+    return ipaddress.ip_address(host).is_loopback
+
+
+class OutsideTarget:
+    board = None
+    gauges_path = None
+
+    def __init__(self, host: str, port: int, processes: list[dict] | None = None) -> None:
+        self.host, self.port = host, port
+        self.local = is_local(host)
+        self.exited: dict[int, int] = {}
+        # the processes behind the port, as found before the run, with the most fds each held since
+        self.processes = [{**p, "fds_before": p["fds"], "fds_peak": p["fds"]} for p in processes or []]
+
+    def start(self) -> "OutsideTarget":
+        try:
+            socket.create_connection((self.host, self.port), timeout=CONNECT_CHECK_S).close()
+        except OSError as exc:
+            raise TargetError(f"nothing accepts on --target {self.host}:{self.port} ({exc.strerror or exc}); "
+                              "start the server first, or check the address") from None
+        return self
+
+    def sample(self) -> None:
+        """Read the target's processes again; keep each one's most fds."""
+        if not self.local:
+            return
+        by_pid = {p["pid"]: p for p in self.processes}
+        for now in process.refresh(self.processes):
+            seen = by_pid[now["pid"]]
+            peak = max(seen["fds_peak"], now["fds"])
+            seen.update(now, fds_peak=peak, fds_gained=peak - seen["fds_before"])
+
+    def reap(self) -> dict[int, int]:
+        return {}
+
+    def stop(self) -> None:
+        pass

@@ -1,0 +1,282 @@
+"""`harness run --target`: real servers that no one here wrote (redis-server, nginx) and the
+harness's own backends started as outside processes, each on a free port with small limits; the
+run must name the limit that stopped it, with the right process and numbers. Then targets that
+misbehave (never accept, never read, answer garbage, restart mid-run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, wait_status, wait_until
+
+HARNESS = [sys.executable, "-m", "harness.cli", "run"]
+QUICK = ["--workers", "1", "--hold", "2", "--echo-timeout", "3", "--echo-interval", "60"]
+NGINX, REDIS = shutil.which("nginx") or "/usr/sbin/nginx", shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Outside:
+    """A server process the harness does not start: started here, stopped in `stop` whatever happened."""
+
+    def __init__(self, cmd: list[str], port: int | None = None, prlimit_nofile: int | None = None) -> None:
+        if prlimit_nofile:
+            cmd = ["prlimit", f"--nofile={prlimit_nofile}:{prlimit_nofile}", *cmd]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        if port is None:  # it says where it listens
+            line = self.proc.stdout.readline()
+            assert line.startswith("listening on"), line
+            port = int(line.split()[2].rsplit(":", 1)[1])
+        self.port = port
+        wait_until(lambda: _accepts(port), 10, f"{cmd[0]} listening on {port}")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        finally:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def outside():
+    started: list[Outside] = []
+
+    def start(*args, **kwargs) -> Outside:
+        server = Outside(*args, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def target_run(tmp_path: Path, port: int, *args: str, timeout: float = 150) -> tuple[int, dict, str]:
+    result = subprocess.run([*HARNESS, "--target", f"127.0.0.1:{port}", *QUICK, "--out", str(tmp_path), "--json",
+                             *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.stdout, result.stderr
+    return result.returncode, json.loads(result.stdout), result.stderr
+
+
+def redis(port: int, *args: str) -> list[str]:
+    return [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *args]
+
+
+def nginx_conf(tmp_path: Path, port: int, rlimit: int, connections: int) -> list[str]:
+    for name in ("logs", "tmp"):
+        (tmp_path / name).mkdir(exist_ok=True)
+    temp = " ".join(f"{kind}_temp_path {tmp_path}/tmp/{kind};" for kind in ("client_body", "proxy", "fastcgi",
+                                                                             "uwsgi", "scgi"))
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""worker_processes 2;
+worker_rlimit_nofile {rlimit};
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/logs/error.log;
+daemon off;
+events {{ worker_connections {connections}; }}
+http {{
+  access_log off; {temp}
+  keepalive_timeout 300s; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
+}}
+""")
+    return [NGINX, "-p", str(tmp_path), "-c", str(conf)]
+
+
+def within_1_percent(measured: int, predicted: int) -> bool:
+    return abs(measured - predicted) <= 0.01 * predicted
+
+
+# -- the limit that stopped a real server ------------------------------------------------------
+def test_a_backend_run_as_an_outside_process_stops_at_its_fd_limit_as_predicted(tmp_path, outside):
+    server = outside([sys.executable, "-m", "servers", "asyncio", "--port", "0", "--interval", "3600"],
+                     prlimit_nofile=300)
+    code, doc, err = target_run(tmp_path, server.port, "--protocol", "echo", "--connections", "max")
+    d = doc["diagnosis"]
+    assert code == 0, err
+    assert d["limit"] == "target fd limit" and d["process"]["fd_soft"] == 300
+    assert "servers asyncio" in d["process"]["cmdline"]
+    assert d["predicted_cap"] == 290 and within_1_percent(doc["peak_connections"], d["predicted_cap"])
+    assert d["summary"].endswith(f"holds 300 of its 300 fds in pid {d['process']['pid']}: the target's fd limit")
+    assert doc["echo"]["mismatched"] == 0 and doc["target"]["protocol"] == "echo"
+
+
+def test_redis_maxclients_is_the_targets_own_limit_in_its_words(tmp_path, outside):
+    port = free_port()
+    outside(redis(port, "--maxclients", "200", "--protected-mode", "no"), port=port)
+    code, doc, err = target_run(tmp_path, port, "--protocol", "redis", "--connections", "300")
+    d = doc["diagnosis"]
+    assert code == 0, err
+    assert doc["peak_connections"] == 200 and doc["stopped_by"] == "reply"
+    assert d["limit"] == "target's own connection limit" and "--maxclients" in d["fix"]
+    assert "-ERR max number of clients reached" in d["summary"]
+    assert doc["connects"]["evidence"]["error-reply"] == "-ERR max number of clients reached\r\n"
+    assert any("(redis-server) held" in line for line in d["evidence"])
+
+
+def test_redis_under_a_low_fd_limit_names_the_fd_limit_and_predicts_its_maxclients(tmp_path, outside):
+    port = free_port()
+    outside(redis(port, "--protected-mode", "no"), port=port, prlimit_nofile=256)
+    code, doc, err = target_run(tmp_path, port, "--protocol", "redis", "--connections", "max")
+    d = doc["diagnosis"]
+    assert code == 0, err
+    assert d["limit"] == "target fd limit" and d["process"]["name"] == "redis-server"
+    assert d["predicted_cap"] == 256 - 32 == doc["peak_connections"]  # redis keeps 32 fds for itself
+    assert "fd limit of 256" in d["summary"] and "ulimit -n" in d["fix"]
+
+
+def test_redis_in_protected_mode_refuses_every_127_0_x_y_source_in_words(tmp_path, outside):
+    port = free_port()
+    outside(redis(port), port=port)  # protected mode is on by default
+    code, doc, err = target_run(tmp_path, port, "--protocol", "redis", "--connections", "20")
+    d = doc["diagnosis"]
+    assert code == 0, err
+    assert doc["peak_connections"] == 0 and d["limit"] == "target refuses these clients"
+    assert doc["connects"]["evidence"]["error-reply"].startswith("-DENIED Redis is running in protected mode")
+    assert "--protected-mode no" in d["fix"] and "--source-addresses 127.0.0.1" in d["fix"]
+
+
+def test_nginx_worker_connections_is_its_own_limit_across_two_workers(tmp_path, outside):
+    port = free_port()
+    outside(nginx_conf(tmp_path, port, rlimit=4096, connections=100), port=port)
+    code, doc, err = target_run(tmp_path, port, "--protocol", "http", "--connections", "400")
+    d = doc["diagnosis"]
+    assert code == 0, err
+    assert d["limit"] == "target's own connection limit" and "worker_connections" in d["fix"]
+    workers = [p for p in doc["target"]["processes"] if p.get("fds_gained", 0) > 0]
+    assert len(workers) == 2 and all(p["name"] == "nginx" for p in workers)
+    assert 150 <= doc["peak_connections"] < 2 * 100  # each worker's 100 less its listener and events
+    assert doc["echo"]["failed"] == {} or set(doc["echo"]["failed"]) <= {"EOF", "ECONNRESET"}
+
+
+def test_nginx_worker_rlimit_nofile_is_its_fd_limit_within_1_percent(tmp_path, outside):
+    port = free_port()
+    outside(nginx_conf(tmp_path, port, rlimit=300, connections=4096), port=port)
+    code, doc, err = target_run(tmp_path, port, "--protocol", "http", "--connections", "max")
+    d = doc["diagnosis"]
+    assert code == 0, err
+    assert d["limit"] == "target fd limit" and d["process"]["name"] == "nginx" and d["process"]["fd_soft"] == 300
+    assert "nginx (2 processes) holds 300 of its 300 fds" in d["summary"]  # the master takes no connections
+    assert within_1_percent(doc["peak_connections"], d["predicted_cap"]), (doc["peak_connections"], d["predicted_cap"])
+
+
+# -- the client side and the kernel ------------------------------------------------------------
+def test_one_source_address_runs_out_of_ephemeral_ports(tmp_path, outside):
+    server = outside([sys.executable, "-m", "servers", "selectors", "--port", "0", "--processes", "2",
+                      "--interval", "3600"])
+    code, doc, err = target_run(tmp_path, server.port, "--protocol", "echo", "--connections", "30000",
+                                "--source-addresses", "127.0.0.9", "--workers", "2", "--hold", "5")
+    d = doc["diagnosis"]
+    assert code == 0, err
+    assert doc["stopped_by"] == "EADDRNOTAVAIL" and d["limit"] == "source ports"
+    lo, hi = doc["limits"]["ip_local_port_range"]
+    assert 27_000 <= doc["peak_connections"] <= hi - lo + 1 and doc["source_addresses"] == ["127.0.0.9"] * 2
+    assert "1 source address(es)" in d["summary"] and "--source-addresses" in d["fix"]
+
+
+def test_a_server_that_never_accepts_fills_its_accept_queue(tmp_path, outside):
+    server = outside([sys.executable, "tests/fixtures/odd_server.py", "never-accept"])
+    code, doc, err = target_run(tmp_path, server.port, "--protocol", "echo", "--connections", "100",
+                                "--echo-timeout", "2")
+    d = doc["diagnosis"]
+    assert code == 0, err
+    assert doc["peak_connections"] == 0 and d["limit"] == "accept queue"
+    assert any(line.startswith("TcpExt ListenOverflows +") and "+0," not in line for line in d["evidence"])
+    assert "accept()" in d["summary"]
+
+
+# -- faults from a target ----------------------------------------------------------------------
+def test_a_target_that_answers_garbage_is_named_by_what_came_back(tmp_path, outside):
+    server = outside([sys.executable, "tests/fixtures/odd_server.py", "garbage"])
+    code, doc, err = target_run(tmp_path, server.port, "--protocol", "redis", "--connections", "10")
+    assert code == 0, err
+    assert doc["stopped_by"] == "reply" and doc["stop_detail"] == "unexpected-reply"
+    assert doc["connects"]["failed"] == {"unexpected-reply": 10}
+    assert doc["connects"]["evidence"]["unexpected-reply"] == "HELLO\r\n"
+
+
+def test_a_target_that_never_reads_is_bounded_by_the_echo_timeout(tmp_path, outside):
+    server = outside([sys.executable, "tests/fixtures/odd_server.py", "never-read"])
+    start = time.monotonic()
+    code, doc, err = target_run(tmp_path, server.port, "--protocol", "echo", "--connections", "20",
+                                "--echo-timeout", "2")
+    assert code == 0, err
+    assert time.monotonic() - start < 60
+    assert doc["connects"]["failed"] == {"timeout": 20} and doc["diagnosis"]["limit"] == "timeouts"
+
+
+def test_a_target_restarted_mid_run_is_a_fault_with_the_connections_it_dropped(tmp_path, outside):
+    server = outside([sys.executable, "-m", "servers", "asyncio", "--port", "0", "--interval", "3600"])
+    proc = subprocess.Popen([*HARNESS, "--target", f"127.0.0.1:{server.port}", "--protocol", "echo",
+                             "--connections", "100", "--workers", "1", "--hold", "6", "--echo-interval", "0.5",
+                             "--out", str(tmp_path), "--json"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_status(tmp_path, lambda s: s["phase"] == "hold" and s["totals"]["held"] == 100)
+        server.stop()  # every connection it held is closed
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    doc = json.loads(out)
+    assert proc.returncode == 1 and doc["stopped_by"] == "interrupted"
+    lost = sum(f["connections_lost"] for f in doc["faults"])
+    assert lost == 100 and all(f["what"].startswith("the target closed") for f in doc["faults"])
+    assert "fault at" in err
+
+
+# -- one protocol object for both user modes -----------------------------------------------------
+def test_greenlet_users_speak_the_same_protocols_and_keep_the_same_evidence(tmp_path, outside):
+    port = free_port()
+    outside(redis(port, "--maxclients", "30", "--protected-mode", "no"), port=port)
+    code, doc, err = target_run(tmp_path, port, "--protocol", "redis", "--connections", "40", "--user-mode", "greenlet")
+    assert code == 0, err
+    assert doc["user_mode"] == "greenlet" and doc["peak_connections"] == 30
+    assert doc["connects"]["evidence"]["error-reply"] == "-ERR max number of clients reached\r\n"
+
+
+def test_the_hold_protocol_holds_with_no_payload_and_notices_the_servers_close(tmp_path):
+    from servers.registry import BACKENDS
+
+    result = subprocess.run([*HARNESS, "--backend", "selectors", "--connections", "300", "--fd-limit", "256",
+                             "--protocol", "hold", "--processes", "1", "--workers", "1", "--hold", "1", "--port", "0",
+                             "--out", str(tmp_path), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    cap = 256 - BACKENDS["selectors"].held_fds
+    assert doc["stopped_by"] == "EMFILE" and doc["peak_connections_servers"] == cap
+    # The kernel's count may catch a refused client between its handshake and the server's close.
+    assert cap <= doc["peak_connections"] <= cap + 2
+    assert doc["echo"]["sent"] == 0 and doc["connects"]["ok"] == cap  # held, nothing sent
+    assert doc["connects"]["failed"].get("EOF", 0) > 0  # the refused ones, closed by the server at once
+    assert doc["diagnosis"]["limit"] == "server fd limit"
