@@ -28,6 +28,7 @@ import socket
 import sys
 import time
 
+from scenarios import protocols
 from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET, errno_name
 
 
@@ -149,19 +150,25 @@ def paced_latency(host: str, port: int, connections: int, per_second: float, sec
 
 
 # -- holding N connections -------------------------------------------------------------------
+CONNECTING, ECHOING, VERIFIED = "connecting", "echoing", "verified"
+
+
 class Holder:
-    """Non-blocking connects through one epoll, at most `inflight` at once."""
+    """Non-blocking connects through one epoll, at most `inflight` at once. Each connection goes
+    CONNECTING --writable--> ECHOING (the request sent) --whole good reply--> VERIFIED, its reply
+    judged by the run's protocol parser (`scenarios.protocols`, echo here), as the Locust users' are."""
 
     def __init__(self, host: str, port: int, sources: list[str], payload_size: int = 16,
                  inflight: int = 2000) -> None:
         self.dest = (host, port)
         self.sources = sources
-        self.payload = os.urandom(payload_size)
+        self.protocol = protocols.Echo(payload_size)
+        self.payload = self.protocol.request()  # one payload for every connection: no urandom per connect
         self.inflight = inflight
         self.ep = select.epoll()
         self.socks: dict[int, socket.socket] = {}
-        self.state: dict[int, int] = {}  # fd -> 0 connecting, 1 echo sent, 2 verified
-        self.got: dict[int, bytes] = {}
+        self.state: dict[int, str] = {}
+        self.parsers: dict[int, protocols.Parser] = {}  # while a reply is owed
         self.verified = 0
         self.failed: dict[str, int] = {}
 
@@ -174,7 +181,7 @@ class Holder:
         self.ep.unregister(fd)
         self.socks.pop(fd).close()
         self.state.pop(fd, None)
-        self.got.pop(fd, None)
+        self.parsers.pop(fd, None)
 
     def _open(self, i: int) -> None:
         try:
@@ -187,23 +194,28 @@ class Holder:
         err = s.connect_ex(self.dest)
         fd = s.fileno()
         self.socks[fd] = s
-        self.state[fd] = 0
+        self.state[fd] = CONNECTING
         self.ep.register(fd, select.EPOLLOUT)
         if err not in (0, errno.EINPROGRESS):
             self._fail(fd, err)
 
+    def _request(self, fd: int, s: socket.socket) -> str | int | None:
+        """Send the request and owe its reply; the failure, if the send failed."""
+        parser = self.parsers[fd] = self.protocol.parser()
+        parser.sent(self.payload)
+        self.state[fd] = ECHOING
+        try:
+            s.send(self.payload)
+        except OSError as exc:
+            return exc.errno
+        return None
+
     def _on_event(self, fd: int, ev: int) -> None:
-        s, st = self.socks[fd], self.state[fd]
-        if st == 0:
-            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        s = self.socks[fd]
+        if self.state[fd] == CONNECTING:
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or self._request(fd, s)
             if err:
                 return self._fail(fd, err)
-            try:
-                s.send(self.payload)
-            except OSError as exc:
-                return self._fail(fd, exc.errno)
-            self.state[fd] = 1
-            self.got[fd] = b""
             self.ep.modify(fd, select.EPOLLIN)
             return
         try:
@@ -214,16 +226,14 @@ class Holder:
             return self._fail(fd, exc.errno)
         if not data:
             return self._fail(fd, "EOF")
-        buf = self.got[fd] + data
-        if len(buf) < len(self.payload):
-            self.got[fd] = buf
-            return
-        if buf != self.payload:
-            return self._fail(fd, "mismatch")
-        del self.got[fd]
-        self.state[fd] = 2
-        self.verified += 1
-        self.ep.unregister(fd)
+        done, wrong = self.parsers[fd].feed(data)
+        if wrong:
+            return self._fail(fd, wrong)
+        if done:
+            del self.parsers[fd]
+            self.state[fd] = VERIFIED
+            self.verified += 1
+            self.ep.unregister(fd)
 
     def open_all(self, count: int, deadline: float, progress=None) -> None:
         opened = 0
@@ -245,13 +255,10 @@ class Holder:
         """Echo once more on every held connection; returns how many came back intact."""
         self.verified = 0
         for fd, s in self.socks.items():
-            self.state[fd] = 1
-            self.got[fd] = b""
             self.ep.register(fd, select.EPOLLIN)
-            try:
-                s.send(self.payload)
-            except OSError as exc:
-                self._count(exc.errno)
+            err = self._request(fd, s)
+            if err:
+                self._count(err)
         while self.verified < len(self.socks) and time.monotonic() < deadline:
             for fd, ev in self.ep.poll(0.1):
                 self._on_event(fd, ev)
