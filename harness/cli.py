@@ -444,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web-port", type=_positive, default=8089)
     p.add_argument("--connections", type=_positive, default=1000, help="initial target in the start form")
     p.add_argument("--echo-interval", type=_positive_float, default=5.0)
+    _add_target_options(p)
     _add_bench_parsers(sub.add_parser("bench", help="server benchmarks: echo throughput, memory per connection, "
                                       "N held on one port, the idle-connection tax, the C reference"), IDLE_POINTS, DEFAULT_ORDER)
     return parser

@@ -5,6 +5,7 @@ misbehave (never accept, never read, answer garbage, restart mid-run)."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.report.page import build
 from tests.helpers import ROOT, wait_status, wait_until
 
 HARNESS = [sys.executable, "-m", "harness.cli", "run"]
@@ -129,6 +131,8 @@ def test_a_backend_run_as_an_outside_process_stops_at_its_fd_limit_as_predicted(
     assert d["predicted_cap"] == 290 and within_1_percent(doc["peak_connections"], d["predicted_cap"])
     assert d["summary"].endswith(f"holds 300 of its 300 fds in pid {d['process']['pid']}: the target's fd limit")
     assert doc["echo"]["mismatched"] == 0 and doc["target"]["protocol"] == "echo"
+    page = build([next(tmp_path.glob("*/run.json")).parent], tmp_path / "report").read_text()
+    assert "<b>Diagnosis:</b> " + html.escape(d["summary"]) in page and html.escape(d["fix"]) in page
 
 
 def test_redis_maxclients_is_the_targets_own_limit_in_its_words(tmp_path, outside):
@@ -280,3 +284,44 @@ def test_the_hold_protocol_holds_with_no_payload_and_notices_the_servers_close(t
     assert doc["echo"]["sent"] == 0 and doc["connects"]["ok"] == cap  # held, nothing sent
     assert doc["connects"]["failed"].get("EOF", 0) > 0  # the refused ones, closed by the server at once
     assert doc["diagnosis"]["limit"] == "server fd limit"
+
+
+def test_the_web_ui_loads_a_target_too(tmp_path, outside):
+    import urllib.parse
+    import urllib.request
+
+    from harness.run.cluster import free_port as free
+
+    port, web_port = free_port(), free()
+    outside(redis(port, "--protected-mode", "no"), port=port)
+    ui = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--target", f"127.0.0.1:{port}", "--protocol",
+                           "redis", "--workers", "1", "--web-port", str(web_port)], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{web_port}"
+    try:
+        assert ui.stdout.readline().startswith(f"target: 127.0.0.1:{port} (redis)")
+
+        def swarm():
+            form = urllib.parse.urlencode({"user_count": "50", "spawn_rate": "50", "host": f"tcp://127.0.0.1:{port}",
+                                           "target_connections": "50", "hold_seconds": "30"}).encode()
+            return json.loads(urllib.request.urlopen(f"{base}/swarm", form, timeout=5).read())["success"]
+
+        def worker_reports():
+            try:
+                return json.loads(urllib.request.urlopen(f"{base}/connections/json", timeout=5).read())["totals"]["workers"]
+            except OSError:  # the master is still starting
+                return 0
+
+        wait_until(worker_reports, 30, "the Locust worker reporting to the web UI's master")
+        wait_until(swarm, 30, "the web UI starting a run")
+
+        def held():
+            status = json.loads(urllib.request.urlopen(f"{base}/connections/json", timeout=5).read())
+            return status["totals"]["held"] == 50 and status
+
+        status = wait_until(held, 30, "50 redis connections held through the web UI")
+        assert status["totals"]["connects_failed"] == {}
+    finally:
+        os.killpg(ui.pid, signal.SIGINT)
+        code = ui.wait(30)
+    assert code == 0, ui.stderr.read()

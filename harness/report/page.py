@@ -135,6 +135,12 @@ def _page(found: Inputs, sections: list[str]) -> str:
         parts.append(f"<h2>Run {html.escape(run['started_at'])}: {html.escape(run['backend'])}, "
                      f"{run['target_connections']:,} connections</h2>")
         parts.append(f"<p class=verdict>{html.escape(verdict(run))}</p>")
+        diagnosis = run.get("diagnosis")
+        if diagnosis:
+            parts.append("<div class=diagnosis><p><b>Diagnosis:</b> " + html.escape(diagnosis["summary"])
+                         + (f"</p><p><b>Fix:</b> {html.escape(diagnosis['fix'])}" if diagnosis["fix"] else "")
+                         + "</p><ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in diagnosis["evidence"])
+                         + "</ul></div>")
         parts.append(_table([
             ("backend / share", f"{run['backend']} / {run['share']}"), ("server processes", run["server_processes"]),
             ("server fd limit (each)", run["server_fd_limit"]), ("Locust workers", run["workers"]),
@@ -180,7 +186,8 @@ def _page(found: Inputs, sections: list[str]) -> str:
     parts.append("<h2>Plots</h2>" + "".join(sections))
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-             "img{max-width:100%}figure{margin:1.5em 0}.verdict{font-size:1.15em;font-weight:bold}.note{color:#666}")
+             "img{max-width:100%}figure{margin:1.5em 0}.verdict{font-size:1.15em;font-weight:bold}.note{color:#666}"
+             ".diagnosis{border-left:4px solid #c33;padding:.2em 1em;background:#fdf3f3}")
     return (f"<!doctype html><html><head><meta charset=utf-8><title>harness report</title><style>{style}</style>"
             f"</head><body>{''.join(parts)}</body></html>")
 

@@ -30,21 +30,32 @@ def connections_over_time(run: dict) -> Figure:
     """Which limit is real? Connections per server process against each process's cap, the
     kernel's total on the port, and 65,535 for reference."""
     fig, (ax,) = _figure(f"Connections held on port {run['port']} ({run['backend']}, "
-                         f"{run['server_processes']} server process(es))")
+                         f"{run['server_processes']} server process(es))" if not run.get("target") else
+                         f"Connections held to {run['host']}:{run['port']} ({run['target']['protocol']})")
     series = run["series"]
     t = [p["t"] for p in series]
     by_process = np.array([p["server_open_by_process"] for p in series if p["server_open_by_process"]])
     if by_process.size:
         for i in range(by_process.shape[1]):
             ax.plot(t[:len(by_process)], by_process[:, i], lw=1, alpha=0.8, label=f"server process {i}" if i < 8 else None)
-    ax.plot(t, [p["server_open"] for p in series], color="black", lw=2, label="all (servers' gauges, every second)")
+    target = run.get("target")
+    if target is None:
+        ax.plot(t, [p["server_open"] for p in series], color="black", lw=2, label="all (servers' gauges, every second)")
+    else:
+        ax.plot(t, [p.get("locust_held", p["locust_open"]) for p in series], color="black", lw=2,
+                label="held (verified and open, the workers' count every second)")
     # The kernel's own count, where ss was run (less often as connections grow; every sample in
     # files from before this was recorded).
     counted = [p for p in series if p.get("kernel_counted", True)]
     ax.scatter([p["t"] for p in counted], [p["kernel_established"] for p in counted], s=14, color="black",
                marker="x", zorder=3, label="all (kernel count, ss)")
-    cap = run["server_fd_limit"] - run.get("server_held_fds", 0)
-    ax.axhline(cap, color="tab:red", ls="--", lw=1.5, label=f"fd limit − held fds = {cap:,} per process")
+    if target is None:
+        cap = run["server_fd_limit"] - run.get("server_held_fds", 0)
+        ax.axhline(cap, color="tab:red", ls="--", lw=1.5, label=f"fd limit − held fds = {cap:,} per process")
+    else:
+        cap = (run.get("diagnosis") or {}).get("predicted_cap") or 0
+        if cap:
+            ax.axhline(cap, color="tab:red", ls="--", lw=1.5, label=f"the target's predicted cap, {cap:,}")
     ax.axhline(PORT_NUMBERS, color="tab:gray", ls=":", lw=1.5, label="65,535 (port numbers)")
     peak = max([run["peak_connections"], PORT_NUMBERS, cap])
     ax.set_ylim(0, peak * 1.12)

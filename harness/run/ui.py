@@ -1,4 +1,5 @@
-"""`harness ui`: a server group, a Locust master with its web UI on 127.0.0.1, and W workers.
+"""`harness ui`: a server group (or `--target`, a server the harness does not start), a Locust
+master with its web UI on 127.0.0.1, and W workers.
 
 Prints the URL and waits; Ctrl-C or SIGTERM stops the workers, the master and the servers, in that
 order, and nothing is left behind.
@@ -14,36 +15,47 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.diagnose import process
 from harness.run.cluster import LocustCluster
 from harness.run.execute import LOAD_NICE
+from harness.run.target import OutsideTarget, TargetError, is_local, parse_target
+from scenarios.targets import target_error
 from servers.contract import ServerConfig
 from servers.supervisor import ConfigError, ServerGroup, StartError
 
 
 def run_ui(args: argparse.Namespace) -> int:
-    config = ServerConfig(backend=args.backend, port=args.port, processes=args.processes, share=args.share,
-                          fd_limit=args.fd_limit, nice=LOAD_NICE)
     workdir = Path(tempfile.mkdtemp(prefix="harness-ui-"))
     stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, f: stopping.append(s))
     try:
-        group = ServerGroup(config, log_file=str(workdir / "servers.log")).start()
-    except (ConfigError, StartError) as exc:
+        group = _servers_or_target(args, workdir)
+    except (ConfigError, StartError, TargetError) as exc:
         shutil.rmtree(workdir, ignore_errors=True)
         print(f"harness ui: error: {exc}", file=sys.stderr)
         return 2
+    host = group.host if args.target else "127.0.0.1"
+    protocol_args = ["--protocol", args.protocol or "echo", "--send", args.send, "--expect", args.expect,
+                     "--path", args.path, *(["--allow-non-loopback"] if args.allow_non_loopback else [])]
     cluster = LocustCluster(
-        host="127.0.0.1", port=group.port, workers=args.workers, log_dir=workdir, worker_nice=LOAD_NICE,
+        host=host, port=group.port, workers=args.workers, log_dir=workdir,
+        worker_nice=LOAD_NICE,
         master_args=["--web-host", "127.0.0.1", "--web-port", str(args.web_port), "--expect-workers",
-                     str(args.workers), "--server-gauges", group.gauges_path,
+                     str(args.workers), *(["--server-gauges", group.gauges_path] if group.gauges_path else []),
                      "--target-connections", str(args.connections), "--echo-interval", str(args.echo_interval),
-                     "--status-file", str(workdir / "status.json")],
-        worker_args=[*(["--worker-fd-limit", str(args.worker_fd_limit)] if args.worker_fd_limit else [])])
+                     "--status-file", str(workdir / "status.json"), *protocol_args],
+        worker_args=[*(["--worker-fd-limit", str(args.worker_fd_limit)] if args.worker_fd_limit else []),
+                     *protocol_args,
+                     *(["--source-addresses", ",".join(args.source_addresses)] if args.source_addresses else [])])
     try:
         cluster.start()
-        print(f"servers: {args.backend} ×{args.processes} on 127.0.0.1:{group.port} "
-              f"(fd limit {group.fd_limit} each); Locust: 1 master + {args.workers} worker(s)", flush=True)
+        if args.target:
+            print(f"target: {host}:{group.port} ({args.protocol}); Locust: 1 master + {args.workers} worker(s)",
+                  flush=True)
+        else:
+            print(f"servers: {args.backend} ×{args.processes} on 127.0.0.1:{group.port} "
+                  f"(fd limit {group.fd_limit} each); Locust: 1 master + {args.workers} worker(s)", flush=True)
         print(f"web UI: http://127.0.0.1:{args.web_port}  (the Connections tab shows the harness's gauges; "
               f"Ctrl-C stops everything; logs in {workdir})", flush=True)
         while not stopping:
@@ -57,4 +69,21 @@ def run_ui(args: argparse.Namespace) -> int:
     finally:
         cluster.stop()
         group.stop()
-        print("stopped: Locust workers, master and every server process", file=sys.stderr, flush=True)
+        print("stopped: Locust workers, master" + ("" if args.target else " and every server process"),
+              file=sys.stderr, flush=True)
+
+
+def _servers_or_target(args: argparse.Namespace, workdir: Path):
+    """The harness's own servers, started; or the --target, checked (nothing is started for it)."""
+    if args.target:
+        host, port = parse_target(args.target)
+        error = target_error(host, args.allow_non_loopback)
+        if error:
+            raise TargetError(error.replace("target ", "--target ", 1))
+        if args.protocol is None:
+            raise TargetError(f"--target {args.target} needs --protocol: say what it speaks")
+        found = process.listeners(port) if is_local(host) else []
+        return OutsideTarget(host, port, found).start()
+    config = ServerConfig(backend=args.backend, port=args.port, processes=args.processes, share=args.share,
+                          fd_limit=args.fd_limit, nice=LOAD_NICE)
+    return ServerGroup(config, log_file=str(workdir / "servers.log")).start()
