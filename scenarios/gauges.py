@@ -75,6 +75,8 @@ class Board:
     peak_kernel: int = 0
     stopped_by: str | None = None
     phase: str = "idle"
+    host: str = "127.0.0.1"
+    _before: dict = field(default_factory=dict)  # at the ramp's start: kernel counters, target processes
 
     def on_message(self, environment, msg, **kwargs) -> None:
         self.workers[msg.node_id] = msg.data
@@ -82,6 +84,8 @@ class Board:
     def set_phase(self, runner, phase: str) -> None:
         """The shape's phase; workers are told whether it is ramping."""
         if phase != self.phase:
+            if phase == "ramp":
+                self._note_start()
             self.phase = phase
             runner.send_message(PHASE_MESSAGE, {"ramping": phase == "ramp"})
 
@@ -154,6 +158,46 @@ class Board:
         room, name = min(candidates)
         return f"{name}: room for {room:,} more"
 
+    def _note_start(self) -> None:
+        """What the diagnosis compares with: the kernel's counters and, for a target on this
+        machine, its processes, as the ramp begins."""
+        from harness.diagnose import kernel, process
+
+        if self.port is None:
+            return
+        try:
+            procs = [] if self.server_board is not None else process.listeners(self.port)
+            self._before = {"kernel": kernel.snapshot(self.port),
+                            "processes": [{**p, "fds_before": p["fds"], "fds_peak": p["fds"]} for p in procs]}
+        except (OSError, ValueError):
+            self._before = {}
+
+    def diagnosis(self) -> dict | None:
+        """Once the ramp has ended: the same verdict as run.json's, from the gauges (the web UI)."""
+        from harness.diagnose import kernel, process, rules
+        from harness.plan.limits import read_limits
+
+        if self.stopped_by is None or self.port is None:
+            return None
+        procs = self._before.get("processes", [])
+        for now in process.refresh(procs):
+            seen = next(p for p in procs if p["pid"] == now["pid"])
+            seen.update(now, fds_peak=max(seen["fds_peak"], now["fds"]), fds_gained=now["fds"] - seen["fds_before"])
+        t, limits = self.totals(), read_limits()
+        after = kernel.snapshot(self.port)
+        lo, hi = limits["ip_local_port_range"]
+        workers = self.live_workers()
+        return rules.diagnose({
+            "stopped_by": self.stopped_by, "held": t["held"], "target": {"host": self.host, "port": self.port},
+            "connects_failed": t["connects_failed"], "echo_failed": t["echo_failed"],
+            "server_refused": self.server_refusals(), "evidence": t["evidence"],
+            "servers": [{"pid": g["pid"], "cap": g["cap"], "open": g["open"], "fd_soft": g["fd_soft"],
+                         "base_fds": g["base_fds"]} for g in self.servers()],
+            "processes": procs, "workers": workers, "limits": limits,
+            "sources": sorted({a for w in workers for a in w["sources"]}), "ports_per_address": hi - lo + 1,
+            "port_range": f"{lo}-{hi}", "both_ends_local": self.host.startswith("127."), "kernel_after": after,
+            "kernel_deltas": kernel.deltas(self._before["kernel"], after) if self._before.get("kernel") else {}})
+
     def snapshot(self) -> dict:
         workers = [{k: v for k, v in r.items() if k != "latency"} for r in self.live_workers()]
         return {"phase": self.phase, "stopped_by": self.stopped_by, "totals": self.totals(),
@@ -167,11 +211,13 @@ BOARD = Board()
 
 
 def start_master(runner, server_gauges: str | None, port: int | None, status_file: str | None,
-                 kernel_interval: float = KERNEL_INTERVAL_S) -> None:
+                 kernel_interval: float = KERNEL_INTERVAL_S, host: str | None = None) -> None:
     """On the master (or local runner): collect reports, poll the kernel every KERNEL_INTERVAL_S
     (ss is slow at 100k connections), write the status file every REPORT_INTERVAL_S."""
     runner.register_message(MESSAGE, BOARD.on_message)
     BOARD.port = port
+    if host:
+        BOARD.host = host
     if server_gauges:
         BOARD.server_board = GaugeBoard.open(server_gauges)
 

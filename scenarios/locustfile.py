@@ -100,8 +100,8 @@ def on_init(environment, runner, web_ui=None, **kwargs) -> None:
         configure_user_process(opts, getattr(runner, "worker_index", 0))
         gauges.start_reporting(runner)
     if isinstance(runner, (MasterRunner, LocalRunner)):
-        port = parse_host(environment.host)[1] if environment.host else None
+        host, port = parse_host(environment.host) if environment.host else (None, None)
         gauges.start_master(runner, opts.server_gauges or None, port, opts.status_file or None,
-                            opts.kernel_interval)
+                            opts.kernel_interval, host)
     if web_ui is not None:
         webui.extend(web_ui)

@@ -39,7 +39,22 @@ def rows() -> list[dict]:
         out.append({"what": "failed connects", "name": reason, "open": n, "limit": "", "detail": ""})
     out.append({"what": "next limit", "name": snap["phase"], "open": t["open"], "limit": "",
                 "detail": snap["next_limit"] + (f"; stopped by {snap['stopped_by']}" if snap["stopped_by"] else "")})
+    diagnosis = live_diagnosis()
+    if diagnosis:
+        out.append({"what": "diagnosis", "name": diagnosis["limit"], "open": diagnosis["measured"],
+                    "limit": diagnosis.get("predicted_cap") or "",
+                    "detail": diagnosis["summary"] + (f"; fix: {diagnosis['fix']}" if diagnosis["fix"] else "")})
+        out += [{"what": "evidence", "name": "", "open": "", "limit": "", "detail": line}
+                for line in diagnosis["evidence"][:6]]
     return out
+
+
+def live_diagnosis() -> dict | None:
+    """The diagnosis of the test in the UI once its ramp has ended; never an error in the page."""
+    try:
+        return BOARD.diagnosis()
+    except Exception:  # noqa: BLE001 - a /proc read that raced a process's exit: no row this poll
+        return None
 
 
 # The start form's harness fields: (form key, type, lowest allowed, highest allowed).
@@ -85,4 +100,4 @@ def extend(web_ui) -> None:
     @web_ui.app.route("/connections/json")
     @web_ui.auth_required_if_enabled
     def connections_json():
-        return BOARD.snapshot()
+        return {**BOARD.snapshot(), "diagnosis": live_diagnosis()}

@@ -293,7 +293,7 @@ def test_the_web_ui_loads_a_target_too(tmp_path, outside):
     from harness.run.cluster import free_port as free
 
     port, web_port = free_port(), free()
-    outside(redis(port, "--protected-mode", "no"), port=port)
+    outside(redis(port, "--protected-mode", "no", "--maxclients", "30"), port=port)
     ui = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--target", f"127.0.0.1:{port}", "--protocol",
                            "redis", "--workers", "1", "--web-port", str(web_port)], cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -315,12 +315,16 @@ def test_the_web_ui_loads_a_target_too(tmp_path, outside):
         wait_until(worker_reports, 30, "the Locust worker reporting to the web UI's master")
         wait_until(swarm, 30, "the web UI starting a run")
 
-        def held():
+        def diagnosed():
             status = json.loads(urllib.request.urlopen(f"{base}/connections/json", timeout=5).read())
-            return status["totals"]["held"] == 50 and status
+            return status["diagnosis"] and status
 
-        status = wait_until(held, 30, "50 redis connections held through the web UI")
-        assert status["totals"]["connects_failed"] == {}
+        status = wait_until(diagnosed, 30, "the web UI's diagnosis of the redis run")
+        d = status["diagnosis"]
+        assert status["totals"]["held"] == 30 and status["totals"]["connects_failed"] == {"error-reply": 20}
+        assert d["limit"] == "target's own connection limit" and "-ERR max number of clients reached" in d["summary"]
+        rows = json.loads(urllib.request.urlopen(f"{base}/stats/requests", timeout=5).read())["extended_stats"][0]["data"]
+        assert any(r["what"] == "diagnosis" and r["name"] == d["limit"] for r in rows)
     finally:
         os.killpg(ui.pid, signal.SIGINT)
         code = ui.wait(30)
