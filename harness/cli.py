@@ -442,7 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-fd-limit", type=_positive, default=None, help="soft fd limit of each worker")
     p.add_argument("--port", type=_port, default=9999, help="the servers' port")
     p.add_argument("--web-port", type=_positive, default=8089)
-    p.add_argument("--connections", type=_positive, default=1000, help="initial target in the start form")
+    p.add_argument("--connections", type=_positive, default=1000,
+                   help="the start form's Number of users: the connections to ramp to")
+    p.add_argument("--ramp-rate", type=_positive_float, default=None,
+                   help="the start form's Ramp up: connections per second (default: --connections, up to 10,000)")
     p.add_argument("--echo-interval", type=_positive_float, default=5.0)
     _add_target_options(p)
     _add_bench_parsers(sub.add_parser("bench", help="server benchmarks: echo throughput, memory per connection, "

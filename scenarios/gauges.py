@@ -23,9 +23,10 @@ from servers.proc import RssReader, count_open_fds, established_on_port
 
 MESSAGE = "harness_gauges"
 STALE_S = 5.0  # a worker silent this long is left out of the totals (the shape never lowers its target for it)
-PHASE_MESSAGE = "harness_phase"  # master -> workers: {"ramping": bool}
+PHASE_MESSAGE = "harness_phase"  # master -> workers: {"ramping": bool, "test": the test's number}
 REPORT_INTERVAL_S = 1.0
 KERNEL_INTERVAL_S = 2.0
+DIAGNOSIS_EVERY_S = 2.0
 
 
 def worker_report(worker_index: int, rss: RssReader, rss_base: int, base_fds: int) -> dict:
@@ -36,11 +37,14 @@ def worker_report(worker_index: int, rss: RssReader, rss_base: int, base_fds: in
             "bytes_echoed": TALLY.bytes_echoed, "rss_bytes": rss.rss_bytes(), "rss_base_bytes": rss_base,
             "fds": base_fds + TALLY.open,
             "max_users": TALLY.max_users, "sources": TALLY.sources, "at": time.time(),
-            "evidence": dict(TALLY.evidence),
+            "evidence": dict(TALLY.evidence), "test": TALLY.test,
             "latency": TALLY.latency.encode()}
 
 
 def on_phase(environment, msg, **kwargs) -> None:
+    test = msg.data.get("test", 0)
+    if test != TALLY.test:  # START again in the web UI: this test counts from zero
+        TALLY.reset(test)
     TALLY.ramping = bool(msg.data["ramping"])
 
 
@@ -76,10 +80,23 @@ class Board:
     stopped_by: str | None = None
     phase: str = "idle"
     host: str = "127.0.0.1"
+    test: int = 0  # each START (or headless run) is a new test; workers' reports carry its number
     _before: dict = field(default_factory=dict)  # at the ramp's start: kernel counters, target processes
+    _refusals_base: dict = field(default_factory=dict)  # the servers' refusal counters as the test began
+    _diagnosis: tuple = (0.0, None)  # (when, verdict): the last live diagnosis
 
     def on_message(self, environment, msg, **kwargs) -> None:
-        self.workers[msg.node_id] = msg.data
+        if msg.data.get("test", 0) == self.test:  # a report from before this test's start is stale
+            self.workers[msg.node_id] = msg.data
+
+    def new_test(self) -> None:
+        """A test starts (the shape's reset_time): forget the last one's reports, verdict and
+        peak; the servers' refusals count from here. Workers reset when the phase message with the
+        new number reaches them."""
+        self.test += 1
+        self.workers.clear()
+        self.stopped_by, self.phase, self._before, self.peak_kernel = None, "idle", {}, 0
+        self._refusals_base = self._all_refusals()
 
     def set_phase(self, runner, phase: str) -> None:
         """The shape's phase; workers are told whether it is ramping."""
@@ -87,7 +104,7 @@ class Board:
             if phase == "ramp":
                 self._note_start()
             self.phase = phase
-            runner.send_message(PHASE_MESSAGE, {"ramping": phase == "ramp"})
+            runner.send_message(PHASE_MESSAGE, {"ramping": phase == "ramp", "test": self.test})
 
     def live_workers(self) -> list[dict]:
         now = time.time()
@@ -132,6 +149,10 @@ class Board:
         return [g for g in self.server_board.read_all() if g["role"] != ROLE_ACCEPTOR]
 
     def server_refusals(self) -> dict[str, int]:
+        now = self._all_refusals()
+        return {k: v - self._refusals_base.get(k, 0) for k, v in now.items() if v > self._refusals_base.get(k, 0)}
+
+    def _all_refusals(self) -> dict[str, int]:
         if self.server_board is None:
             return {}
         return dict(total_refusals(self.server_board.read_all()))
@@ -173,12 +194,22 @@ class Board:
             self._before = {}
 
     def diagnosis(self) -> dict | None:
-        """Once the ramp has ended: the same verdict as run.json's, from the gauges (the web UI)."""
+        """Once the ramp has ended: the same verdict as run.json's, from the gauges (the web UI).
+        Worked out at most every DIAGNOSIS_EVERY_S (it runs ss and reads /proc): the UI polls
+        often, and the master must keep up with its workers."""
+        if self.stopped_by is None or self.port is None:
+            return None
+        cached_at, cached = self._diagnosis
+        if time.monotonic() - cached_at < DIAGNOSIS_EVERY_S and cached and cached.get("test") == self.test:
+            return cached
+        verdict = {**self._diagnose(), "test": self.test}
+        self._diagnosis = (time.monotonic(), verdict)
+        return verdict
+
+    def _diagnose(self) -> dict:
         from harness.diagnose import kernel, process, rules
         from harness.plan.limits import read_limits
 
-        if self.stopped_by is None or self.port is None:
-            return None
         procs = self._before.get("processes", [])
         for now in process.refresh(procs):
             seen = next(p for p in procs if p["pid"] == now["pid"])
@@ -200,7 +231,7 @@ class Board:
 
     def snapshot(self) -> dict:
         workers = [{k: v for k, v in r.items() if k != "latency"} for r in self.live_workers()]
-        return {"phase": self.phase, "stopped_by": self.stopped_by, "totals": self.totals(),
+        return {"test": self.test, "phase": self.phase, "stopped_by": self.stopped_by, "totals": self.totals(),
                 "workers": sorted(workers, key=lambda r: r["worker_index"]), "echo_latency": self.echo_latency(),
                 "servers": self.servers(), "server_refusals": self.server_refusals(),
                 "kernel_established": self.kernel_established, "peak_kernel_established": self.peak_kernel,

@@ -28,8 +28,8 @@ def add_arguments(parser) -> None:
     # include_in_web_ui (True unless said otherwise) is understood by Locust's parser, not by
     # argument groups: the start form shows the run's knobs, not the plumbing.
     group = parser
-    group.add_argument("--target-connections", type=int, default=1000, include_in_web_ui=True,
-                       help="connections (users) to ramp to")
+    group.add_argument("--target-connections", type=int, default=1000, include_in_web_ui=False,
+                       help="connections (users) to ramp to, where -u (the form's Number of users) is not given")
     group.add_argument("--echo-interval", type=float, default=5.0, include_in_web_ui=True,
                        help="seconds between echoes on each connection")
     group.add_argument("--echo-mode", choices=ECHO_MODES, default="closed", include_in_web_ui=True,
@@ -44,8 +44,8 @@ def add_arguments(parser) -> None:
                        help="line: the request, with backslash escapes (e.g. 'version\\r\\n')")
     group.add_argument("--expect", default="", include_in_web_ui=False, help="line: what the reply starts with")
     group.add_argument("--path", default="/", include_in_web_ui=False, help="http: the path to GET")
-    group.add_argument("--ramp-rate", type=float, default=1000.0, include_in_web_ui=True,
-                       help="new connections per second while ramping")
+    group.add_argument("--ramp-rate", type=float, default=1000.0, include_in_web_ui=False,
+                       help="new connections per second while ramping, where -r (the form's Ramp up) is not given")
     group.add_argument("--hold-seconds", type=float, default=10.0, include_in_web_ui=True,
                        help="seconds to hold once the ramp ends")
     group.add_argument("--user-mode", choices=USER_MODES, default="driver", include_in_web_ui=False,
@@ -103,5 +103,9 @@ def on_init(environment, runner, web_ui=None, **kwargs) -> None:
         host, port = parse_host(environment.host) if environment.host else (None, None)
         gauges.start_master(runner, opts.server_gauges or None, port, opts.status_file or None,
                             opts.kernel_interval, host)
+    if isinstance(runner, (MasterRunner, LocalRunner)) and environment.shape_class is not None:
+        # test_stopping, not test_stop: the master fires test_stop only once its workers report no
+        # users, seconds later, and by then a new test may have started
+        environment.events.test_stopping.add_listener(lambda **_: environment.shape_class.stopped())
     if web_ui is not None:
         webui.extend(web_ui)

@@ -4,6 +4,8 @@ to do, tells the workers the phase, and records why the ramp ended in `BOARD.sto
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from locust import LoadTestShape
 
 from harness.plan import ramp
@@ -11,11 +13,26 @@ from scenarios.gauges import BOARD
 
 
 class StepRampShape(LoadTestShape):
-    use_common_options = False
+    # Locust's own "Number of users" and "Ramp up" fields are the target and the connection rate.
+    use_common_options = True
 
     def __init__(self) -> None:
         super().__init__()
         self.state = ramp.State()
+
+    def reset_time(self) -> None:
+        """Every test starts here (Locust's start_shape, for each START in the web UI): a fresh
+        ramp, fresh tallies and gauges, no verdict from the last test. Locust calls this again once
+        the test's first users are dispatched (MasterRunner.start): that only restarts the clock."""
+        super().reset_time()
+        if self.state.phase == "ramp" and self.state.dispatched:
+            return
+        self.state = ramp.State()
+        BOARD.new_test()
+
+    def stopped(self) -> None:
+        """The test was stopped (STOP in the web UI, or the end): the next START is a new test."""
+        self.state = replace(self.state, phase="done")
 
     @property
     def phase(self) -> str:
@@ -23,7 +40,9 @@ class StepRampShape(LoadTestShape):
 
     def _settings(self) -> ramp.Settings:
         opts = self.runner.environment.parsed_options
-        return ramp.Settings(target=opts.target_connections, ramp_rate=opts.ramp_rate,
+        # Locust's fields (-u/-r, the form's first two) when given; the harness's own otherwise.
+        return ramp.Settings(target=opts.num_users or opts.target_connections,
+                             ramp_rate=opts.spawn_rate or opts.ramp_rate,
                              step_seconds=opts.step_seconds, max_seconds=opts.max_seconds,
                              hold_seconds=opts.hold_seconds)
 

@@ -68,6 +68,16 @@ class WorkerTally:
         # time in the closed loop), 3 significant digits; the master merges every worker's.
         self.latency = new_latency_histogram()
         self.evidence: dict[str, str] = {}  # failure name -> the first 200 bytes the target sent with it
+        self.test = 0  # the master's test number these counts belong to
+
+    def reset(self, test: int) -> None:
+        """A new test from the web UI (START again): counts start from zero; the connections this
+        process still holds (none, once Locust has stopped the last test's users) stay counted."""
+        self.test = test
+        self.connects_ok, self.connects_failed, self.echo_failed = 0, {}, {}
+        self.echoes_sent = self.echoes_verified = self.bytes_echoed = 0
+        self.evidence = {}
+        self.latency = new_latency_histogram()
 
     def full(self) -> bool:
         """At the most users this process may hold: one more socket would eat Locust's own fd reserve."""

@@ -58,7 +58,8 @@ def live_diagnosis() -> dict | None:
 
 
 # The start form's harness fields: (form key, type, lowest allowed, highest allowed).
-FORM_RULES = (("target_connections", int, 1, 10_000_000), ("echo_interval", float, 0.01, 3600.0),
+FORM_RULES = (("user_count", int, 1, 10_000_000), ("spawn_rate", float, 1.0, 1_000_000.0),
+              ("target_connections", int, 1, 10_000_000), ("echo_interval", float, 0.01, 3600.0),
               ("payload_size", int, 1, 65_536), ("ramp_rate", float, 1.0, 1_000_000.0),
               ("hold_seconds", float, 0.0, 86_400.0))
 

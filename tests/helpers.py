@@ -143,9 +143,10 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def wait_until(predicate, timeout: float, what: str):
-    """Poll `predicate` until it returns something true, and return that; fail naming `what` at
-    the deadline. The way tests wait for a process or a gauge instead of sleeping a guess."""
+def wait_until(predicate, timeout: float, what: str, every: float = 0.02):
+    """Poll `predicate` every `every` s until it returns something true, and return that; fail
+    naming `what` at the deadline. The way tests wait for a process or a gauge instead of sleeping
+    a guess (poll a web UI gently: it serves its page too)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -153,7 +154,7 @@ def wait_until(predicate, timeout: float, what: str):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.02)
+        time.sleep(every)
 
 
 def wait_status(directory: Path, predicate, timeout: float = 60, pattern: str = "*/status.json") -> dict:

@@ -58,11 +58,12 @@ def test_start_a_run_from_the_form_and_watch_the_connections_tab(tmp_path):
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.5)
+            assert page.input_value("input[name=userCount]") == "1000"  # harness ui --connections, pre-filled
+            page.fill("input[name=userCount]", "150")
             page.get_by_text("Custom parameters").click()
-            page.fill("input[name=targetConnections]", "-5")  # out of range: a visible error, no run
+            page.fill("input[name=echoInterval]", "-5")  # out of range: a visible error, no run
             page.get_by_role("button", name="START").click()
-            page.get_by_text("target connections -5 is out of range").wait_for(timeout=10_000)
-            page.fill("input[name=targetConnections]", "150")
+            page.get_by_text("echo interval -5 is out of range").wait_for(timeout=10_000)
             page.fill("input[name=echoInterval]", "1")
             page.fill("input[name=holdSeconds]", "60")
             page.get_by_role("button", name="START").click()
@@ -95,3 +96,78 @@ def test_start_a_run_from_the_form_and_watch_the_connections_tab(tmp_path):
     while any(process_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(process_alive(c) for c in children), "harness ui left processes behind"
+
+
+def _held(base: str) -> dict:
+    import json
+    import urllib.request
+
+    return json.loads(urllib.request.urlopen(f"{base}/connections/json", timeout=5).read())
+
+
+def test_three_runs_in_a_row_from_the_form_each_reach_their_own_number_of_users(tmp_path):
+    """Run, look, change a field, run again, as people use Locust's UI: every START is a fresh
+    test with that form's values, after the last one stopped by itself or by STOP."""
+    from harness.run.cluster import free_port
+    from tests.helpers import wait_until
+
+    web_port, port = free_port(), free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--port", str(port), "--web-port",
+                           str(web_port), "--workers", "1", "--connections", "300"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{web_port}"
+    peaks = []
+    try:
+        ui.stdout.readline()
+        ui.stdout.readline()
+        wait_until(lambda: _reachable(base) and _held(base)["totals"]["workers"] == 1, 30, "the worker reporting",
+                   every=0.5)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(base)
+            for i, (users, hold) in enumerate(((300, "1"), (700, "60"), (400, "1"))):
+                if i:  # the last test has stopped: NEW opens the start form again
+                    page.get_by_role("button", name=re.compile("^new$", re.I)).click(timeout=20_000)
+                page.fill("input[name=userCount]", str(users))
+                page.fill("input[name=spawnRate]", "1000")
+                page.get_by_text("Custom parameters").click()
+                page.fill("input[name=holdSeconds]", hold)
+                page.get_by_role("button", name="START").click()
+                status = wait_until(lambda: (s := _held(base))["test"] == i + 1 and s["stopped_by"] == "target" and s,
+                                    40, f"run {i + 1} reaching {users}", every=0.5)
+                peaks.append(status["totals"]["held"])
+                assert status["totals"]["connects_failed"] == {} and status["totals"]["connects_ok"] == users
+                if hold == "60":  # stopped by hand once Locust counts the users too, then started again
+                    wait_until(lambda: _locust_stats(base)["user_count"] == users, 20, "Locust counting the users",
+                               every=0.5)
+                    page.get_by_role("button", name="STOP").click()
+                wait_until(lambda: _locust_state(base) == "stopped", 40, f"run {i + 1} ending (STOPPED in the UI)",
+                           every=0.5)
+            browser.close()
+    finally:
+        os.killpg(ui.pid, signal.SIGINT)
+        code = ui.wait(30)
+    assert peaks == [300, 700, 400]
+    assert code == 0, ui.stderr.read()
+
+
+def _locust_stats(base: str) -> dict:
+    import json
+    import urllib.request
+
+    return json.loads(urllib.request.urlopen(f"{base}/stats/requests", timeout=5).read())
+
+
+def _locust_state(base: str) -> str:
+    return _locust_stats(base)["state"]
+
+
+def _reachable(base: str) -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(base, timeout=2).close()
+        return True
+    except OSError:
+        return False
