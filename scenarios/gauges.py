@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import gevent
 
+from scenarios.chart import Series
 from scenarios.tally import TALLY, new_latency_histogram
 from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, total_refusals
 from servers.proc import RssReader, count_open_fds, established_on_port
@@ -94,6 +95,7 @@ class Board:
         peak; the servers' refusals count from here. Workers reset when the phase message with the
         new number reaches them."""
         self.test += 1
+        SERIES.reset()
         self.workers.clear()
         self.stopped_by, self.phase, self._before, self.peak_kernel = None, "idle", {}, 0
         self._refusals_base = self._all_refusals()
@@ -239,6 +241,7 @@ class Board:
 
 
 BOARD = Board()
+SERIES = Series()  # the web UI's picture of the test, reset with it
 
 
 def start_master(runner, server_gauges: str | None, port: int | None, status_file: str | None,
@@ -260,6 +263,7 @@ def start_master(runner, server_gauges: str | None, port: int | None, status_fil
                 last_kernel = time.monotonic()
             if status_file:
                 write_status(status_file)
+            SERIES.record(BOARD, time.monotonic())
             gevent.sleep(REPORT_INTERVAL_S)
 
     gevent.spawn(loop)

@@ -40,9 +40,12 @@ class StepRampShape(LoadTestShape):
 
     def _settings(self) -> ramp.Settings:
         opts = self.runner.environment.parsed_options
-        # Locust's fields (-u/-r, the form's first two) when given; the harness's own otherwise.
-        return ramp.Settings(target=opts.num_users or opts.target_connections,
-                             ramp_rate=opts.spawn_rate or opts.ramp_rate,
+        # In the web UI, Locust's own fields (the form's first two, -u/-r at start) are the target
+        # and the rate; headless (harness run), the harness's own options are (Locust then sets
+        # -u and -r to 1 by itself).
+        ui = not getattr(opts, "headless", False)
+        return ramp.Settings(target=(opts.num_users if ui and opts.num_users else opts.target_connections),
+                             ramp_rate=(opts.spawn_rate if ui and opts.spawn_rate else opts.ramp_rate),
                              step_seconds=opts.step_seconds, max_seconds=opts.max_seconds,
                              hold_seconds=opts.hold_seconds)
 

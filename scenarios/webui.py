@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 
-from flask import jsonify, request
+from flask import Response, jsonify, request
 
-from scenarios.gauges import BOARD
+from scenarios.chart import SCRIPT
+from scenarios.gauges import BOARD, SERIES
 
 TAB = "connections"
 COLUMNS = [("what", "What"), ("name", "Name"), ("open", "Open"), ("limit", "Limit"), ("detail", "Detail")]
@@ -97,6 +98,23 @@ def extend(web_ui) -> None:
         if request.path == "/stats/requests" and response.is_json:
             response.set_data(json.dumps({**response.json, "extended_stats": [{"key": TAB, "data": rows()}]}))
         return response
+
+    @web_ui.app.after_request
+    def add_chart(response):
+        # The Connections tab's picture: a small script of our own, added to Locust's page.
+        if request.path == "/" and response.mimetype == "text/html" and not response.direct_passthrough:
+            page = response.get_data(as_text=True)
+            response.set_data(page.replace("</body>", '<script src="/connections/chart.js"></script></body>', 1))
+        return response
+
+    @web_ui.app.route("/connections/chart.js")
+    def chart_script():
+        return Response(SCRIPT.read_text(), mimetype="text/javascript")
+
+    @web_ui.app.route("/connections/series")
+    @web_ui.auth_required_if_enabled
+    def connections_series():
+        return SERIES.as_dict(BOARD)
 
     @web_ui.app.route("/connections/json")
     @web_ui.auth_required_if_enabled

@@ -85,6 +85,14 @@ def test_start_a_run_from_the_form_and_watch_the_connections_tab(tmp_path):
             else:
                 pytest.fail(f"the Connections tab never showed 150 held:\n{text}")
             assert "stopped by target" in text
+            # The live picture: one line per server process, the total, each cap and 65,535, the kernel's points.
+            chart = page.locator("#harness-chart-svg")
+            chart.wait_for(timeout=10_000)
+            page.wait_for_function("document.querySelector('#harness-chart-svg .total') !== null", timeout=10_000)
+            assert chart.locator("path.process").count() == 1 and chart.locator("path.total").count() == 1
+            assert chart.locator("line.ports").get_attribute("data-value") == "65535"
+            assert chart.locator("line.cap").count() == 1 and chart.locator("circle.kernel").count() >= 1
+            assert int(chart.get_attribute("data-points")) >= 2
             page.screenshot(path=str(tmp_path / "connections.png"))
             browser.close()
         assert (tmp_path / "connections.png").stat().st_size > 10_000
