@@ -28,6 +28,9 @@ PHASE_MESSAGE = "harness_phase"  # master -> workers: {"ramping": bool, "test": 
 REPORT_INTERVAL_S = 1.0
 KERNEL_INTERVAL_S = 2.0
 DIAGNOSIS_EVERY_S = 2.0
+# A report from before its worker reset for the current test: these counts are not this test's.
+STALE_COUNTS = {"connects_ok": 0, "connects_failed": {}, "echo_failed": {}, "echoes_sent": 0, "echoes_verified": 0,
+                "bytes_echoed": 0, "evidence": {}, "latency": ""}
 
 
 def worker_report(worker_index: int, rss: RssReader, rss_base: int, base_fds: int) -> dict:
@@ -87,16 +90,21 @@ class Board:
     _diagnosis: tuple = (0.0, None)  # (when, verdict): the last live diagnosis
 
     def on_message(self, environment, msg, **kwargs) -> None:
-        if msg.data.get("test", 0) == self.test:  # a report from before this test's start is stale
-            self.workers[msg.node_id] = msg.data
+        report = msg.data
+        if report.get("test", 0) != self.test:
+            # From before the worker heard of this test: what it holds and may hold is current,
+            # its counts are the last test's.
+            report = {**report, **STALE_COUNTS}
+        self.workers[msg.node_id] = report
 
     def new_test(self) -> None:
-        """A test starts (the shape's reset_time): forget the last one's reports, verdict and
+        """A test starts (the shape's reset_time): forget the last one's counts, verdict and
         peak; the servers' refusals count from here. Workers reset when the phase message with the
         new number reaches them."""
         self.test += 1
         SERIES.reset()
-        self.workers.clear()
+        # keep what each worker holds and may hold (the first tick needs it); not its counts
+        self.workers = {node: {**report, **STALE_COUNTS} for node, report in self.workers.items()}
         self.stopped_by, self.phase, self._before, self.peak_kernel = None, "idle", {}, 0
         self._refusals_base = self._all_refusals()
 
