@@ -447,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ramp-rate", type=_positive_float, default=None,
                    help="the start form's Ramp up: connections per second (default: --connections, up to 10,000)")
     p.add_argument("--echo-interval", type=_positive_float, default=5.0)
+    p.add_argument("--out", default="results", help="where each test started from the UI is written as a run directory")
     _add_target_options(p)
     _add_bench_parsers(sub.add_parser("bench", help="server benchmarks: echo throughput, memory per connection, "
                                       "N held on one port, the idle-connection tax, the C reference"), IDLE_POINTS, DEFAULT_ORDER)

@@ -84,6 +84,9 @@ class Board:
     stopped_by: str | None = None
     phase: str = "idle"
     host: str = "127.0.0.1"
+    runner: object = None  # the master's runner: its state goes into the status
+    target: int = 0  # the shape's target for the current test
+    ui_results: str = ""  # where harness ui writes each test's run directory (ui-runs.json)
     test: int = 0  # each START (or headless run) is a new test; workers' reports carry its number
     _before: dict = field(default_factory=dict)  # at the ramp's start: kernel counters, target processes
     _refusals_base: dict = field(default_factory=dict)  # the servers' refusal counters as the test began
@@ -241,7 +244,8 @@ class Board:
 
     def snapshot(self) -> dict:
         workers = [{k: v for k, v in r.items() if k != "latency"} for r in self.live_workers()]
-        return {"test": self.test, "phase": self.phase, "stopped_by": self.stopped_by, "totals": self.totals(),
+        return {"test": self.test, "locust_state": getattr(self.runner, "state", None), "target_connections": self.target,
+                "phase": self.phase, "stopped_by": self.stopped_by, "totals": self.totals(),
                 "workers": sorted(workers, key=lambda r: r["worker_index"]), "echo_latency": self.echo_latency(),
                 "servers": self.servers(), "server_refusals": self.server_refusals(),
                 "kernel_established": self.kernel_established, "peak_kernel_established": self.peak_kernel,
@@ -257,7 +261,7 @@ def start_master(runner, server_gauges: str | None, port: int | None, status_fil
     """On the master (or local runner): collect reports, poll the kernel every KERNEL_INTERVAL_S
     (ss is slow at 100k connections), write the status file every REPORT_INTERVAL_S."""
     runner.register_message(MESSAGE, BOARD.on_message)
-    BOARD.port = port
+    BOARD.port, BOARD.runner = port, runner
     if host:
         BOARD.host = host
     if server_gauges:

@@ -62,6 +62,8 @@ def add_arguments(parser) -> None:
                        help="allow a target outside 127.0.0.0/8 (load goes only to loopback otherwise)")
     group.add_argument("--server-gauges", default="", include_in_web_ui=False, help="the servers' gauge file (master)")
     group.add_argument("--status-file", default="", include_in_web_ui=False, help="write the master's gauges here every s")
+    group.add_argument("--ui-results", default="", include_in_web_ui=False,
+                       help="harness ui: where each test's run directory is written (its report is linked)")
     group.add_argument("--kernel-interval", type=float, default=2.0, include_in_web_ui=False,
                        help="seconds between the master's counts of established connections (ss); 0: never")
 
@@ -103,6 +105,7 @@ def on_init(environment, runner, web_ui=None, **kwargs) -> None:
         host, port = parse_host(environment.host) if environment.host else (None, None)
         gauges.start_master(runner, opts.server_gauges or None, port, opts.status_file or None,
                             opts.kernel_interval, host)
+        gauges.BOARD.ui_results = opts.ui_results
     if isinstance(runner, (MasterRunner, LocalRunner)) and environment.shape_class is not None:
         # test_stopping, not test_stop: the master fires test_stop only once its workers report no
         # users, seconds later, and by then a new test may have started

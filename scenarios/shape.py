@@ -44,7 +44,8 @@ class StepRampShape(LoadTestShape):
         # and the rate; headless (harness run), the harness's own options are (Locust then sets
         # -u and -r to 1 by itself).
         ui = not getattr(opts, "headless", False)
-        return ramp.Settings(target=(opts.num_users if ui and opts.num_users else opts.target_connections),
+        BOARD.target = opts.num_users if ui and opts.num_users else opts.target_connections
+        return ramp.Settings(target=BOARD.target,
                              ramp_rate=(opts.spawn_rate if ui and opts.spawn_rate else opts.ramp_rate),
                              step_seconds=opts.step_seconds, max_seconds=opts.max_seconds,
                              hold_seconds=opts.hold_seconds)

@@ -9,8 +9,9 @@ the kernel's count on the port, refusals by errno, and the limit predicted to st
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from flask import Response, jsonify, request
+from flask import Response, jsonify, request, send_from_directory
 
 from scenarios.chart import SCRIPT
 from scenarios.gauges import BOARD, SERIES
@@ -40,6 +41,10 @@ def rows() -> list[dict]:
         out.append({"what": "failed connects", "name": reason, "open": n, "limit": "", "detail": ""})
     out.append({"what": "next limit", "name": snap["phase"], "open": t["open"], "limit": "",
                 "detail": snap["next_limit"] + (f"; stopped by {snap['stopped_by']}" if snap["stopped_by"] else "")})
+    report = latest_report()
+    if report:
+        out.append({"what": "report", "name": report.split("/")[2], "open": "", "limit": "",
+                    "detail": f"the last finished test's report: {report}"})
     diagnosis = live_diagnosis()
     if diagnosis:
         out.append({"what": "diagnosis", "name": diagnosis["limit"], "open": diagnosis["measured"],
@@ -48,6 +53,17 @@ def rows() -> list[dict]:
         out += [{"what": "evidence", "name": "", "open": "", "limit": "", "detail": line}
                 for line in diagnosis["evidence"][:6]]
     return out
+
+
+def latest_report() -> str | None:
+    """The web UI's path to the report of the newest run `harness ui` wrote, if any."""
+    if not BOARD.ui_results:
+        return None
+    try:
+        runs = json.loads((Path(BOARD.ui_results) / "ui-runs.json").read_text())["runs"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return f"/runs/{runs[-1]}/report/report.html" if runs else None
 
 
 def live_diagnosis() -> dict | None:
@@ -110,6 +126,18 @@ def extend(web_ui) -> None:
     @web_ui.app.route("/connections/chart.js")
     def chart_script():
         return Response(SCRIPT.read_text(), mimetype="text/javascript")
+
+    @web_ui.app.route("/runs/<name>/report/<path:file>")
+    @web_ui.auth_required_if_enabled
+    def run_report(name: str, file: str):
+        # only the reports of runs this UI wrote: their names are in ui-runs.json
+        try:
+            runs = json.loads((Path(BOARD.ui_results) / "ui-runs.json").read_text())["runs"]
+        except (OSError, ValueError, KeyError):
+            runs = []
+        if not BOARD.ui_results or name not in runs:
+            return Response("no such run", status=404)
+        return send_from_directory(Path(BOARD.ui_results) / name / "report", file)
 
     @web_ui.app.route("/connections/series")
     @web_ui.auth_required_if_enabled

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from harness.results.schema import load
 from tests.helpers import ROOT, process_alive
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -115,13 +116,14 @@ def _held(base: str) -> dict:
 
 def test_three_runs_in_a_row_from_the_form_each_reach_their_own_number_of_users(tmp_path):
     """Run, look, change a field, run again, as people use Locust's UI: every START is a fresh
-    test with that form's values, after the last one stopped by itself or by STOP."""
+    test with that form's values. Then STOP in the middle of a hold and START again. Every test
+    becomes a run directory, and the Connections tab links the last one's report."""
     from harness.run.cluster import free_port
     from tests.helpers import wait_until
 
     web_port, port = free_port(), free_port()
     ui = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--port", str(port), "--web-port",
-                           str(web_port), "--workers", "1", "--connections", "300"], cwd=ROOT,
+                           str(web_port), "--workers", "1", "--connections", "300", "--out", str(tmp_path)], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     base = f"http://127.0.0.1:{web_port}"
     peaks = []
@@ -134,30 +136,66 @@ def test_three_runs_in_a_row_from_the_form_each_reach_their_own_number_of_users(
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(base)
-            for i, (users, hold) in enumerate(((300, "1"), (700, "60"), (400, "1"))):
-                if i:  # the last test has stopped: NEW opens the start form again
+            for i, users in enumerate((300, 700, 400)):
+                if i:  # the last test has stopped by itself: NEW opens the start form again
                     page.get_by_role("button", name=re.compile("^new$", re.I)).click(timeout=20_000)
                 page.fill("input[name=userCount]", str(users))
                 page.fill("input[name=spawnRate]", "1000")
                 page.get_by_text("Custom parameters").click()
-                page.fill("input[name=holdSeconds]", hold)
+                page.fill("input[name=holdSeconds]", "2")
                 page.get_by_role("button", name="START").click()
                 status = wait_until(lambda: (s := _held(base))["test"] == i + 1 and s["stopped_by"] == "target" and s,
                                     40, f"run {i + 1} reaching {users}", every=0.5)
                 peaks.append(status["totals"]["held"])
                 assert status["totals"]["connects_failed"] == {} and status["totals"]["connects_ok"] == users
-                if hold == "60":  # stopped by hand once Locust counts the users too, then started again
-                    wait_until(lambda: _locust_stats(base)["user_count"] == users, 20, "Locust counting the users",
-                               every=0.5)
-                    page.get_by_role("button", name="STOP").click()
                 wait_until(lambda: _locust_state(base) == "stopped", 40, f"run {i + 1} ending (STOPPED in the UI)",
                            every=0.5)
+            assert peaks == [300, 700, 400]
+            # Each finished test is a run directory; the Connections tab links the last one's report.
+            def report_link():
+                rows = _locust_stats(base)["extended_stats"][0]["data"]
+                return next((r["detail"].split(": ", 1)[1] for r in rows if r["what"] == "report"
+                             and r["name"].endswith("-400")), None)
+
+            link = wait_until(report_link, 30, "the third run's report linked", every=0.5)
+            report = page.goto(base + link)
+            assert report.ok and "held 400 connections on 127.0.0.1" in page.content()
+            assert "stopped by target" in page.content() and "<b>Diagnosis:</b>" in page.content()
             browser.close()
+        # STOP in the middle of a hold, then START again (over HTTP, what the two buttons send)
+        _post(base, "/swarm", user_count=200, spawn_rate=1000, hold_seconds=60)
+        wait_until(lambda: (s := _held(base))["test"] == 4 and s["totals"]["held"] == 200, 30, "run 4 holding",
+                   every=0.5)
+        wait_until(lambda: sum(p["held"] == 200 for p in _series(base)["points"]) >= 2, 20, "the hold in the chart",
+                   every=0.5)
+        _post(base, "/stop")
+        _post(base, "/swarm", user_count=250, spawn_rate=1000, hold_seconds=1)
+        status = wait_until(lambda: (s := _held(base))["test"] == 5 and s["stopped_by"] == "target" and s, 30,
+                            "run 5 reaching 250 after a STOP", every=0.5)
+        assert status["totals"]["connects_ok"] == 250 and status["totals"]["connects_failed"] == {}
+        wait_until(lambda: len(list(tmp_path.glob("*/run.json"))) == 5, 30, "five run directories", every=0.5)
     finally:
         os.killpg(ui.pid, signal.SIGINT)
         code = ui.wait(30)
-    assert peaks == [300, 700, 400]
+    docs = [load(p.parent) for p in sorted(tmp_path.glob("*/run.json"))]
+    assert [d["target_connections"] for d in docs] == [300, 700, 400, 200, 250]
+    assert [d["peak_connections"] for d in docs] == [300, 700, 400, 200, 250]
     assert code == 0, ui.stderr.read()
+
+
+def _post(base: str, path: str, **form) -> dict:
+    import json
+    import urllib.parse
+    import urllib.request
+
+    return json.loads(urllib.request.urlopen(f"{base}{path}", urllib.parse.urlencode(form).encode(), timeout=70).read())
+
+
+def _series(base: str) -> dict:
+    import json
+    import urllib.request
+
+    return json.loads(urllib.request.urlopen(f"{base}/connections/series", timeout=5).read())
 
 
 def _locust_stats(base: str) -> dict:

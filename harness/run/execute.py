@@ -281,7 +281,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         if display:
             display.close()
         kernel_after = _quietly(kernel.snapshot, group.port)  # before teardown: the queue as the run left it
-        servers_at_peak = _servers_at_peak(group, sampler)
+        peak_servers = servers_at_peak(group, sampler)
         cluster.stop()
         group.stop()
         _move(scratch / "servers.log", run_dir / "logs" / "servers.log")
@@ -290,7 +290,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         stopped_by = stop_reason[0] if stop_reason else None
         diagnosis = _quietly(lambda: rules.diagnose(run_evidence(
             config=asdict(cfg), plan=plan.as_dict(), limits=prepared.limits, series=sampler.series,
-            status=sampler.status, stopped_by=stopped_by, host=host, port=group.port, servers=servers_at_peak,
+            status=sampler.status, stopped_by=stopped_by, host=host, port=group.port, servers=peak_servers,
             processes=target.processes if target else [], kernel_before=kernel_before, kernel_after=kernel_after)))
         doc = build_document(
             config=asdict(cfg), plan=plan.as_dict(), limits=prepared.limits,
@@ -357,7 +357,7 @@ def _quietly(read, *args):
         return None
 
 
-def _servers_at_peak(group, sampler: Sampler) -> list[dict]:
+def servers_at_peak(group, sampler: Sampler) -> list[dict]:
     """The harness's own server processes' gauges (cap, open at the peak, fd limit), for the diagnosis."""
     if group.board is None:
         return []

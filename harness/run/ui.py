@@ -17,8 +17,10 @@ from pathlib import Path
 
 from harness.diagnose import process
 from harness.run.cluster import LocustCluster
-from harness.run.execute import LOAD_NICE
+from harness.run.execute import LOAD_NICE, RunConfig
+from harness.run.sampler import Sampler
 from harness.run.target import OutsideTarget, TargetError, is_local, parse_target
+from harness.run.ui_runs import UiRuns
 from scenarios.targets import target_error
 from servers.contract import ServerConfig
 from servers.supervisor import ConfigError, ServerGroup, StartError
@@ -36,6 +38,8 @@ def run_ui(args: argparse.Namespace) -> int:
         print(f"harness ui: error: {exc}", file=sys.stderr)
         return 2
     host = group.host if args.target else "127.0.0.1"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     protocol_args = ["--protocol", args.protocol or "echo", "--send", args.send, "--expect", args.expect,
                      "--path", args.path, *(["--allow-non-loopback"] if args.allow_non_loopback else [])]
     cluster = LocustCluster(
@@ -45,10 +49,13 @@ def run_ui(args: argparse.Namespace) -> int:
                      str(args.workers), *(["--server-gauges", group.gauges_path] if group.gauges_path else []),
                      "--users", str(args.connections), "--spawn-rate", str(args.ramp_rate or min(args.connections, 10_000)),
                      "--echo-interval", str(args.echo_interval),
-                     "--status-file", str(workdir / "status.json"), *protocol_args],
+                     "--status-file", str(workdir / "status.json"), "--ui-results", str(out), *protocol_args],
         worker_args=[*(["--worker-fd-limit", str(args.worker_fd_limit)] if args.worker_fd_limit else []),
                      *protocol_args,
                      *(["--source-addresses", ",".join(args.source_addresses)] if args.source_addresses else [])])
+    runs = UiRuns(Sampler(group, cluster, workdir / "status.json", time.monotonic()), _base_config(args), out, host,
+                  {"host": group.host, "port": group.port, "protocol": args.protocol, "local": group.local,
+                   "processes": group.processes} if args.target else None)
     try:
         cluster.start()
         if args.target:
@@ -59,19 +66,39 @@ def run_ui(args: argparse.Namespace) -> int:
                   f"(fd limit {group.fd_limit} each); Locust: 1 master + {args.workers} worker(s)", flush=True)
         print(f"web UI: http://127.0.0.1:{args.web_port}  (the Connections tab shows the harness's gauges; "
               f"Ctrl-C stops everything; logs in {workdir})", flush=True)
+        next_poll = time.monotonic()
         while not stopping:
             dead = cluster.dead()
             if "master" in dead:
                 print(f"the Locust master exited (code {dead['master']}); see {workdir / 'master.log'}",
                       file=sys.stderr)
                 return 1
+            if time.monotonic() >= next_poll:
+                next_poll += 1.0
+                written = runs.poll()
+                if written:
+                    print(f"run written: {written / 'run.json'} (report: {written / 'report' / 'report.html'})",
+                          flush=True)
             time.sleep(0.2)
         return 0
     finally:
+        try:
+            written = runs.finish()
+            if written:
+                print(f"run written: {written / 'run.json'}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - the processes must still be stopped
+            print(f"harness ui: the last test's run directory was not written: {exc}", file=sys.stderr)
         cluster.stop()
         group.stop()
         print("stopped: Locust workers, master" + ("" if args.target else " and every server process"),
               file=sys.stderr, flush=True)
+
+
+def _base_config(args: argparse.Namespace) -> RunConfig:
+    """What a run started from this UI is, as a headless run's configuration would say it."""
+    return RunConfig(backend=args.backend, processes=args.processes, share=args.share, server_fd_limit=args.fd_limit,
+                     workers=args.workers, worker_fd_limit=args.worker_fd_limit, port=args.port,
+                     echo_interval=args.echo_interval, out=args.out, target=args.target, protocol=args.protocol)
 
 
 def _servers_or_target(args: argparse.Namespace, workdir: Path):
