@@ -54,10 +54,26 @@ def test_report_opens_offline_in_chromium_with_every_image_loaded(report, tmp_pa
         page.goto(report.as_uri())
         widths = page.evaluate("Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        # Each section, as a picture and by the data it shows.
+        sections = page.locator("section")
+        shots = {}
+        for i in range(sections.count()):
+            section = sections.nth(i)
+            name = section.get_attribute("id") or section.get_attribute("class")
+            section.screenshot(path=str(tmp_path / f"{name}.png"))
+            shots[name] = ((tmp_path / f"{name}.png").stat().st_size, section.inner_text())
         browser.close()
     assert len(widths) == len(EXPECTED_PNGS) and all(w > 300 for w in widths), widths
     assert failed == []
     assert (tmp_path / "report.png").stat().st_size > 50_000
+    size, text = shots["run-0"]
+    assert size > 20_000 and "held 100,000 connections on 127.0.0.1:9999" in text and "stopped by target" in text
+    assert "Memory per connection: server" in text and "RLIMIT_NOFILE soft / hard" in text
+    size, text = shots["sweep"]
+    assert size > 5_000 and "asyncio: slope 1.0" in text and "1,014" in text
+    plots_shown = {name: size for name, (size, _) in shots.items() if name.startswith("plot-")}
+    assert set(plots_shown) == {f"plot-{n.removesuffix('.png')}" for n in EXPECTED_PNGS}
+    assert all(size > 20_000 for size in plots_shown.values()), plots_shown
 
 
 def test_connections_plot_draws_each_process_its_cap_and_65535():
@@ -103,12 +119,32 @@ def test_memory_and_throughput_bars_hold_the_recorded_figures():
     assert [b.get_height() for b in bars] == [r["req_per_s"] for r in bench_echo["rows"]]
 
 
-def test_latency_is_drawn_against_connections_held():
+def test_latency_is_drawn_over_time_with_the_ramp_and_hold_shaded():
     run = load(FIXTURES / "run-100k")
-    ax = plots.rate_and_latency(run).axes[1]
-    assert [line.get_label() for line in ax.get_lines()] == ["p50", "p90", "p99", "max"]
-    held = [p["held"] for p in run["latency_series"] if p["p50"] is not None]
-    assert list(ax.get_lines()[0].get_xdata()) == held
+    ax_rate, ax_lat = plots.rate_and_latency(run).axes
+    assert [line.get_label() for line in ax_lat.get_lines()] == ["p50", "p90", "p99", "max"]
+    assert list(ax_lat.get_lines()[0].get_xdata()) == [p["t"] for p in run["latency_series"] if p["p50"] is not None]
+    (ramp_start, ramp_end), (hold_start, hold_end) = plots.phases(run)
+    assert ramp_end - ramp_start == pytest.approx(run["ramp_s"]) and hold_end > hold_start >= ramp_start
+    for ax in (ax_rate, ax_lat):
+        spans = {p.get_label(): p for p in ax.patches}
+        assert set(spans) == {"ramp", "hold"}
+        assert spans["ramp"].get_x() == ramp_start  # an axvspan is a rectangle from x to x + width
+    assert ax_rate.yaxis.get_major_formatter()(100_000, 0) == "100,000"  # thousands separated
+
+
+def test_memory_parts_and_whole_agree_or_say_why():
+    from harness.report.page import memory_sentence
+
+    run = load(FIXTURES / "run-100k")
+    text = memory_sentence(run)
+    m = run["memory"]
+    parts = (m["server_rss_per_conn_bytes"] + m["locust_rss_per_conn_bytes"] + m["kernel_slab_per_conn_bytes"]) / 1024
+    assert f"= {parts:.2f} KB" in text
+    agree = {**run, "memory": {**m, "system_per_conn_bytes": parts * 1024}}
+    assert memory_sentence(agree).endswith("the parts and the whole agree.")
+    more = {**run, "memory": {**m, "system_per_conn_bytes": (parts + 4) * 1024}}
+    assert "+4.00 KB are what the parts do not count" in memory_sentence(more)
 
 
 def test_every_figure_draws_its_data():

@@ -1,23 +1,29 @@
 """`harness report`: PNG plots and one self-contained report.html, rebuilt from result files alone.
 
 Inputs are run directories (run.json), sweep directories (sweep.json) and benchmark files
-(bench-echo-*.json, bench-memory-*.json). The HTML embeds every image (base64) and references
-nothing outside itself, so it opens offline and can be mailed to a colleague.
+(bench-echo-*.json, bench-memory-*.json). The HTML (templates/report.html.j2, autoescaped) opens
+with a verdict box per run (held N on port P, stopped by X, predicted Y, the diagnosis and its
+evidence), embeds every image (base64) and references nothing outside itself, so it opens offline
+and can be mailed to a colleague.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from harness.report import plots
 from harness.results.store import write_bytes_atomic
 from harness.results.schema import load_result
 
 PNG_DPI = 90
+# The page is a Jinja2 template (Flask's, installed with Locust), every value autoescaped.
+TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+                        autoescape=select_autoescape(["html", "j2"]))
 
 
 @dataclass
@@ -65,8 +71,8 @@ def figures(found: Inputs) -> list[tuple[str, str, object]]:
         tag = f"{i}-{run['backend']}-{run['target_connections']}"
         out.append((f"connections-{tag}.png", f"Connections held over time, per server process, against each "
                     f"process's cap and 65,535 ({run['backend']}, {run['started_at']})", plots.connections_over_time(run)))
-        out.append((f"rate-latency-{tag}.png", "Connect rate over time; echo latency percentiles against "
-                    "connections held", plots.rate_and_latency(run)))
+        out.append((f"rate-latency-{tag}.png", "Connect rate and echo latency percentiles over time, the ramp and "
+                    "the hold shaded", plots.rate_and_latency(run)))
     for i, sweep in enumerate(found.sweeps):
         out.append((f"cap-vs-limit-{i}.png", "Cap against fd limit per backend, with the fitted line and "
                     "select()'s FD_SETSIZE wall", plots.cap_vs_fd_limit(sweep)))
@@ -96,24 +102,69 @@ def verdict(run: dict) -> str:
 def build(paths: list[str | Path], out_dir: Path) -> Path:
     found = collect(paths)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections = []
+    images = []
     for name, caption, fig in figures(found):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=PNG_DPI, bbox_inches="tight")
         plots.plt.close(fig)
         data = buf.getvalue()
         write_bytes_atomic(out_dir / name, data)
-        sections.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,'
-                        f'{base64.b64encode(data).decode()}"><figcaption>{html.escape(caption)}</figcaption></figure>')
-    page = _page(found, sections)
+        images.append({"name": name.removesuffix(".png"), "caption": caption, "data": base64.b64encode(data).decode()})
+    page = TEMPLATES.get_template("report.html.j2").render(
+        runs=[_run_context(run) for run in found.runs], sweeps=found.sweeps, tours=found.tours,
+        bench_echo=found.bench_echo, figures=images)
     report = out_dir / "report.html"
     write_bytes_atomic(report, page.encode())
     return report
 
 
-def _table(rows: list[tuple[str, object]]) -> str:
-    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows)
-    return f"<table>{body}</table>"
+def _run_context(run: dict) -> dict:
+    m = run["memory"]
+    return {"doc": run, "verdict": verdict(run), "memory": memory_sentence(run), "rows": [(k, _fmt(v)) for k, v in [
+        ("backend / share", f"{run['backend']} / {run['share']}"), ("server processes", run["server_processes"]),
+        ("server fd limit (each)", run["server_fd_limit"]), ("Locust workers", run["workers"]),
+        ("user mode", run["user_mode"]), ("source addresses", len(run["source_addresses"])),
+        ("target", run["target_connections"]), ("peak (kernel)", run["peak_connections"]),
+        ("peak (servers)", run["peak_connections_servers"]), ("per process", run["peak_connections_by_process"]),
+        ("predicted cap", run["predicted_cap"]), ("stopped by", run["stopped_by"]),
+        ("ramp", f"{run.get('ramp_s', 0):.1f} s, {run.get('connect_rate_per_s', 0):,} connections/s"),
+        ("echoes sent / verified / mismatched",
+         f"{run['echo']['sent']:,} / {run['echo']['verified']:,} / {run['echo']['mismatched']:,}"),
+        ("memory per connection", f"server {m['server_rss_per_conn_bytes'] / 1024:.2f} KB, Locust "
+         f"{m['locust_rss_per_conn_bytes'] / 1024:.2f} KB, kernel slab {m['kernel_slab_per_conn_bytes'] / 1024:.2f} KB"),
+        ("duration", f"{run['duration_s']:.1f} s")]],
+        "limits": [(k, _fmt(v)) for k, v in _limits_rows(run)]}
+
+
+def memory_sentence(run: dict) -> str:
+    """The parts of memory per connection beside the whole, and why they differ when they do."""
+    m = run["memory"]
+    parts = (m["server_rss_per_conn_bytes"] + m["locust_rss_per_conn_bytes"] + m["kernel_slab_per_conn_bytes"]) / 1024
+    whole = (m.get("system_per_conn_bytes") or 0) / 1024
+    text = (f"Memory per connection: server {m['server_rss_per_conn_bytes'] / 1024:.2f} KB + Locust "
+            f"{m['locust_rss_per_conn_bytes'] / 1024:.2f} KB + kernel slab {m['kernel_slab_per_conn_bytes'] / 1024:.2f} KB "
+            f"= {parts:.2f} KB")
+    if not whole:
+        return text + "."
+    text += f"; the whole system (MemAvailable before and at the peak) {whole:.2f} KB"
+    if abs(whole - parts) <= 0.05 * max(whole, parts):
+        return text + ": the parts and the whole agree."
+    processes = run["server_processes"] + run["workers"]
+    return text + (f": the {whole - parts:+.2f} KB are what the parts do not count: the {processes} processes' own "
+                   "memory (interpreters, page tables, kernel stacks) spread over the connections held, and page "
+                   "cache and other processes moving meanwhile" if whole > parts else
+                   ": less than the parts, as memory other processes freed during the run counts against the whole")
+
+
+def _limits_rows(run: dict) -> list[tuple[str, object]]:
+    lim = run["limits"]
+    return [("host", f"{run['machine']['hostname']}: {run['machine']['cpu']} × {run['machine'].get('cpus')}"),
+            ("kernel / Python / Locust", f"{run['machine']['kernel']} / {run['machine']['python']} / {run['machine']['locust']}"),
+            ("RLIMIT_NOFILE soft / hard", f"{_fmt(lim['nofile_soft'])} / {_fmt(lim['nofile_hard'])}"),
+            ("fs.nr_open", lim["nr_open"]), ("fs.file-max", lim["file_max"]),
+            ("ip_local_port_range", "-".join(map(str, lim["ip_local_port_range"]))),
+            ("somaxconn", lim["somaxconn"]), ("pid_max / threads-max", f"{lim['pid_max']:,} / {lim['threads_max']:,}"),
+            ("memory available", f"{lim['mem_available'] / 2**30:.1f} GiB")]
 
 
 def _fmt(value: object) -> str:
@@ -126,68 +177,3 @@ def _fmt(value: object) -> str:
     if isinstance(value, list):
         return ", ".join(_fmt(v) for v in value)
     return "" if value is None else str(value)
-
-
-def _page(found: Inputs, sections: list[str]) -> str:
-    parts = ["<h1>Connections per port: capped by file descriptors, not by 65,535 port numbers</h1>"]
-    for run in found.runs:
-        m = run["memory"]
-        parts.append(f"<h2>Run {html.escape(run['started_at'])}: {html.escape(run['backend'])}, "
-                     f"{run['target_connections']:,} connections</h2>")
-        parts.append(f"<p class=verdict>{html.escape(verdict(run))}</p>")
-        diagnosis = run.get("diagnosis")
-        if diagnosis:
-            parts.append("<div class=diagnosis><p><b>Diagnosis:</b> " + html.escape(diagnosis["summary"])
-                         + (f"</p><p><b>Fix:</b> {html.escape(diagnosis['fix'])}" if diagnosis["fix"] else "")
-                         + "</p><ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in diagnosis["evidence"])
-                         + "</ul></div>")
-        parts.append(_table([
-            ("backend / share", f"{run['backend']} / {run['share']}"), ("server processes", run["server_processes"]),
-            ("server fd limit (each)", run["server_fd_limit"]), ("Locust workers", run["workers"]),
-            ("user mode", run["user_mode"]), ("source addresses", len(run["source_addresses"])),
-            ("target", run["target_connections"]), ("peak (kernel)", run["peak_connections"]),
-            ("peak (servers)", run["peak_connections_servers"]), ("per process", run["peak_connections_by_process"]),
-            ("predicted cap", run["predicted_cap"]), ("stopped by", run["stopped_by"]),
-            ("ramp", f"{run.get('ramp_s', 0):.1f} s, {run.get('connect_rate_per_s', 0):,} connections/s"),
-            ("echoes sent / verified / mismatched",
-             f"{run['echo']['sent']:,} / {run['echo']['verified']:,} / {run['echo']['mismatched']:,}"),
-            ("memory per connection", f"server {m['server_rss_per_conn_bytes'] / 1024:.2f} KB, Locust "
-             f"{m['locust_rss_per_conn_bytes'] / 1024:.2f} KB, kernel slab {m['kernel_slab_per_conn_bytes'] / 1024:.2f} KB"),
-            ("duration", f"{run['duration_s']:.1f} s"),
-        ]))
-        lim = run["limits"]
-        parts.append("<h3>Machine and limits</h3>" + _table([
-            ("host", f"{run['machine']['hostname']}: {run['machine']['cpu']} × {run['machine'].get('cpus')}"),
-            ("kernel / Python / Locust", f"{run['machine']['kernel']} / {run['machine']['python']} / {run['machine']['locust']}"),
-            ("RLIMIT_NOFILE soft / hard", f"{_fmt(lim['nofile_soft'])} / {_fmt(lim['nofile_hard'])}"),
-            ("fs.nr_open", lim["nr_open"]), ("fs.file-max", lim["file_max"]),
-            ("ip_local_port_range", "-".join(map(str, lim["ip_local_port_range"]))),
-            ("somaxconn", lim["somaxconn"]), ("pid_max / threads-max", f"{lim['pid_max']:,} / {lim['threads_max']:,}"),
-            ("memory available", f"{lim['mem_available'] / 2**30:.1f} GiB"),
-        ]))
-        parts.append("<h3>Plan</h3><ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in run["plan"]["reasons"]) + "</ul>")
-    for sweep in found.sweeps:
-        rows = "".join(f"<tr><td>{html.escape(p['backend'])}</td><td>{p['fd_limit']:,}</td><td>{p['cap']:,}</td>"
-                       f"<td>{p['predicted_cap']:,}</td><td>{p['error_pct']:.2f}%</td><td>{html.escape(p['stopped_by'])}</td></tr>"
-                       for p in sweep["points"])
-        fits = "; ".join(f"{b}: slope {f['slope']}, offset {f['offset']}" for b, f in sweep["fits"].items())
-        parts.append(f"<h2>fd-limit sweep {html.escape(sweep['started_at'])}</h2><p>{html.escape(fits)}</p>"
-                     "<table><tr><th>backend</th><th>fd limit</th><th>held</th><th>predicted</th><th>off</th>"
-                     f"<th>stopped by</th></tr>{rows}</table>")
-    for tour in found.tours:
-        parts.append(f"<h2>The seed article's claims, shown live ({html.escape(tour['started_at'])})</h2><ol>")
-        for step in tour["steps"]:
-            evidence = "\n".join(step["lines"])
-            parts.append(f"<li><b>{html.escape(step['title'])}</b><pre>{html.escape(evidence)}</pre>"
-                         f"<p>{'✔' if step['ok'] else '✘'} {html.escape(step['verdict'])}</p></li>")
-        parts.append("</ol>")
-    if not found.bench_echo:
-        parts.append("<p class=note>No echo benchmark given: <code>harness bench echo</code> writes one.</p>")
-    parts.append("<h2>Plots</h2>" + "".join(sections))
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-             "img{max-width:100%}figure{margin:1.5em 0}.verdict{font-size:1.15em;font-weight:bold}.note{color:#666}"
-             ".diagnosis{border-left:4px solid #c33;padding:.2em 1em;background:#fdf3f3}")
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>harness report</title><style>{style}</style>"
-            f"</head><body>{''.join(parts)}</body></html>")
-

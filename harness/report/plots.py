@@ -15,6 +15,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from harness.plan.core import PORT_NUMBERS  # noqa: E402
 from servers.intake import FD_SETSIZE  # noqa: E402
 
+THOUSANDS = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")
 PARTS = (("server_rss_per_conn_bytes", "server userland"), ("locust_rss_per_conn_bytes", "Locust"),
          ("kernel_slab_per_conn_bytes", "kernel slab (both ends)"),
          ("kernel_stack_per_conn_bytes", "kernel thread stacks"))
@@ -61,7 +62,7 @@ def connections_over_time(run: dict) -> Figure:
     ax.set_ylim(0, peak * 1.12)
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("connections")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.yaxis.set_major_formatter(THOUSANDS)
     ax.legend(fontsize=8, loc="upper left", ncol=2)
     ax.grid(alpha=0.3)
     return fig
@@ -87,6 +88,8 @@ def cap_vs_fd_limit(sweep: dict) -> Figure:
     ax.set_ylim(0, top)
     ax.set_xlabel("soft RLIMIT_NOFILE of the server process")
     ax.set_ylabel("connections held")
+    ax.xaxis.set_major_formatter(THOUSANDS)
+    ax.yaxis.set_major_formatter(THOUSANDS)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     return fig
@@ -118,30 +121,51 @@ def memory_per_connection(runs: list[dict], bench_memory: dict | None = None) ->
 
 
 def rate_and_latency(run: dict) -> Figure:
-    """How fast did connections come, and did echo latency grow with connections held?"""
-    fig, (ax_rate, ax_lat) = _figure("Connect rate, and echo latency against connections held", ncols=2)
+    """How fast did connections come, and how did echo latency move over the run? The ramp and the
+    hold are shaded on both, so a latency rise shows where it happened."""
+    fig, (ax_rate, ax_lat) = _figure("Connect rate, and echo latency over time (ramp and hold shaded)", ncols=2)
     series = run["series"]
     t = np.array([p["t"] for p in series])
-    # The servers' gauges are sampled every second (the kernel's count every 2 s, as ss is slow).
-    held = np.array([p["server_open"] for p in series], dtype=float)
+    # The servers' gauges are sampled every second (the kernel's count every 2 s, as ss is slow);
+    # a target's connections are counted by the workers.
+    key = "server_open" if not run.get("target") else "locust_held"
+    held = np.array([p.get(key, 0) for p in series], dtype=float)
     if len(t) > 1:
         rate = np.clip(np.diff(held) / np.maximum(np.diff(t), 1e-6), 0, None)
         ax_rate.plot(t[1:], rate, color="tab:blue")
     ax_rate.set_xlabel("seconds since start")
     ax_rate.set_ylabel("new connections per second")
-    ax_rate.grid(alpha=0.3)
     lat = run.get("latency_series", [])
     for key in ("p50", "p90", "p99", "max"):
-        points = [(p["held"], p[key]) for p in lat if p[key] is not None]
+        points = [(p["t"], p[key]) for p in lat if p[key] is not None]
         if points:
             xs, ys = zip(*points)
             ax_lat.plot(xs, ys, marker=".", lw=1, label=key)
-    ax_lat.set_xlabel("connections held (Locust users)")
+    ax_lat.set_xlabel("seconds since start")
     ax_lat.set_ylabel("echo latency, ms (Locust's histogram, last 10 s)")
+    for ax in (ax_rate, ax_lat):
+        for (start, end), color, label in zip(phases(run), ("tab:orange", "tab:green"), ("ramp", "hold")):
+            if end > start:
+                ax.axvspan(start, end, color=color, alpha=0.12, label=label)
+        ax.grid(alpha=0.3)
+        ax.yaxis.set_major_formatter(THOUSANDS)
     if lat:
         ax_lat.legend(fontsize=8)
-    ax_lat.grid(alpha=0.3)
     return fig
+
+
+def phases(run: dict) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(start, end) of the ramp and of the hold, in seconds since the run started."""
+    key = "server_open" if not run.get("target") else "locust_held"
+    series = run["series"]
+    start = next((p["t"] for p in series if p.get(key, 0) > 0), 0.0)
+    ramp_end = start + run.get("ramp_s", 0.0)
+    hold = [p["t"] for p in series if p.get("phase") == "hold"]
+    if not any("phase" in p for p in series):  # a run.json from before phases were recorded
+        peak = max((p.get(key, 0) for p in series), default=0)
+        hold = [p["t"] for p in series if p["t"] >= ramp_end and peak and p.get(key, 0) >= 0.99 * peak]
+    # a hold seen in one sample lasted at least the second that sample stands for
+    return (start, ramp_end), ((min(hold), max(max(hold), min(hold) + 1.0)) if hold else (ramp_end, ramp_end))
 
 
 def echo_throughput(bench_echo: dict) -> Figure:
@@ -153,6 +177,6 @@ def echo_throughput(bench_echo: dict) -> Figure:
     for i, r in enumerate(rows):
         ax.text(i, r["req_per_s"], f"{r['req_per_s']:,.0f}", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("requests per second")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.yaxis.set_major_formatter(THOUSANDS)
     ax.grid(axis="y", alpha=0.3)
     return fig
