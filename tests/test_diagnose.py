@@ -81,6 +81,10 @@ def test_an_accept_queue_that_overflowed():
                                 kernel_deltas={"ListenOverflows": 37, "ListenDrops": 37, "SyncookiesSent": 0},
                                 kernel_after={"listen": [{"queued": 17, "backlog": 16, "local": "127.0.0.1:80"}]}))
     assert d["limit"] == "accept queue"
+    # machine-wide counters alone (another server's overflow) are not this target's queue
+    alone = rules.diagnose(evidence(connects_failed={"timeout": 80}, held=0, kernel_deltas={"ListenOverflows": 37},
+                                    kernel_after={"listen": [{"queued": 0, "backlog": 16, "local": "127.0.0.1:80"}]}))
+    assert alone["limit"] == "timeouts"
     assert d["evidence"][:2] == ["TcpExt ListenOverflows +37, ListenDrops +37 during the run (/proc/net/netstat)",
                                  "accept queue of 127.0.0.1:80: 17 waiting of a backlog of 16 (ss -ltn)"]
 
