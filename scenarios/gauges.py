@@ -25,6 +25,7 @@ from servers.proc import RssReader, count_open_fds, established_on_port
 MESSAGE = "harness_gauges"
 STALE_S = 5.0  # a worker silent this long is left out of the totals (the shape never lowers its target for it)
 PHASE_MESSAGE = "harness_phase"  # master -> workers: {"ramping": bool, "test": the test's number}
+RESET_MESSAGE = "harness_reset_stats"  # master -> workers: RESET in the web UI
 REPORT_INTERVAL_S = 1.0
 KERNEL_INTERVAL_S = 2.0
 DIAGNOSIS_EVERY_S = 2.0
@@ -56,6 +57,7 @@ def start_reporting(runner) -> None:
     """In a process that runs users: report to the master every REPORT_INTERVAL_S, and follow
     the master's phase (periodic echoes wait while it ramps)."""
     runner.register_message(PHASE_MESSAGE, on_phase)
+    runner.register_message(RESET_MESSAGE, lambda environment, msg, **kw: TALLY.reset_echo_stats())
     rss = RssReader()  # opened now, before any connection: works at EMFILE later
     base = rss.rss_bytes()  # before any user: what the users cost is measured from here
     # fds in use = those held before any user + one socket per open connection. Listed once:
@@ -191,6 +193,15 @@ class Board:
             return "unknown"
         room, name = min(candidates)
         return f"{name}: room for {room:,} more"
+
+    def reset_stats(self) -> None:
+        """RESET in the web UI (Locust's reset_stats event): the workers start their echo counts
+        again, and until they report, the last reports' echo counts are not shown."""
+        if self.runner is not None:
+            self.runner.send_message(RESET_MESSAGE, {})
+        echo = {"echoes_sent": 0, "echoes_verified": 0, "bytes_echoed": 0, "echo_failed": {}, "evidence": {},
+                "latency": ""}
+        self.workers = {node: {**report, **echo} for node, report in self.workers.items()}
 
     def _note_start(self) -> None:
         """What the diagnosis compares with: the kernel's counters and, for a target on this

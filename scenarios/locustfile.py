@@ -106,6 +106,8 @@ def on_init(environment, runner, web_ui=None, **kwargs) -> None:
         gauges.start_master(runner, opts.server_gauges or None, port, opts.status_file or None,
                             opts.kernel_interval, host)
         gauges.BOARD.ui_results = opts.ui_results
+    if isinstance(runner, (MasterRunner, LocalRunner)):
+        environment.events.reset_stats.add_listener(gauges.BOARD.reset_stats)
     if isinstance(runner, (MasterRunner, LocalRunner)) and environment.shape_class is not None:
         # test_stopping, not test_stop: the master fires test_stop only once its workers report no
         # users, seconds later, and by then a new test may have started

@@ -79,6 +79,13 @@ class WorkerTally:
         self.evidence = {}
         self.latency = new_latency_histogram()
 
+    def reset_echo_stats(self) -> None:
+        """RESET in the web UI: the echo counts, failures and latency start again, as Locust's own
+        request stats do; the connections and their connect counts stay (the ramp still needs them)."""
+        self.echoes_sent = self.echoes_verified = self.bytes_echoed = 0
+        self.echo_failed, self.evidence = {}, {}
+        self.latency = new_latency_histogram()
+
     def full(self) -> bool:
         """At the most users this process may hold: one more socket would eat Locust's own fd reserve."""
         return bool(self.max_users) and self.open >= self.max_users

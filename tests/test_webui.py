@@ -168,6 +168,11 @@ def test_three_runs_in_a_row_from_the_form_each_reach_their_own_number_of_users(
                    every=0.5)
         wait_until(lambda: sum(p["held"] == 200 for p in _series(base)["points"]) >= 2, 20, "the hold in the chart",
                    every=0.5)
+        # RESET clears the echo counts as Locust's own stats, while the connections stay held
+        import urllib.request
+        urllib.request.urlopen(urllib.request.Request(f"{base}/stats/reset", method="POST"), timeout=10).read()
+        after = wait_until(lambda: (s := _held(base))["totals"]["echoes_verified"] == 0 and s, 10, "RESET", every=0.5)
+        assert after["totals"]["held"] == 200 and after["totals"]["connects_ok"] == 200
         _post(base, "/stop")
         _post(base, "/swarm", user_count=250, spawn_rate=1000, hold_seconds=1)
         status = wait_until(lambda: (s := _held(base))["test"] == 5 and s["stopped_by"] == "target" and s, 30,
