@@ -170,12 +170,17 @@ def test_redis_in_protected_mode_refuses_every_127_0_x_y_source_in_words(tmp_pat
     assert "--protected-mode no" in d["fix"] and "--source-addresses 127.0.0.1" in d["fix"]
 
 
-def test_nginx_worker_connections_is_its_own_limit_across_two_workers(tmp_path, outside):
+def nginx_run(tmp_path: Path, outside, rlimit: int, worker_connections: int, connections: str) -> tuple[dict, dict]:
+    """nginx with two workers on a free port, loaded over HTTP: (run.json, its diagnosis)."""
     port = free_port()
-    outside(nginx_conf(tmp_path, port, rlimit=4096, connections=100), port=port)
-    code, doc, err = target_run(tmp_path, port, "--protocol", "http", "--connections", "400")
-    d = doc["diagnosis"]
+    outside(nginx_conf(tmp_path, port, rlimit=rlimit, connections=worker_connections), port=port)
+    code, doc, err = target_run(tmp_path, port, "--protocol", "http", "--connections", connections)
     assert code == 0, err
+    return doc, doc["diagnosis"]
+
+
+def test_nginx_worker_connections_is_its_own_limit_across_two_workers(tmp_path, outside):
+    doc, d = nginx_run(tmp_path, outside, rlimit=4096, worker_connections=100, connections="400")
     assert d["limit"] == "target's own connection limit" and "worker_connections" in d["fix"]
     workers = [p for p in doc["target"]["processes"] if p.get("fds_gained", 0) > 0]
     assert len(workers) == 2 and all(p["name"] == "nginx" for p in workers)
@@ -184,11 +189,7 @@ def test_nginx_worker_connections_is_its_own_limit_across_two_workers(tmp_path, 
 
 
 def test_nginx_worker_rlimit_nofile_is_its_fd_limit_within_1_percent(tmp_path, outside):
-    port = free_port()
-    outside(nginx_conf(tmp_path, port, rlimit=300, connections=4096), port=port)
-    code, doc, err = target_run(tmp_path, port, "--protocol", "http", "--connections", "max")
-    d = doc["diagnosis"]
-    assert code == 0, err
+    doc, d = nginx_run(tmp_path, outside, rlimit=300, worker_connections=4096, connections="max")
     assert d["limit"] == "target fd limit" and d["process"]["name"] == "nginx" and d["process"]["fd_soft"] == 300
     assert "nginx (2 processes) holds 300 of its 300 fds" in d["summary"]  # the master takes no connections
     assert within_1_percent(doc["peak_connections"], d["predicted_cap"]), (doc["peak_connections"], d["predicted_cap"])
