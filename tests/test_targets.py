@@ -19,6 +19,7 @@ import pytest
 from markupsafe import escape  # what the report's template escapes with
 
 from harness.report.page import build
+from servers.proc import die_with_parent
 from tests.helpers import ROOT, wait_status, wait_until
 
 HARNESS = [sys.executable, "-m", "harness.cli", "run"]
@@ -38,8 +39,9 @@ class Outside:
     def __init__(self, cmd: list[str], port: int | None = None, prlimit_nofile: int | None = None) -> None:
         if prlimit_nofile:
             cmd = ["prlimit", f"--nofile={prlimit_nofile}:{prlimit_nofile}", *cmd]
+        # It dies with this test process even if pytest itself is killed (PR_SET_PDEATHSIG survives exec).
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_parent)
         if port is None:  # it says where it listens
             line = self.proc.stdout.readline()
             assert line.startswith("listening on"), line
