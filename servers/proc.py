@@ -37,13 +37,19 @@ def set_fd_limit(limit: int) -> tuple[int, int]:
     return limit, hard
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Ask the kernel to send `sig` when the parent exits, so a killed supervisor leaves no orphan."""
+def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> None:
+    """Ask the kernel to send `sig` when the parent exits, so a killed supervisor leaves no orphan.
+
+    prctl(2) warns of the race: a parent that died between fork() and this call is already gone,
+    and the child, reparented, would never get `sig`. Given the `parent` pid it was forked by, the
+    child checks afterwards and sends itself `sig` if that parent is no longer its parent."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the supervisor's own stop path still applies
-        pass
+        return
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), sig)
 
 
 def close_fds_except(keep: set[int]) -> None:

@@ -158,12 +158,20 @@ class ServerGroup:
               acceptor=None, keep=()) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid:
             self.pids[index] = pid
             return
         code = 1
         try:
+            # First of all: the supervisor may die while it is still forking. Its own Python handlers
+            # (a foreground supervisor's Ctrl-C and SIGTERM) must not catch the SIGTERM that then
+            # comes, or a child still starting would note it and go on serving, orphaned: SIGTERM
+            # kills until the backend installs its own stop handler.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+            proc.die_with_parent(signal.SIGTERM, parent)
             code = self._child(index, inherited, make_source, siblings, handoff, acceptor, keep)
         except BaseException:
             traceback.print_exc()
@@ -173,8 +181,6 @@ class ServerGroup:
             os._exit(code)
 
     def _child(self, index, inherited, make_source, siblings, handoff, acceptor, keep) -> int:
-        proc.die_with_parent(signal.SIGTERM)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
         if self.config.nice:
             os.nice(self.config.nice)
         if self.log_file:

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from servers.gauges import GaugeBoard
-from tests.helpers import ROOT, process_alive
+from tests.helpers import ROOT, process_alive, wait_until
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
 
@@ -80,6 +80,34 @@ def test_kill_9_of_the_supervisor_leaves_no_orphan(tmp_path):
     while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(process_alive(p) for p in pids), "server processes outlived a killed supervisor"
+
+
+@pytest.mark.parametrize("after", [0.05, 0.3, 0.8, 1.5])
+def test_kill_9_of_the_supervisor_while_it_starts_its_processes_leaves_none(tmp_path, after):
+    """Killed while still forking (prctl's race: a child forked just before its parent died never
+    gets PDEATHSIG unless it checks its parent) or while its children start: nothing is left."""
+    proc = subprocess.Popen([*HARNESS, "serve", "asyncio", "--port", "0", "--processes", "60",
+                             "--gauges", str(tmp_path / "gauges")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    session = proc.pid
+    wait_until(lambda: len(_in_session(session)) > 1 or proc.poll() is not None, 10, "the first server process")
+    time.sleep(after)  # the moment of the kill is the variable under test, not a synchronisation
+    proc.kill()
+    proc.wait()
+    wait_until(lambda: not _in_session(session), 10, f"every server process exiting (killed after {after} s)")
+
+
+def _in_session(sid: int) -> list[int]:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p.pid)
+        except (OSError, psutil.NoSuchProcess):
+            continue
+    return found
 
 
 def test_limits_json_reads_the_kernel():

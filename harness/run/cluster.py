@@ -38,8 +38,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _prepare_child(nice: int) -> None:
-    proc.die_with_parent(signal.SIGTERM)
+def _prepare_child(nice: int, parent: int) -> None:
+    proc.die_with_parent(signal.SIGTERM, parent)
     if nice:
         os.nice(nice)  # the forked workers inherit it
 
@@ -76,7 +76,7 @@ class LocustCluster:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "w")
         self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                            stdin=subprocess.DEVNULL, preexec_fn=lambda: _prepare_child(nice),
+                                            stdin=subprocess.DEVNULL, preexec_fn=lambda me=os.getpid(): _prepare_child(nice, me),
                                             start_new_session=True)  # Ctrl-C is the harness's to handle
         if out is not None:
             out.close()
