@@ -71,6 +71,28 @@ def close_fds_except(keep: set[int]) -> None:
                 pass
 
 
+def processes_error(count: int, each_bytes: int, reserve_bytes: int, flag: str = "--processes") -> str | None:
+    """Why `count` more processes cannot start here, from /proc: memory (each `each_bytes`, with
+    `reserve_bytes` kept free) or the pids left under kernel.pid_max and threads-max; or None."""
+    with open("/proc/meminfo") as f:
+        available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    fit = max(0, (available - reserve_bytes) // each_bytes)
+    if count > fit:
+        return (f"{flag} {count:,} needs {count * each_bytes / 2**30:.1f} GiB ({each_bytes >> 20} MiB a process) and "
+                f"{available / 2**30:.1f} GiB is available, {reserve_bytes >> 30} GiB of it kept free: at most "
+                f"{fit:,} fit; lower {flag}")
+    limits = []
+    for path in ("/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max"):
+        with open(path) as f:
+            limits.append(int(f.read()))
+    in_use = sum(1 for name in os.listdir("/proc") if name.isdigit())
+    room = min(limits) - in_use
+    if count > room:
+        return (f"{flag} {count:,} is more than the {room:,} processes kernel.pid_max and threads-max leave "
+                f"({in_use:,} in use); lower {flag}")
+    return None
+
+
 def count_open_fds(pid: int | str = "self") -> int:
     """Open fds of a process, as /proc lists them (needs one free fd in the caller)."""
     names = os.listdir(f"/proc/{pid}/fd")

@@ -26,7 +26,8 @@ import time
 import traceback
 
 from servers import proc, registry
-from servers.contract import SELECTORS, SHARE_MODES, ServeContext, ServerConfig
+from servers.contract import (MEMORY_RESERVE_BYTES, SELECTORS, SERVER_PROCESS_BYTES, SHARE_MODES, ServeContext,
+                              ServerConfig)
 from servers.gauges import ROLE_ACCEPTOR, SERVING, STARTING, GaugeBoard
 from servers.wire import EchoError, echo_once
 
@@ -62,6 +63,9 @@ def validate(config: ServerConfig) -> None:
         raise ConfigError("--upper is a transform of the threaded backend only; use `harness serve threaded --upper`")
     if config.processes < 1:
         raise ConfigError(f"--processes {config.processes} must be at least 1")
+    error = proc.processes_error(config.processes, SERVER_PROCESS_BYTES, MEMORY_RESERVE_BYTES)
+    if error:
+        raise ConfigError(error)
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"port {config.port} is not a TCP port; use 0-65535 (0 picks a free one)")
     if config.fd_limit is not None:

@@ -29,6 +29,8 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     (["serve", "asyncio", "--port", "0", "--fd-limit", str(10**7)], ["exceeds the hard limit", "--fd-limit"]),
     (["serve", "asyncio", "--port", "70000"], ["not a TCP port"]),
     (["serve", "asyncio", "--port", "0", "--processes", "0"], ["at least 1"]),
+    (["serve", "asyncio", "--port", "0", "--processes", "50000"], ["--processes 50,000 needs", "GiB (9 MiB a process)",
+                                                                     "fit; lower --processes"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, words):
     result = run(*args)

@@ -123,3 +123,13 @@ def test_a_worker_fd_limit_below_the_reserve_is_refused_not_divided_by():
     p = plan(THIS_MACHINE, 10, worker_fd_limit=80)
     assert p.workers == 0 and p.error.endswith("raise --worker-fd-limit to at least 128 (or the hard limit)")
     assert core.sources_for(16_667, THIS_MACHINE) == 2 and core.sources_for(0, THIS_MACHINE) == 1
+
+
+def test_processes_and_workers_the_memory_cannot_hold_are_refused_with_what_fits():
+    p = plan(THIS_MACHINE, 1000, processes=5000)
+    # 5,000 × 9 MiB + 8 MiB; 23 GiB less 1 GiB kept free and 1,000 × 9 KB
+    assert p.error.startswith("5,000 server processes and 1 Locust workers need 44.0 GiB")
+    assert "at most 2,501 server processes fit; lower --processes or --workers" in p.error
+    assert plan(THIS_MACHINE, 1000, processes=100).error is None
+    tight = {**THIS_MACHINE, "pid_max": 32768, "threads_in_use": 32_000}
+    assert "threads" in plan(tight, 1000, processes=10, workers=200).error

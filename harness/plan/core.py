@@ -17,6 +17,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from scenarios.tally import WORKER_FD_RESERVE
+from servers.contract import MEMORY_RESERVE_BYTES, SERVER_PROCESS_BYTES
 from servers.intake import FD_SETSIZE
 from servers.registry import BACKENDS
 
@@ -32,6 +33,9 @@ CLIENT_FD_RESERVE = WORKER_FD_RESERVE
 MIN_WORKER_FD_LIMIT = CLIENT_FD_RESERVE + 28
 # The caps a run is allowed to find; any other binding cap makes the plan refuse the run.
 RUN_FINDS = ("fd limit", "FD_SETSIZE")
+# A forked Locust worker's own memory before its users (~7 MB measured; the README's figure).
+WORKER_PROCESS_BYTES = 8 << 20
+THREADS_PER_WORKER = 4  # a Locust worker's threads (gevent's hub and pool, zmq's I/O thread)
 # The default proof: at most this many server processes and Locust workers together.
 PROOF_TARGET = 100_000
 PROOF_MAX_PROCESSES = 32
@@ -146,6 +150,7 @@ def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int
     error = clients.pop("error")
     if problems and binding not in RUN_FINDS:
         error = f"{problems[0]} on this machine; lower --connections"
+    error = error or processes_error(limits, processes, clients["workers"], predicted)
     return Plan(connections=connections, backend=backend, fd_limit=fd_limit, held_fds=held,
                 per_process=per_process, per_source=per_source_address(limits), server_processes=processes,
                 predicted_cap=predicted, binding=binding, caps=caps, reasons=reasons + clients.pop("reasons"),
@@ -228,6 +233,26 @@ def plan_target(limits: dict, connections: int, *, local: bool, target_room: int
                 per_source=per_source_address(limits), server_processes=0, predicted_cap=predicted,
                 binding=binding, caps=caps, reasons=reasons + clients.pop("reasons"), problems=problems,
                 error=error, **clients)
+
+
+def processes_error(limits: dict, servers: int, workers: int, connections: int) -> str | None:
+    """Why this many server processes and Locust workers cannot run here beside `connections`
+    connections: the memory they cost (measured per process and per connection, with a reserve
+    kept free) or the pids and threads left; None when they fit."""
+    room = limits["mem_available"] - MEMORY_RESERVE_BYTES - connections * BYTES_PER_CONNECTION
+    need = servers * SERVER_PROCESS_BYTES + workers * WORKER_PROCESS_BYTES
+    if need > room:
+        fit = max(0, (room - workers * WORKER_PROCESS_BYTES) // SERVER_PROCESS_BYTES)
+        return (f"{servers:,} server processes and {workers:,} Locust workers need {need / 2**30:.1f} GiB beside "
+                f"{connections:,} connections, and {max(0, room) / 2**30:.1f} GiB is left of MemAvailable "
+                f"({MEMORY_RESERVE_BYTES >> 30} GiB kept free): at most {fit:,} server processes fit; lower "
+                "--processes or --workers")
+    threads = servers + workers * THREADS_PER_WORKER
+    free = min(limits["pid_max"], limits["threads_max"]) - limits.get("threads_in_use", 0)
+    if threads > free:
+        return (f"{servers:,} server processes and {workers:,} Locust workers need ~{threads:,} threads, and "
+                f"kernel.pid_max and threads-max leave {free:,}; lower --processes or --workers")
+    return None
 
 
 def fd_limit_error(flag: str, value: int | None, limits: dict, least: int = MIN_FD_LIMIT) -> str | None:
