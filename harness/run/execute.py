@@ -248,7 +248,9 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
             new_dead = dead.keys() - reported
             if new_dead:
                 # Workers quit just before the master at the end of a run; one that dies while its
-                # master carries on with the others is a fault, and the result is marked.
+                # master carries on with the others is a fault, and the result is marked. What the
+                # dead worker held is read now, before the grace period ages its last report.
+                sampler.read_status()
                 master_code = cluster.wait_master(WORKER_EXIT_GRACE_S)
                 if master_code is not None:
                     break
