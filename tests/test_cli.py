@@ -96,7 +96,11 @@ def test_kill_9_of_the_supervisor_while_it_starts_its_processes_leaves_none(tmp_
     time.sleep(after)  # the moment of the kill is the variable under test, not a synchronisation
     proc.kill()
     proc.wait()
-    wait_until(lambda: not _in_session(session), 10, f"every server process exiting (killed after {after} s)")
+    try:
+        wait_until(lambda: not _in_session(session), 10, f"every server process exiting (killed after {after} s)")
+    finally:  # a failure must not leave the orphans it found running
+        for pid in _in_session(session):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _in_session(sid: int) -> list[int]:
