@@ -29,9 +29,11 @@ RESET_MESSAGE = "harness_reset_stats"  # master -> workers: RESET in the web UI
 REPORT_INTERVAL_S = 1.0
 KERNEL_INTERVAL_S = 2.0
 DIAGNOSIS_EVERY_S = 2.0
-# A report from before its worker reset for the current test: these counts are not this test's.
-STALE_COUNTS = {"connects_ok": 0, "connects_failed": {}, "echo_failed": {}, "echoes_sent": 0, "echoes_verified": 0,
-                "bytes_echoed": 0, "evidence": {}, "latency": ""}
+# What RESET clears in a worker's report, and what a new test does besides (a report from before
+# its worker reset for the current test: these counts are not this test's).
+ECHO_COUNTS = {"echo_failed": {}, "echoes_sent": 0, "echoes_verified": 0, "bytes_echoed": 0, "evidence": {},
+               "latency": ""}
+STALE_COUNTS = {**ECHO_COUNTS, "connects_ok": 0, "connects_failed": {}}
 
 
 def worker_report(worker_index: int, rss: RssReader, rss_base: int, base_fds: int) -> dict:
@@ -199,9 +201,7 @@ class Board:
         again, and until they report, the last reports' echo counts are not shown."""
         if self.runner is not None:
             self.runner.send_message(RESET_MESSAGE, {})
-        echo = {"echoes_sent": 0, "echoes_verified": 0, "bytes_echoed": 0, "echo_failed": {}, "evidence": {},
-                "latency": ""}
-        self.workers = {node: {**report, **echo} for node, report in self.workers.items()}
+        self.workers = {node: {**report, **ECHO_COUNTS} for node, report in self.workers.items()}
 
     def _note_start(self) -> None:
         """What the diagnosis compares with: the kernel's counters and, for a target on this
@@ -212,8 +212,7 @@ class Board:
             return
         try:
             procs = [] if self.server_board is not None else process.listeners(self.port)
-            self._before = {"kernel": kernel.snapshot(self.port),
-                            "processes": [{**p, "fds_before": p["fds"], "fds_peak": p["fds"]} for p in procs]}
+            self._before = {"kernel": kernel.snapshot(self.port), "processes": process.tracked(procs)}
         except (OSError, ValueError):
             self._before = {}
 
@@ -232,26 +231,20 @@ class Board:
 
     def _diagnose(self) -> dict:
         from harness.diagnose import kernel, process, rules
+        from harness.diagnose.evidence import gather
         from harness.plan.limits import read_limits
 
         procs = self._before.get("processes", [])
-        for now in process.refresh(procs):
-            seen = next(p for p in procs if p["pid"] == now["pid"])
-            seen.update(now, fds_peak=max(seen["fds_peak"], now["fds"]), fds_gained=now["fds"] - seen["fds_before"])
-        t, limits = self.totals(), read_limits()
-        after = kernel.snapshot(self.port)
-        lo, hi = limits["ip_local_port_range"]
-        workers = self.live_workers()
-        return rules.diagnose({
-            "stopped_by": self.stopped_by, "held": t["held"], "target": {"host": self.host, "port": self.port},
-            "connects_failed": t["connects_failed"], "echo_failed": t["echo_failed"],
-            "server_refused": self.server_refusals(), "evidence": t["evidence"],
-            "servers": [{"pid": g["pid"], "cap": g["cap"], "open": g["open"], "fd_soft": g["fd_soft"],
-                         "base_fds": g["base_fds"]} for g in self.servers()],
-            "processes": procs, "workers": workers, "limits": limits,
-            "sources": sorted({a for w in workers for a in w["sources"]}), "ports_per_address": hi - lo + 1,
-            "port_range": f"{lo}-{hi}", "both_ends_local": self.host.startswith("127."), "kernel_after": after,
-            "kernel_deltas": kernel.deltas(self._before["kernel"], after) if self._before.get("kernel") else {}})
+        process.track(procs)
+        t, workers = self.totals(), self.live_workers()
+        return rules.diagnose(gather(
+            stopped_by=self.stopped_by, held=t["held"], host=self.host, port=self.port, totals=t,
+            server_refused=self.server_refusals(), workers=workers,
+            sources=list(dict.fromkeys(a for w in workers for a in w["sources"])),
+            servers=[{"pid": g["pid"], "cap": g["cap"], "open": g["open"], "fd_soft": g["fd_soft"],
+                      "base_fds": g["base_fds"]} for g in self.servers()],
+            processes=procs, limits=read_limits(), kernel_before=self._before.get("kernel"),
+            kernel_after=kernel.snapshot(self.port)))
 
     def snapshot(self) -> dict:
         workers = [{k: v for k, v in r.items() if k != "latency"} for r in self.live_workers()]

@@ -74,10 +74,8 @@ class WorkerTally:
         """A new test from the web UI (START again): counts start from zero; the connections this
         process still holds (none, once Locust has stopped the last test's users) stay counted."""
         self.test = test
-        self.connects_ok, self.connects_failed, self.echo_failed = 0, {}, {}
-        self.echoes_sent = self.echoes_verified = self.bytes_echoed = 0
-        self.evidence = {}
-        self.latency = new_latency_histogram()
+        self.connects_ok, self.connects_failed = 0, {}
+        self.reset_echo_stats()
 
     def reset_echo_stats(self) -> None:
         """RESET in the web UI: the echo counts, failures and latency start again, as Locust's own

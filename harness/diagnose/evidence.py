@@ -8,28 +8,33 @@ from harness.diagnose import kernel
 from harness.results.rundoc import held_count
 
 
+def gather(*, stopped_by: str | None, held: int, host: str, port: int, totals: dict, server_refused: dict,
+           workers: list[dict], sources: list[str], servers: list[dict], processes: list[dict], limits: dict,
+           kernel_before: dict | None, kernel_after: dict | None, **more) -> dict:
+    """The evidence dict `rules.diagnose` reads, from what a run (or the web UI's master) counted."""
+    lo, hi = limits["ip_local_port_range"]
+    return {
+        "stopped_by": stopped_by, "held": held, "target": {"host": host, "port": port, **more.pop("target", {})},
+        "connects_failed": totals.get("connects_failed", {}), "echo_failed": totals.get("echo_failed", {}),
+        "server_refused": server_refused, "evidence": totals.get("evidence", {}), "servers": servers,
+        "processes": processes,
+        "workers": [{"open": w.get("open", 0), "max_users": w.get("max_users", 0), "fds": w.get("fds", 0)}
+                    for w in workers],
+        "sources": sources, "ports_per_address": hi - lo + 1, "port_range": f"{lo}-{hi}", "limits": limits,
+        "both_ends_local": host.startswith("127."), "kernel_before": kernel_before, "kernel_after": kernel_after,
+        "kernel_deltas": kernel.deltas(kernel_before, kernel_after) if kernel_before and kernel_after else {},
+        **more,
+    }
+
+
 def run_evidence(*, config: dict, plan: dict, limits: dict, series: list[dict], status: dict,
                  stopped_by: str | None, host: str, port: int, servers: list[dict], processes: list[dict],
                  kernel_before: dict | None, kernel_after: dict | None) -> dict:
-    totals = status.get("totals", {})
-    lo, hi = limits["ip_local_port_range"]
-    sources = [a for w in status.get("workers", []) for a in w.get("sources", [])]
-    if config.get("source_addresses"):
-        sources = list(config["source_addresses"])
-    else:
-        sources = sorted(set(sources), key=sources.index)
-    peak = max(map(held_count(bool(config.get("target"))), series), default=0)
-    return {
-        "stopped_by": stopped_by or status.get("stopped_by"), "held": peak,
-        "target_connections": config["connections"],
-        "target": {"host": host, "port": port, "protocol": config.get("protocol") or "echo"},
-        "connects_failed": totals.get("connects_failed", {}), "echo_failed": totals.get("echo_failed", {}),
-        "server_refused": status.get("server_refusals", {}), "evidence": totals.get("evidence", {}),
-        "servers": servers, "processes": processes,
-        "workers": [{"open": w.get("open", 0), "max_users": w.get("max_users", 0), "fds": w.get("fds", 0)}
-                    for w in status.get("workers", [])],
-        "sources": sources, "ports_per_address": hi - lo + 1, "port_range": f"{lo}-{hi}",
-        "limits": limits, "plan": plan, "both_ends_local": host.startswith("127."),
-        "kernel_before": kernel_before, "kernel_after": kernel_after,
-        "kernel_deltas": kernel.deltas(kernel_before, kernel_after) if kernel_before and kernel_after else {},
-    }
+    workers = status.get("workers", [])
+    sources = list(config.get("source_addresses") or dict.fromkeys(a for w in workers for a in w.get("sources", [])))
+    return gather(stopped_by=stopped_by or status.get("stopped_by"),
+                  held=max(map(held_count(bool(config.get("target"))), series), default=0), host=host, port=port,
+                  totals=status.get("totals", {}), server_refused=status.get("server_refusals", {}),
+                  workers=workers, sources=sources, servers=servers, processes=processes, limits=limits,
+                  kernel_before=kernel_before, kernel_after=kernel_after, plan=plan,
+                  target={"protocol": config.get("protocol") or "echo"}, target_connections=config["connections"])

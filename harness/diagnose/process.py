@@ -115,3 +115,17 @@ def listeners(port: int) -> list[dict]:
 def refresh(procs: list[dict]) -> list[dict]:
     """The same processes described again (those that are still there)."""
     return [d for d in (describe(p["pid"]) for p in procs) if d]
+
+
+def tracked(procs: list[dict]) -> list[dict]:
+    """`procs` marked to be followed by `track`: the fds each held before, and its most so far."""
+    return [{**p, "fds_before": p["fds"], "fds_peak": p["fds"]} for p in procs]
+
+
+def track(procs: list[dict]) -> None:
+    """Read the processes again, in place: now, the most fds each has held, and what it gained."""
+    by_pid = {p["pid"]: p for p in procs}
+    for now in refresh(procs):
+        seen = by_pid[now["pid"]]
+        peak = max(seen["fds_peak"], now["fds"])
+        seen.update(now, fds_peak=peak, fds_gained=peak - seen["fds_before"])

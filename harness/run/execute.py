@@ -24,13 +24,14 @@ from harness.plan.limits import meminfo, read_limits
 from harness.run.cluster import LocustCluster
 from harness.run.progress import RunProgress
 from harness.run.sampler import Sampler
-from harness.run.target import OutsideTarget, TargetError, is_local, parse_target
+from harness.run.cluster import scenario_args
+from harness.run.target import OutsideTarget, TargetError, check_target, is_local
 from harness.results import locust_files
 from harness.results.store import machine, utc_stamp, write_json_atomic
 from harness.results.rundoc import build_document
 from harness.results.schema import run_dir_name
 from scenarios import protocols
-from scenarios.targets import is_loopback, target_error
+from scenarios.targets import is_loopback
 from servers import proc, registry
 from servers.contract import ServerConfig
 from servers.gauges import ROLE_ACCEPTOR
@@ -140,14 +141,9 @@ def _prepare_target(cfg: RunConfig, limits: dict) -> Prepared:
     """A run against a server the harness does not start: its address, what it speaks, and what
     its processes (when it is on this machine) can hold."""
     try:
-        host, port = parse_target(cfg.target)
+        host, port = check_target(cfg.target, cfg.protocol, cfg.allow_non_loopback)
     except TargetError as exc:
         raise RunError(str(exc)) from None
-    error = target_error(host, cfg.allow_non_loopback)
-    if error:
-        raise RunError(error.replace("target ", "--target ", 1))
-    if cfg.protocol is None:
-        raise RunError(f"--target {cfg.target} needs --protocol: say what it speaks ({', '.join(protocols.PROTOCOLS)})")
     for field_name, flag in SERVER_FLAGS:
         if getattr(cfg, field_name) is not None:
             raise RunError(f"{flag} shapes the servers the harness starts; with --target none is started: drop {flag}")
@@ -211,8 +207,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
     run_dir.mkdir(parents=True)
     status_file = run_dir / "status.json"
     kernel_before = kernel.snapshot(group.port)
-    protocol_args = ["--protocol", cfg.protocol or "echo", "--send", cfg.send, "--expect", cfg.expect,
-                     "--path", cfg.path, *(["--allow-non-loopback"] if cfg.allow_non_loopback else [])]
+    protocol_args = scenario_args(cfg.protocol, cfg.send, cfg.expect, cfg.path, cfg.allow_non_loopback)
     cluster = LocustCluster(
         host=host, port=group.port, workers=prepared.workers, log_dir=run_dir / "logs", worker_nice=LOAD_NICE,
         master_args=["--headless", "--expect-workers", str(prepared.workers), *protocol_args,

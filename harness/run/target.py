@@ -12,6 +12,8 @@ import ipaddress
 import socket
 
 from harness.diagnose import process
+from scenarios.protocols import PROTOCOLS
+from scenarios.targets import target_error
 
 CONNECT_CHECK_S = 5.0
 
@@ -36,6 +38,17 @@ def parse_target(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def check_target(text: str, protocol: str | None, allow_non_loopback: bool) -> tuple[str, int]:
+    """(host, port) of a --target that may be loaded with --protocol, else TargetError."""
+    host, port = parse_target(text)
+    error = target_error(host, allow_non_loopback)
+    if error:
+        raise TargetError(error.replace("target ", "--target ", 1))
+    if protocol is None:
+        raise TargetError(f"--target {text} needs --protocol: say what it speaks ({', '.join(PROTOCOLS)})")
+    return host, port
+
+
 def is_local(host: str) -> bool:
     """Whether the target's processes can be read here: loopback (all of 127/8 is this machine)."""
     return ipaddress.ip_address(host).is_loopback
@@ -50,7 +63,7 @@ class OutsideTarget:
         self.local = is_local(host)
         self.exited: dict[int, int] = {}
         # the processes behind the port, as found before the run, with the most fds each held since
-        self.processes = [{**p, "fds_before": p["fds"], "fds_peak": p["fds"]} for p in processes or []]
+        self.processes = process.tracked(processes or [])
 
     def start(self) -> "OutsideTarget":
         try:
@@ -62,13 +75,8 @@ class OutsideTarget:
 
     def sample(self) -> None:
         """Read the target's processes again; keep each one's most fds."""
-        if not self.local:
-            return
-        by_pid = {p["pid"]: p for p in self.processes}
-        for now in process.refresh(self.processes):
-            seen = by_pid[now["pid"]]
-            peak = max(seen["fds_peak"], now["fds"])
-            seen.update(now, fds_peak=peak, fds_gained=peak - seen["fds_before"])
+        if self.local:
+            process.track(self.processes)
 
     def reap(self) -> dict[int, int]:
         return {}

@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 
 from harness.diagnose import process
-from harness.run.cluster import LocustCluster
+from harness.run.cluster import LocustCluster, scenario_args
 from harness.run.execute import LOAD_NICE, RunConfig
 from harness.run.sampler import Sampler
-from harness.run.target import OutsideTarget, TargetError, is_local, parse_target
+from harness.run.target import OutsideTarget, TargetError, check_target, is_local
 from harness.run.ui_runs import UiRuns
-from scenarios.targets import target_error
 from servers.contract import ServerConfig
 from servers.supervisor import ConfigError, ServerGroup, StartError
 
@@ -40,8 +39,7 @@ def run_ui(args: argparse.Namespace) -> int:
     host = group.host if args.target else "127.0.0.1"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    protocol_args = ["--protocol", args.protocol or "echo", "--send", args.send, "--expect", args.expect,
-                     "--path", args.path, *(["--allow-non-loopback"] if args.allow_non_loopback else [])]
+    protocol_args = scenario_args(args.protocol, args.send, args.expect, args.path, args.allow_non_loopback)
     cluster = LocustCluster(
         host=host, port=group.port, workers=args.workers, log_dir=workdir,
         worker_nice=LOAD_NICE,
@@ -104,12 +102,7 @@ def _base_config(args: argparse.Namespace) -> RunConfig:
 def _servers_or_target(args: argparse.Namespace, workdir: Path):
     """The harness's own servers, started; or the --target, checked (nothing is started for it)."""
     if args.target:
-        host, port = parse_target(args.target)
-        error = target_error(host, args.allow_non_loopback)
-        if error:
-            raise TargetError(error.replace("target ", "--target ", 1))
-        if args.protocol is None:
-            raise TargetError(f"--target {args.target} needs --protocol: say what it speaks")
+        host, port = check_target(args.target, args.protocol, args.allow_non_loopback)
         found = process.listeners(port) if is_local(host) else []
         return OutsideTarget(host, port, found).start()
     config = ServerConfig(backend=args.backend, port=args.port, processes=args.processes, share=args.share,
