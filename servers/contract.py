@@ -49,6 +49,7 @@ class ServerConfig:
     backlog: int = 4096
     upper: bool = False  # threaded only: send back the upper-cased data (the seed article's demo)
     nice: int = 0  # added to each server process's nice value (a run lowers its load below its control)
+    netns: str | None = None  # a test host's network namespace to serve in (None: this one)
 
 
 class ServeContext:

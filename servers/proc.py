@@ -1,5 +1,6 @@
-"""Process-level facts and setup: the fd limit, dying with the parent, cheap RSS reads, and the
-kernel's count of established connections on a port."""
+"""Process-level facts and setup: the fd limit, dying with the parent, cheap RSS reads, the
+kernel's count of established connections on a port, and entering a network namespace (a test
+host: servers and workers made there listen and connect on that host's interfaces)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import os
 import resource
 import signal
 import subprocess
+from contextlib import contextmanager
 
 _PR_SET_PDEATHSIG = 1
+_CLONE_NEWNET = 0x40000000
+NETNS_DIR = "/run/netns"  # where `ip netns add` mounts a named namespace
 
 
 class FdLimitError(ValueError):
@@ -133,9 +137,11 @@ def local_ports_in_use(lo: int, hi: int) -> set[int]:
     return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if line.strip()}
 
 
-def established_on_port(port: int) -> int:
-    """Established TCP connections whose local port is `port`, counted by the kernel (ss)."""
-    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+def established_on_port(port: int, netns: str | None = None) -> int:
+    """Established TCP connections whose local port is `port`, counted by the kernel (ss); in the
+    test host `netns` where the server runs there."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    out = subprocess.run([*prefix, "ss", "-Htn", "state", "established", f"( sport = :{port} )"],
                          capture_output=True, check=True).stdout
     return out.count(b"\n")
 
@@ -145,3 +151,37 @@ def established_to(host: str, port: int) -> int:
     out = subprocess.run(["ss", "-Htn", "state", "established", "dst", f"{host}:{port}"],
                          capture_output=True, check=True).stdout
     return out.count(b"\n")
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def enter_netns(name: str) -> None:
+    """Move this process into the named network namespace for good (a child, before exec)."""
+    fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def in_netns(name: str | None):
+    """Run a block inside the named network namespace and come back: sockets made there stay
+    there, and so do the processes forked or spawned there. None: stay where we are."""
+    if not name:
+        yield
+        return
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        enter_netns(name)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)

@@ -117,8 +117,11 @@ class ServerGroup:
     # -- starting --------------------------------------------------------------------------
     def start(self) -> "ServerGroup":
         try:
-            self._start()
-            self._wait_ready()
+            # In a test host, the sockets are made and the processes forked inside its namespace,
+            # and the readiness echo goes there too; the supervisor itself comes back out.
+            with proc.in_netns(self.config.netns):
+                self._start()
+                self._wait_ready()
         except BaseException:
             self.stop()
             raise

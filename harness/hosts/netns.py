@@ -1,0 +1,241 @@
+"""Making and removing test hosts: network namespaces joined by one bridge, with `ip`.
+
+`up` writes what it is about to make into the lab's state file (/run/harness-hosts/PREFIX.json)
+before it makes it, so `down` removes exactly what the harness made (the namespaces, links and
+bridge the file names, and only those that exist) even after a crash half-way through `up`. Both
+are idempotent. A run that makes its own lab also starts a reaper (`python -m
+harness.hosts.reaper`), a small process that waits on a pipe only the run holds and removes the lab
+when the pipe closes: the run's own `finally` removes it on every normal path, and the reaper when
+the run is killed with SIGKILL.
+
+Inside each host the loopback and `eth0` are up, its addresses are on `eth0`, and its own
+`ip_local_port_range` and `somaxconn` are set (a namespace's sysctls are its own).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from harness.hosts import layout
+from harness.hosts.layout import Host, Lab, LayoutError
+from harness.results.store import write_json_atomic
+from servers import proc
+
+STATE_DIR = Path(os.environ.get("HARNESS_HOSTS_STATE", "/run/harness-hosts"))
+CAP_NET_ADMIN = 12
+DEFAULT_PREFIX = "fdcap"
+
+
+class HostsError(RuntimeError):
+    """Test hosts could not be made or used; the message names the cause and the fix."""
+
+
+def require_net_admin() -> None:
+    """One line, not a traceback from `ip`, on a machine where this process cannot make namespaces."""
+    with open("/proc/self/status") as f:
+        caps = next((int(line.split()[1], 16) for line in f if line.startswith("CapEff:")), 0)
+    if not caps >> CAP_NET_ADMIN & 1:
+        raise HostsError("test hosts need CAP_NET_ADMIN (network namespaces, veths, a bridge); run as root "
+                         "or with that capability")
+
+
+def has_net_admin() -> bool:
+    try:
+        require_net_admin()
+    except HostsError:
+        return False
+    return True
+
+
+def _ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = ["ip", *(["-n", netns] if netns else []), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if check and done.returncode:
+        raise HostsError(f"`{' '.join(cmd)}` failed: {done.stderr.strip() or done.returncode}")
+    return done
+
+
+def _state_path(prefix: str) -> Path:
+    return STATE_DIR / f"{prefix}.json"
+
+
+@contextmanager
+def _locked():
+    """One `up` or `down` at a time on this machine (two runs must not pick the same lab)."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def load(prefix: str) -> Lab | None:
+    try:
+        return Lab.from_dict(json.loads(_state_path(prefix).read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def labs() -> list[Lab]:
+    if not STATE_DIR.is_dir():
+        return []
+    return [Lab.from_dict(json.loads(p.read_text())) for p in sorted(STATE_DIR.glob("*.json"))]
+
+
+def _save(lab: Lab) -> None:
+    write_json_atomic(_state_path(lab.prefix), lab.as_dict())
+
+
+def _free_lab() -> int:
+    used = {lab.lab for lab in labs()}
+    assigned = _ip("-4", "-o", "addr", "show").stdout
+    for index in range(layout.LABS):
+        net = layout.lab_network(index)
+        if index not in used and f" {net.network_address + 1}/" not in assigned:
+            return index
+    raise HostsError(f"all {layout.LABS} labs of 198.18.0.0/15 are in use; remove one with harness hosts down --prefix P")
+
+
+def exists(netns: str) -> bool:
+    return os.path.exists(os.path.join(proc.NETNS_DIR, netns))
+
+
+def _link_exists(name: str, netns: str | None = None) -> bool:
+    return _ip("link", "show", name, netns=netns, check=False).returncode == 0
+
+
+def up(count: int, prefix: str = DEFAULT_PREFIX, addresses: int = 1, owner: int = 0) -> Lab:
+    """Hosts PREFIX-1 .. PREFIX-count, each with at least `addresses` addresses (made where missing)."""
+    layout.check_prefix(prefix)
+    layout.check_count(count)
+    require_net_admin()
+    with _locked():
+        lab = load(prefix) or Lab(prefix, _free_lab(), owner=owner)
+        _save(lab)  # before anything is made: down finds it even if up dies half-way
+        if not _link_exists(lab.bridge):
+            _ip("link", "add", lab.bridge, "type", "bridge")
+            _ip("addr", "add", f"{lab.bridge_address}/{layout.LAB_PREFIXLEN}", "dev", lab.bridge)
+        _ip("link", "set", lab.bridge, "up")
+        for index in range(1, count + 1):
+            name = layout.host_name(prefix, index)
+            host = next((h for h in lab.hosts if h.name == name), None)
+            if host is None:
+                host = Host(name, index)
+                lab.hosts.append(host)
+                _save(lab)
+            _make_host(lab, host)
+            _add_addresses(lab, host, addresses)
+            _save(lab)
+    return lab
+
+
+def _make_host(lab: Lab, host: Host) -> None:
+    if not exists(host.name):
+        _ip("netns", "add", host.name)
+    if not _link_exists(host.name):
+        _ip("link", "add", host.name, "type", "veth", "peer", "name", "eth0", "netns", host.name)
+    _ip("link", "set", host.name, "master", lab.bridge, "up")
+    _ip("link", "set", "lo", "up", netns=host.name)
+    _ip("link", "set", "eth0", "up", netns=host.name)
+    lo, hi = layout.HOST_PORT_RANGE
+    with proc.in_netns(host.name):  # a namespace's own sysctls, written from inside it
+        Path("/proc/sys/net/ipv4/ip_local_port_range").write_text(f"{lo} {hi}")
+        Path("/proc/sys/net/core/somaxconn").write_text(str(layout.HOST_SOMAXCONN))
+
+
+def _add_addresses(lab: Lab, host: Host, count: int) -> None:
+    for k in range(len(host.addresses), count):
+        address = layout.host_address(lab.lab, host.index, k)
+        host.addresses.append(address)
+        _save(lab)
+    present = _ip("-4", "-o", "addr", "show", "dev", "eth0", netns=host.name).stdout
+    for address in host.addresses:
+        if f" {address}/" not in present:
+            _ip("addr", "add", f"{address}/{layout.LAB_PREFIXLEN}", "dev", "eth0", netns=host.name)
+
+
+def ensure_addresses(lab: Lab, name: str, count: int) -> Host:
+    """Host `name` with at least `count` addresses (the plan's source addresses for it)."""
+    with _locked():
+        host = lab.host(name)
+        _add_addresses(lab, host, count)
+    return host
+
+
+def down(prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Remove the lab's hosts, links and bridge (only what its state file names); returns them."""
+    layout.check_prefix(prefix)
+    with _locked():
+        lab = load(prefix)
+        if lab is None:
+            return []
+        require_net_admin()
+        removed = []
+        for host in lab.hosts:
+            if _link_exists(host.name):  # the veth pair goes at once (a namespace dies lazily)
+                _ip("link", "del", host.name)
+                removed.append(f"link {host.name}")
+            if exists(host.name):
+                _ip("netns", "del", host.name)
+                removed.append(f"netns {host.name}")
+        if _link_exists(lab.bridge):
+            _ip("link", "del", lab.bridge)
+            removed.append(f"bridge {lab.bridge}")
+        _state_path(prefix).unlink(missing_ok=True)
+    return removed
+
+
+def pids_in(netns: str) -> list[int]:
+    done = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+    return [int(p) for p in done.stdout.split()] if done.returncode == 0 else []
+
+
+def sysctl_in(netns: str, name: str) -> str:
+    with proc.in_netns(netns):
+        return Path("/proc/sys/" + name.replace(".", "/")).read_text().split("\n")[0].replace("\t", " ")
+
+
+def status(prefix: str | None = None) -> list[dict]:
+    """Each lab (or the one named): its hosts as they are now, read from the kernel."""
+    out = []
+    for lab in labs():
+        if prefix and lab.prefix != prefix:
+            continue
+        hosts = []
+        for host in lab.hosts:
+            alive = exists(host.name)
+            hosts.append({
+                "name": host.name, "addresses": host.addresses, "namespace": alive,
+                "link": _link_exists(host.name),
+                "ip_local_port_range": sysctl_in(host.name, "net.ipv4.ip_local_port_range") if alive else None,
+                "somaxconn": sysctl_in(host.name, "net.core.somaxconn") if alive else None,
+                "processes": len(pids_in(host.name)) if alive else 0})
+        out.append({**lab.as_dict(), "bridge_up": _link_exists(lab.bridge), "hosts": hosts})
+    return out
+
+
+class Reaper:
+    """A process that removes the lab when the run that made it ends, however it ends: it waits
+    on a pipe only the run holds, and EOF (the run closed it, or the kernel did as the run died)
+    means `down`."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.hosts.reaper", prefix], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, start_new_session=True,  # Ctrl-C is the run's
+                                     cwd=Path(__file__).resolve().parents[2])
+
+    def close(self) -> None:
+        """The run removes its lab itself; this ends the reaper, which finds nothing left."""
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def lab_error(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, (HostsError, LayoutError)) else f"{type(exc).__name__}: {exc}"
