@@ -8,9 +8,11 @@ STAMP  := $(VENV)/.installed
 # package:binary (a file the package installs). python3-venv gives `python3 -m venv` its pip;
 # Chromium drives the web UI and report tests (Playwright's own browser download does not work
 # here); tcpdump is the tour's capture step; redis-server and redis-tools are the C reference
-# (`harness bench reference`) and a real server to load; nginx is another real server to load.
+# (`harness bench reference`) and a real server to load; nginx is another real server to load;
+# iproute2 (ip, tc, ss) makes the test hosts and counts connections, nftables drops packets for --loss.
 PACKAGES := chromium:/usr/bin/chromium tcpdump:/usr/bin/tcpdump redis-server:/usr/bin/redis-server \
-            redis-tools:/usr/bin/redis-benchmark nginx:/usr/sbin/nginx
+            redis-tools:/usr/bin/redis-benchmark nginx:/usr/sbin/nginx iproute2:/usr/sbin/ip \
+            nftables:/usr/sbin/nft
 
 .PHONY: run test bench reference debian clean
 

@@ -28,6 +28,8 @@ def cmd_limits(args: argparse.Namespace) -> int:
     limits = read_limits()
     if args.target:
         return _limits_of_target(args, limits)
+    if args.hosts:
+        return _limits_of_hosts(args)
     error = core.fd_limit_error("--fd-limit", args.fd_limit, limits)
     if error:
         print(f"harness limits: error: {error}", file=sys.stderr)
@@ -37,6 +39,32 @@ def cmd_limits(args: argparse.Namespace) -> int:
         print(json.dumps({"limits": limits, "plan": plan.as_dict()}, indent=2))
     else:
         print(format_limits(limits, plan))
+    return 0
+
+
+def _limits_of_hosts(args: argparse.Namespace) -> int:
+    """Each test host's own limits: its ports per source address, its accept queue's bound."""
+    from harness.hosts import netns
+
+    labs = netns.status()
+    if args.json:
+        print(json.dumps(labs, indent=2))
+        return 0
+    if not labs:
+        print("no test hosts on this machine (harness hosts up N)")
+    for lab in labs:
+        print(f"lab {lab['prefix']} (bridge {lab['bridge_address']}); every host shares this machine's kernel: "
+              "fs.file-max and memory are the machine's, counted for both ends")
+        for h in lab["hosts"]:
+            if not h["namespace"]:
+                print(f"  {h['name']}: namespace missing (harness hosts down, then up)")
+                continue
+            lo, hi = (int(x) for x in h["ip_local_port_range"].split())
+            ports = hi - lo + 1
+            print(f"  {h['name']}: as a client, {len(h['addresses'])} address(es) × {ports:,} ports "
+                  f"(ip_local_port_range {lo}-{hi}) = {len(h['addresses']) * ports:,} connections to one "
+                  f"destination (plan {ports // 2:,} per address); as a server, accept queue up to "
+                  f"somaxconn {int(h['somaxconn']):,}")
     return 0
 
 
@@ -134,7 +162,11 @@ def run_config(args: argparse.Namespace):
                      workers=args.workers, worker_fd_limit=args.worker_fd_limit, user_mode=args.user_mode,
                      port=args.port, hold=args.hold, echo_interval=args.echo_interval, echo_mode=args.echo_mode,
                      ramp_rate=args.ramp_rate, max_seconds=args.max_seconds, out=args.out,
-                     echo_timeout=args.echo_timeout)
+                     echo_timeout=args.echo_timeout, hosts=getattr(args, "hosts", 0) or 0,
+                     server_host=getattr(args, "server_host", None), worker_hosts=getattr(args, "worker_hosts", None),
+                     master_bind=getattr(args, "master_bind", None), expect_workers=getattr(args, "expect_workers", 0),
+                     loss=getattr(args, "loss", 0.0) or 0.0, rate=getattr(args, "rate", None),
+                     link_down=getattr(args, "link_down", 0.0) or 0.0)
 
 
 def cmd_proof(args: argparse.Namespace) -> int:
@@ -168,8 +200,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.report:
         from harness.report.page import build
         print(f"report: {build([run_dir], Path(run_dir) / 'report')}", file=sys.stderr if args.json else sys.stdout)
-    if doc["faults"]:
-        for fault in doc["faults"]:
+    unplanned = [f for f in doc["faults"] if not f.get("injected")]  # --link-down's is the run's own doing
+    if unplanned:
+        for fault in unplanned:
             print(f"fault at {fault['t']:.1f} s: {fault['what']}; {fault['connections_lost']:,} connections lost",
                   file=sys.stderr)
         return 1
@@ -226,6 +259,49 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 2
     print(compare(a, b))
     return 0
+
+
+def cmd_hosts(args: argparse.Namespace) -> int:
+    from harness.hosts import netns
+    from harness.hosts.layout import LayoutError
+
+    try:
+        if args.action == "up":
+            lab = netns.up(args.count, args.prefix, addresses=args.addresses)
+            for host in lab.hosts:
+                print(f"{host.name}: {', '.join(host.addresses)}")
+            print(f"bridge {lab.bridge} {lab.bridge_address} (a Locust master here listens there); "
+                  f"remove with: harness hosts down --prefix {lab.prefix}")
+        elif args.action == "down":
+            removed = netns.down(args.prefix)
+            print(f"removed {', '.join(removed)}" if removed else f"no test hosts of lab {args.prefix!r}")
+        else:
+            labs = netns.status(None if args.all else args.prefix)
+            if args.json:
+                print(json.dumps(labs, indent=2))
+            for lab in [] if args.json else labs:
+                print(f"lab {lab['prefix']}: bridge {lab['bridge']} {lab['bridge_address']} "
+                      f"({'up' if lab['bridge_up'] else 'missing'})")
+                for h in lab["hosts"]:
+                    print(f"  {h['name']}: {', '.join(h['addresses'])}; "
+                          + (f"ip_local_port_range {h['ip_local_port_range']}, somaxconn {h['somaxconn']}, "
+                             f"{h['processes']} process(es)" if h["namespace"] else "namespace missing"))
+            if not labs and not args.json:
+                print(f"no test hosts of lab {args.prefix!r} (harness hosts up N)")
+    except (netns.HostsError, LayoutError) as exc:
+        print(f"harness hosts {args.action}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from harness.run.worker import WorkerError, run_worker
+
+    try:
+        return run_worker(args)
+    except WorkerError as exc:
+        print(f"harness worker: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_tour(args: argparse.Namespace) -> int:
@@ -316,7 +392,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--share", default="reuseport", choices=SHARE_MODES)
     _add_fd_limit(p, alias=True)
     p.add_argument("--selector", default="epoll", choices=SELECTORS, help="selectors backend")
-    p.add_argument("--workers", type=_positive, default=None, help="Locust workers (default: planned)")
+    p.add_argument("--workers", type=_count, default=None,
+                   help="Locust workers (default: planned; 0: none here, only --expect-workers from elsewhere)")
     p.add_argument("--worker-fd-limit", type=_positive, default=None, help="soft fd limit per Locust worker")
     p.add_argument("--user-mode", default="driver", choices=USER_MODES,
                    help="driver: one greenlet per worker serves all its users (lean); greenlet: one per user")
@@ -333,6 +410,55 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="end the ramp after this long (default: 240 s, or the target at 2,000 connections/s)")
     p.add_argument("--out", default="results", help="directory for run directories")
     p.add_argument("--json", action="store_true", help="print the result document")
+
+
+def _add_host_options(p: argparse.ArgumentParser, make: bool = True) -> None:
+    """Running on test hosts (network namespaces standing in for other machines) and with
+    workers from other machines."""
+    if make:
+        p.add_argument("--hosts", type=_ranged(int, 2, 31, "{value} hosts: use 2 to 31 (one server host, the rest "
+                                                               "client hosts)"), default=0,
+                       help="make N test hosts for this run (1 server host, N-1 client hosts), removed after")
+    p.add_argument("--server-host", default=None, metavar="HOST",
+                   help="run the servers on this test host (made by harness hosts up)")
+    p.add_argument("--worker-hosts", type=_hosts_list, default=None, metavar="H2,H3",
+                   help="run Locust workers on these test hosts, the same number on each")
+    if not make:
+        return
+    p.add_argument("--master-bind", default=None, metavar="HOST:PORT",
+                   help="where the Locust master listens for workers (default: loopback, or the test hosts' bridge); "
+                        "a non-loopback address needs --allow-non-loopback")
+    p.add_argument("--expect-workers", type=_count, default=0,
+                   help="also wait for N workers started elsewhere with harness worker --master")
+    p.add_argument("--loss", type=_loss, default=0.0, metavar="PERCENT",
+                   help="drop this share of the packets on each client host's link at random (nftables), e.g. 1%%")
+    p.add_argument("--rate", type=_rate, default=None, help="shape each client host's link to this rate (tc tbf), "
+                   "e.g. 50mbit")
+    p.add_argument("--link-down", type=_seconds, default=0.0, metavar="SECONDS",
+                   help="take the first client host's link down this long in the middle of the hold")
+
+
+def _hosts_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give test host names such as fdcap-2,fdcap-3")
+    return names
+
+
+def _loss(text: str) -> float:
+    from harness.hosts.faults import FaultError, parse_loss
+    try:
+        return parse_loss(text)
+    except FaultError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--loss {text} ")) from None
+
+
+def _rate(text: str) -> str:
+    from harness.hosts.faults import FaultError, parse_rate
+    try:
+        return parse_rate(text)
+    except FaultError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_target_options(p: argparse.ArgumentParser) -> None:
@@ -407,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "`harness proof`)")
     p.add_argument("--report", action="store_true", help="also write RUN_DIR/report/report.html")
     _add_target_options(p)
+    _add_host_options(p)
     p = sub.add_parser("limits", help="the limits that cap connections on this machine, and what they predict")
     p.add_argument("--connections", type=_positive, default=100_000, help="plan for this many (default 100,000)")
     p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
@@ -414,6 +541,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=None, metavar="HOST:PORT",
                    help="a server the harness does not start: its processes' limits and predicted cap")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--hosts", action="store_true", help="also each test host's own limits (harness hosts up)")
+    p = sub.add_parser("hosts", help="test hosts: network namespaces with addresses from 198.18.0.0/15 on one "
+                       "bridge, standing in for other machines")
+    actions = p.add_subparsers(dest="action", required=True, parser_class=OneLineErrorParser)
+    up = actions.add_parser("up", help="make N test hosts (idempotent)")
+    up.add_argument("count", type=_ranged(int, 1, 31, "{value} hosts: use 1 to 31"), metavar="N")
+    up.add_argument("--addresses", type=_ranged(int, 1, 253, "{value} addresses: use 1 to 253"), default=1,
+                    help="addresses per host (a run adds what its plan needs)")
+    for action in (up, actions.add_parser("down", help="remove the test hosts the harness made"),
+                   actions.add_parser("status", help="the test hosts as the kernel has them")):
+        action.add_argument("--prefix", default="fdcap", help="the lab's name prefix (default fdcap)")
+    actions.choices["status"].add_argument("--all", action="store_true", help="every lab, not only --prefix's")
+    actions.choices["status"].add_argument("--json", action="store_true")
+    p = sub.add_parser("worker", help="Locust workers here that join a master elsewhere (harness run --master-bind "
+                       "... --expect-workers N)")
+    p.add_argument("--master", required=True, metavar="HOST:PORT", help="the master's address")
+    p.add_argument("--processes", type=_positive, default=1, help="worker processes (default 1)")
+    p.add_argument("--worker-fd-limit", type=_positive, default=None, help="soft fd limit per worker (default: the hard limit)")
+    p.add_argument("--source-addresses", type=_addresses, default=None,
+                   help="addresses the workers bind (default: the kernel picks, by the route to the target)")
+    p.add_argument("--name", default=None, help="the host name the workers' counts go under (default: hostname)")
+    p.add_argument("--allow-non-loopback", action="store_true",
+                   help="the master, or the target it names, is outside loopback and the test hosts, and yours")
+    p.add_argument("--log", default=None, help="write the workers' log here (default: the terminal)")
     p = sub.add_parser("serve", help="run an echo server backend in the foreground, with live gauges")
     add_arguments(p)
     sub.add_parser("check", help="short self-check: every backend stops exactly at its fd limit")
@@ -449,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--echo-interval", type=_positive_float, default=5.0)
     p.add_argument("--out", default="results", help="where each test started from the UI is written as a run directory")
     _add_target_options(p)
+    _add_host_options(p, make=False)
     _add_bench_parsers(sub.add_parser("bench", help="server benchmarks: echo throughput, memory per connection, "
                                       "N held on one port, the idle-connection tax, the C reference"), IDLE_POINTS, DEFAULT_ORDER)
     return parser
@@ -456,13 +608,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"proof": cmd_proof, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "compare": cmd_compare,
             "tour": cmd_tour, "limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench,
-            "ui": cmd_ui}
+            "ui": cmd_ui, "hosts": cmd_hosts, "worker": cmd_worker}
 
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
     if extra:  # said by the subcommand that does not take them, not by `harness`
-        prog = " ".join(["harness", args.command, *([args.kind] if getattr(args, "kind", None) else [])])
+        prog = " ".join(["harness", args.command, *([args.kind] if getattr(args, "kind", None) else []),
+                         *([args.action] if getattr(args, "action", None) else [])])
         print(f"{prog}: error: unrecognized arguments: {' '.join(extra)} ({prog} does not take them; "
               f"see {prog} --help)", file=sys.stderr)
         return 2

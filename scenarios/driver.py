@@ -45,7 +45,7 @@ from gevent import GreenletExit, monkey
 from gevent.event import Event
 
 from scenarios import protocols
-from scenarios.tally import TALLY, WORKER_FULL, TCPError, parse_host
+from scenarios.tally import TALLY, WORKER_FULL, TCPError
 from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET, errno_name
 
 _epoll = monkey.get_original("select", "epoll")
@@ -241,7 +241,10 @@ class Driver:
         return max(0.0, min([MAX_WAIT_S, *(h - now for h in heads)]))
 
     def _connect(self, conn: Conn) -> None:
-        host, port = parse_host(conn.user.host)
+        try:
+            host, port = TALLY.target(conn.user.host)
+        except TCPError as exc:
+            return self._failed_connect(conn, exc.name)
         sources = TALLY.sources
         source = sources[self.sources_turn % len(sources)]
         self.sources_turn += 1

@@ -44,7 +44,7 @@ def worker_report(worker_index: int, rss: RssReader, rss_base: int, base_fds: in
             "bytes_echoed": TALLY.bytes_echoed, "rss_bytes": rss.rss_bytes(), "rss_base_bytes": rss_base,
             "fds": base_fds + TALLY.open,
             "max_users": TALLY.max_users, "sources": TALLY.sources, "at": time.time(),
-            "evidence": dict(TALLY.evidence), "test": TALLY.test,
+            "evidence": dict(TALLY.evidence), "test": TALLY.test, "host": TALLY.host,
             "latency": TALLY.latency.encode()}
 
 
@@ -84,6 +84,7 @@ class Board:
     port: int | None = None
     kernel_established: int | None = None
     kernel_at: float = 0.0
+    netns: str | None = None  # the test host the servers run in (--server-netns), where the kernel counts
     peak_kernel: int = 0
     stopped_by: str | None = None
     phase: str = "idle"
@@ -176,7 +177,7 @@ class Board:
 
     def refresh_kernel(self) -> None:
         if self.port is not None:
-            self.kernel_established = established_on_port(self.port)
+            self.kernel_established = established_on_port(self.port, self.netns)
             self.peak_kernel = max(self.peak_kernel, self.kernel_established)
             self.kernel_at = time.time()
 
@@ -212,7 +213,7 @@ class Board:
             return
         try:
             procs = [] if self.server_board is not None else process.listeners(self.port)
-            self._before = {"kernel": kernel.snapshot(self.port), "processes": process.tracked(procs)}
+            self._before = {"kernel": kernel.snapshot(self.port, self.netns), "processes": process.tracked(procs)}
         except (OSError, ValueError):
             self._before = {}
 
@@ -244,7 +245,7 @@ class Board:
             servers=[{"pid": g["pid"], "cap": g["cap"], "open": g["open"], "fd_soft": g["fd_soft"],
                       "base_fds": g["base_fds"]} for g in self.servers()],
             processes=procs, limits=read_limits(), kernel_before=self._before.get("kernel"),
-            kernel_after=kernel.snapshot(self.port)))
+            kernel_after=kernel.snapshot(self.port, self.netns)))
 
     def snapshot(self) -> dict:
         workers = [{k: v for k, v in r.items() if k != "latency"} for r in self.live_workers()]
@@ -261,11 +262,12 @@ SERIES = Series()  # the web UI's picture of the test, reset with it
 
 
 def start_master(runner, server_gauges: str | None, port: int | None, status_file: str | None,
-                 kernel_interval: float = KERNEL_INTERVAL_S, host: str | None = None) -> None:
+                 kernel_interval: float = KERNEL_INTERVAL_S, host: str | None = None,
+                 netns: str | None = None) -> None:
     """On the master (or local runner): collect reports, poll the kernel every KERNEL_INTERVAL_S
     (ss is slow at 100k connections), write the status file every REPORT_INTERVAL_S."""
     runner.register_message(MESSAGE, BOARD.on_message)
-    BOARD.port, BOARD.runner = port, runner
+    BOARD.port, BOARD.runner, BOARD.netns = port, runner, netns or None
     if host:
         BOARD.host = host
     if server_gauges:

@@ -8,6 +8,7 @@ reports its gauges; the master (or local runner) collects them; the web UI gets 
 from __future__ import annotations
 
 import resource
+import socket
 
 from locust import events
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
@@ -16,7 +17,7 @@ from harness.plan.core import source_address, sources_for, users_per_client
 from harness.plan.limits import read_limits
 from scenarios import gauges, locust_fixes, webui  # noqa: F401  (locust_fixes patches on import)
 from scenarios.shape import StepRampShape  # noqa: F401  (Locust picks shapes up from this module)
-from scenarios.targets import is_loopback, target_error
+from scenarios.targets import source_error, target_error
 from scenarios.protocols import PROTOCOLS
 from scenarios.tally import ECHO_MODES, TALLY, USER_MODES, parse_host
 from scenarios.users import EchoUser  # noqa: F401  (Locust picks users up from this module)
@@ -60,7 +61,13 @@ def add_arguments(parser) -> None:
                        help="soft RLIMIT_NOFILE of each user-running process (0: keep Locust's)")
     group.add_argument("--allow-non-loopback", action="store_true", include_in_web_ui=False,
                        help="allow a target outside 127.0.0.0/8 (load goes only to loopback otherwise)")
+    group.add_argument("--test-hosts", action="store_true", include_in_web_ui=False,
+                       help="the target and sources may also be the harness's test hosts (198.18.0.0/15)")
+    group.add_argument("--worker-host", default="", include_in_web_ui=False,
+                       help="the name this process reports its counts under (default: the machine's hostname)")
     group.add_argument("--server-gauges", default="", include_in_web_ui=False, help="the servers' gauge file (master)")
+    group.add_argument("--server-netns", default="", include_in_web_ui=False,
+                       help="the test host the servers run in (master): the kernel's count is read there")
     group.add_argument("--status-file", default="", include_in_web_ui=False, help="write the master's gauges here every s")
     group.add_argument("--ui-results", default="", include_in_web_ui=False,
                        help="harness ui: where each test's run directory is written (its report is linked)")
@@ -69,7 +76,9 @@ def add_arguments(parser) -> None:
 
 
 def configure_user_process(opts, worker_index: int) -> None:
-    """Set this process's fd limit, the users it may hold, and its source addresses."""
+    """Set this process's fd limit, the users it may hold, its source addresses and what it may load."""
+    TALLY.allow_non_loopback, TALLY.test_hosts = opts.allow_non_loopback, opts.test_hosts
+    TALLY.host = opts.worker_host or socket.gethostname()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if opts.worker_fd_limit:
         if hard != resource.RLIM_INFINITY and opts.worker_fd_limit > hard:
@@ -83,8 +92,9 @@ def configure_user_process(opts, worker_index: int) -> None:
     else:
         TALLY.sources = [a.strip() for a in opts.source_addresses.split(",") if a.strip()]
     for address in TALLY.sources:
-        if not is_loopback(address):
-            raise SystemExit(f"source address {address} is not loopback; load stays on 127.0.0.0/8")
+        error = source_error(address, opts.allow_non_loopback, opts.test_hosts)
+        if error:
+            raise SystemExit(error)
 
 
 @events.init.add_listener
@@ -93,7 +103,7 @@ def on_init(environment, runner, web_ui=None, **kwargs) -> None:
     if opts is None:
         return
     if environment.host:
-        error = target_error(parse_host(environment.host)[0], opts.allow_non_loopback)
+        error = target_error(parse_host(environment.host)[0], opts.allow_non_loopback, opts.test_hosts)
         if error:
             raise SystemExit(error)
     if isinstance(runner, WorkerRunner) and getattr(opts, "processes", None):
@@ -104,7 +114,7 @@ def on_init(environment, runner, web_ui=None, **kwargs) -> None:
     if isinstance(runner, (MasterRunner, LocalRunner)):
         host, port = parse_host(environment.host) if environment.host else (None, None)
         gauges.start_master(runner, opts.server_gauges or None, port, opts.status_file or None,
-                            opts.kernel_interval, host)
+                            opts.kernel_interval, host, opts.server_netns)
         gauges.BOARD.ui_results = opts.ui_results
     if isinstance(runner, (MasterRunner, LocalRunner)):
         environment.events.reset_stats.add_listener(gauges.BOARD.reset_stats)

@@ -69,6 +69,12 @@ class WorkerTally:
         self.latency = new_latency_histogram()
         self.evidence: dict[str, str] = {}  # failure name -> the first 200 bytes the target sent with it
         self.test = 0  # the master's test number these counts belong to
+        self.host = ""  # the test host (or machine) this process runs on, for per-host results
+        # Which targets this process may load (set at init from its options); a worker learns its
+        # target from the master only when it spawns, so every connect checks it (cached per host).
+        self.allow_non_loopback = False
+        self.test_hosts = False
+        self._targets: dict[str, tuple[str, int, str | None]] = {}
 
     def reset(self, test: int) -> None:
         """A new test from the web UI (START again): counts start from zero; the connections this
@@ -83,6 +89,22 @@ class WorkerTally:
         self.echoes_sent = self.echoes_verified = self.bytes_echoed = 0
         self.echo_failed, self.evidence = {}, {}
         self.latency = new_latency_histogram()
+
+    def target(self, host: str) -> tuple[str, int]:
+        """(address, port) of Locust's --host, or TCPError("target-refused") if this process may
+        not load it: no packet is sent to a target outside the rule of `scenarios.targets`."""
+        known = self._targets.get(host)
+        if known is None:
+            from scenarios.targets import target_error
+
+            try:
+                name, port = parse_host(host)
+            except ValueError:  # no --host, or the web form's Host emptied: nothing to connect to
+                raise TCPError("no-target") from None
+            known = self._targets[host] = (name, port, target_error(name, self.allow_non_loopback, self.test_hosts))
+        if known[2]:
+            raise TCPError("target-refused")
+        return known[0], known[1]
 
     def full(self) -> bool:
         """At the most users this process may hold: one more socket would eat Locust's own fd reserve."""

@@ -1,9 +1,12 @@
-"""Which targets Locust may load: loopback only unless told otherwise. No locust import here, so
-the rule can be tested without monkey-patching the test process."""
+"""Which targets Locust may load: loopback, the harness's own test hosts (198.18.0.0/15, when the
+run made them and says so), or what the user says is theirs. No locust import here, so the rule
+can be tested without monkey-patching the test process."""
 
 from __future__ import annotations
 
 import ipaddress
+
+from harness.hosts.layout import is_test_address
 
 
 def is_loopback(host: str) -> bool:
@@ -13,9 +16,21 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def target_error(host: str, allow_non_loopback: bool) -> str | None:
-    """Why `host` may not be loaded, or None."""
-    if is_loopback(host) or allow_non_loopback:
+def target_error(host: str, allow_non_loopback: bool, test_hosts: bool = False) -> str | None:
+    """Why `host` may not be loaded, or None. `test_hosts`: the run loads the harness's own test
+    hosts, so their block 198.18.0.0/15 (and nothing else) is allowed besides loopback."""
+    if is_loopback(host) or allow_non_loopback or (test_hosts and is_test_address(host)):
         return None
+    if test_hosts:
+        return (f"target {host} is neither on loopback nor a test host (198.18.0.0/15); "
+                "pass --allow-non-loopback if this host is yours to load")
     return (f"target {host} is not on loopback: load goes to 127.0.0.0/8 only; "
             "pass --allow-non-loopback if this host is yours to load")
+
+
+def source_error(address: str, allow_non_loopback: bool, test_hosts: bool = False) -> str | None:
+    """Why a worker may not bind `address` as a source, or None (0.0.0.0: the kernel picks)."""
+    if address == "0.0.0.0" or target_error(address, allow_non_loopback, test_hosts) is None:
+        return None
+    where = "127.0.0.0/8 or a test host's 198.18.0.0/15" if test_hosts else "127.0.0.0/8"
+    return f"source address {address} is not in {where}; load stays there"

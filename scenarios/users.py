@@ -18,7 +18,7 @@ from locust import User, task
 
 from scenarios import protocols
 from scenarios.driver import driver
-from scenarios.tally import TALLY, WORKER_FULL, TCPError, error_name, parse_host
+from scenarios.tally import TALLY, WORKER_FULL, TCPError, error_name
 from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
 
 _user_numbers = itertools.count()
@@ -58,9 +58,12 @@ class EchoUser(User):
         opts = self.environment.parsed_options
         self.timeout = getattr(opts, "echo_timeout", 10.0)
         self.protocol = protocols.from_options(opts, self.host)
-        host, port = parse_host(self.host)
         source = TALLY.sources[next(_user_numbers) % len(TALLY.sources)]
         start = time.perf_counter()
+        try:
+            host, port = TALLY.target(self.host)
+        except TCPError as exc:
+            return self._fire_failure("connect", start, exc, TALLY.connects_failed)
         if TALLY.full():
             return self._fire_failure("connect", start, TCPError(WORKER_FULL), TALLY.connects_failed)
         try:

@@ -29,12 +29,32 @@ def gather(*, stopped_by: str | None, held: int, host: str, port: int, totals: d
 
 def run_evidence(*, config: dict, plan: dict, limits: dict, series: list[dict], status: dict,
                  stopped_by: str | None, host: str, port: int, servers: list[dict], processes: list[dict],
-                 kernel_before: dict | None, kernel_after: dict | None) -> dict:
+                 kernel_before: dict | None, kernel_after: dict | None, hosts: dict | None = None) -> dict:
     workers = status.get("workers", [])
     sources = list(config.get("source_addresses") or dict.fromkeys(a for w in workers for a in w.get("sources", [])))
-    return gather(stopped_by=stopped_by or status.get("stopped_by"),
+    ev = gather(stopped_by=stopped_by or status.get("stopped_by"),
                   held=max(map(held_count(bool(config.get("target"))), series), default=0), host=host, port=port,
                   totals=status.get("totals", {}), server_refused=status.get("server_refusals", {}),
                   workers=workers, sources=sources, servers=servers, processes=processes, limits=limits,
                   kernel_before=kernel_before, kernel_after=kernel_after, plan=plan,
                   target={"protocol": config.get("protocol") or "echo"}, target_connections=config["connections"])
+    if hosts:
+        ev.update(on_hosts(hosts))
+    return ev
+
+
+def on_hosts(hosts: dict) -> dict:
+    """A run across test hosts: each client host's source ports are its own (its addresses under
+    its own ip_local_port_range), and the server host's accept queue is the one read; all the
+    hosts share this machine's kernel, so both ends still count against fs.file-max."""
+    clients = [h for h in hosts["hosts"] if h["role"] == "client"]
+    rows = []
+    for h in clients:
+        lo, hi = (int(x) for x in h["ip_local_port_range"].split())
+        rows.append({"name": h["name"], "addresses": len(h["addresses"]), "ports_per_address": hi - lo + 1,
+                     "port_range": f"{lo}-{hi}", "held": h["held"],
+                     "failed": h["connects_failed"].get("EADDRNOTAVAIL", 0)})
+    first = rows[0] if rows else {"ports_per_address": 0, "port_range": "?"}
+    return {"client_hosts": rows, "server_host": hosts["server"], "both_ends_local": True,
+            "sources": [a for h in clients for a in h["addresses"]], "ports_per_address": first["ports_per_address"],
+            "port_range": first["port_range"]}

@@ -9,10 +9,19 @@ import subprocess
 COUNTERS = ("ListenOverflows", "ListenDrops", "SyncookiesSent", "TCPTimeouts", "TCPAbortOnData")
 
 
-def netstat(path: str = "/proc/net/netstat") -> dict[str, int]:
-    """TcpExt counters by name (machine-wide; a run reads them before and after)."""
-    with open(path) as f:
-        lines = f.read().splitlines()
+def _in(netns: str | None) -> list[str]:
+    """The command prefix that runs a reader in test host `netns` (a process of its own: setns in
+    a gevent master would move every greenlet's new sockets too)."""
+    return ["ip", "netns", "exec", netns] if netns else []
+
+
+def netstat(path: str = "/proc/net/netstat", netns: str | None = None) -> dict[str, int]:
+    """TcpExt counters by name (the network namespace's own; a run reads them before and after)."""
+    if netns:
+        lines = subprocess.run([*_in(netns), "cat", path], capture_output=True, text=True, check=True).stdout.splitlines()
+    else:
+        with open(path) as f:
+            lines = f.read().splitlines()
     out: dict[str, int] = {}
     for names, values in zip(lines[::2], lines[1::2]):
         prefix, _, names = names.partition(":")
@@ -21,10 +30,10 @@ def netstat(path: str = "/proc/net/netstat") -> dict[str, int]:
     return {name: out.get(name, 0) for name in COUNTERS}
 
 
-def listen_queue(port: int) -> list[dict]:
+def listen_queue(port: int, netns: str | None = None) -> list[dict]:
     """Each listening socket on `port`: its accept queue (Recv-Q: handshakes done, not yet
     accepted) and its backlog (Send-Q of a LISTEN socket)."""
-    out = subprocess.run(["ss", "-Hltn", f"( sport = :{port} )"], capture_output=True, text=True,
+    out = subprocess.run([*_in(netns), "ss", "-Hltn", f"( sport = :{port} )"], capture_output=True, text=True,
                          check=True).stdout
     rows = []
     for line in out.splitlines():
@@ -58,9 +67,11 @@ def conntrack() -> dict | None:
         return None
 
 
-def snapshot(port: int) -> dict:
-    """Everything above at one moment, for one port."""
-    return {"netstat": netstat(), "listen": listen_queue(port), "tcp_memory": tcp_memory(), "conntrack": conntrack()}
+def snapshot(port: int, netns: str | None = None) -> dict:
+    """Everything above at one moment, for one port; the counters and the queue of the test host
+    `netns` where the server runs there (tcp_mem and conntrack's max are the machine's)."""
+    return {"netstat": netstat(netns=netns), "listen": listen_queue(port, netns), "tcp_memory": tcp_memory(),
+            "conntrack": conntrack()}
 
 
 def deltas(before: dict, after: dict) -> dict[str, int]:

@@ -96,6 +96,16 @@ def own_servers(ev: dict) -> dict | None:
 def client_side(ev: dict) -> dict | None:
     failed = ev.get("connects_failed") or {}
     sources, per_address = ev.get("sources", []), ev.get("ports_per_address", 0)
+    if failed.get("EADDRNOTAVAIL") and ev.get("client_hosts"):
+        out = [h for h in ev["client_hosts"] if h["failed"]] or ev["client_hosts"]
+        return _verdict(
+            "source ports", f"client host {out[0]['name']} ran out of source ports: {out[0]['addresses']} "
+            f"address(es) to {ev['target']['host']}:{ev['target']['port']}, {_n(out[0]['ports_per_address'])} "
+            "ephemeral ports each (its own ip_local_port_range)",
+            "add client hosts (--hosts N) or addresses per host, or widen the hosts' ip_local_port_range",
+            [f"EADDRNOTAVAIL on {_n(failed['EADDRNOTAVAIL'])} connect(s) after {_n(ev['held'])} held"]
+            + [f"client host {h['name']}: {h['addresses']} address(es) × {_n(h['ports_per_address'])} ports "
+               f"({h['port_range']}), {_n(h['held'])} held, EADDRNOTAVAIL {_n(h['failed'])}" for h in ev["client_hosts"]])
     if failed.get("EADDRNOTAVAIL"):
         return _verdict(
             "source ports", f"the client ran out of source ports: {len(sources)} source address(es) to "
@@ -197,8 +207,9 @@ def accept_queue(ev: dict) -> dict | None:
         return None
     lines = [f"TcpExt ListenOverflows +{_n(grew.get('ListenOverflows', 0))}, ListenDrops +{_n(grew.get('ListenDrops', 0))} "
              "during the run (/proc/net/netstat)"]
-    lines += [f"accept queue of {q['local']}: {_n(q['queued'])} waiting of a backlog of {_n(q['backlog'])} (ss -ltn)"
-              for q in queues]
+    where = f" on server host {ev['server_host']}" if ev.get("server_host") else ""
+    lines += [f"accept queue of {q['local']}{where}: {_n(q['queued'])} waiting of a backlog of {_n(q['backlog'])} "
+              "(ss -ltn)" for q in queues]
     if grew.get("SyncookiesSent"):
         lines.append(f"SYN cookies sent +{_n(grew['SyncookiesSent'])}")
     return _verdict("accept queue", "the target stopped calling accept(): its accept queue filled and the kernel "

@@ -18,7 +18,8 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
                    duration: float, series: list[dict], status: dict, locust_stats: dict,
                    latency_series: list[dict], files: dict, stop_reason: str | None, master_code: int | None,
                    error: str | None, faults: list[dict], memory_before: int | None = None,
-                   host: str = "127.0.0.1", target: dict | None = None, diagnosis: dict | None = None) -> dict:
+                   host: str = "127.0.0.1", target: dict | None = None, diagnosis: dict | None = None,
+                   hosts: dict | None = None) -> dict:
     held = held_count(target is not None)
     peak = max(series, key=held) if series else None
     first = series[0] if series else None
@@ -46,7 +47,7 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
         "peak_connections_servers": max((p["server_open"] for p in series), default=0),
         "peak_connections_by_process": peak["server_open_by_process"] if peak else [],
         "predicted_cap": plan["predicted_cap"], "stopped_by": stopped_by, "faults": faults,
-        "target": target, "diagnosis": diagnosis,
+        "target": target, "diagnosis": diagnosis, "hosts": _hosts(hosts, series),
         "stop_detail": error or (WORKER_FULL_DETAIL if status.get("stopped_by") == WORKER_FULL else None)
         or (status.get("stopped_by") if stopped_by in ("reply", "error") else None)
         or (f"Locust master exit code {master_code}" if master_code else None),
@@ -72,6 +73,23 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
         "latency_series": latency_series, "files": files,
     }
     return validate(doc)
+
+
+def _hosts(hosts: dict | None, series: list[dict]) -> dict | None:
+    """The per-host picture of a run across test hosts: each client host's peak held and fastest
+    connect rate (from the points' per-host counts) beside what `HostedRun.results` read."""
+    if not hosts:
+        return None
+    rows = []
+    for h in hosts["hosts"]:
+        counts = [(p["t"], p["kernel_established"] if h["role"] == "server" else p.get("held_by_host", {}).get(h["name"], 0))
+                  for p in series]
+        rate = max((max(0.0, (b[1] - a[1]) / (b[0] - a[0])) for a, b in zip(counts, counts[1:]) if b[0] > a[0]),
+                   default=0.0)
+        peak = max((c for _, c in counts), default=0)
+        rows.append({**h, "peak_held": peak, "peak_rate_per_s": round(rate),
+                     "rss_per_conn_bytes": round(h["rss_bytes"] / peak) if peak and h["role"] == "client" else None})
+    return {**hosts, "hosts": rows}
 
 
 def held_count(target: bool):
@@ -137,12 +155,42 @@ def summary(doc: dict, run_dir: Path) -> str:
         lines.append(f"echo latency after the ramp ({lat['mode']} loop, from the {lat['measured_from']}; "
                      f"{lat['count']:,} echoes): p50 {lat['p50']:g} ms, p90 {lat['p90']:g} ms, "
                      f"p99 {lat['p99']:g} ms, p99.9 {lat['p99_9']:g} ms, max {lat['max']:g} ms")
+    lines += host_lines(doc.get("hosts"))
+    lines += [f"fault (set on purpose) at {f['t']:.1f} s: {f['what']}: {f['connections_lost']:,} connections lost, "
+              f"echo failures {f.get('echo_failed') or 'none'}, {f.get('retransmits', 0):,} retransmits, "
+              f"{f.get('timeouts', 0):,} timeouts, {f.get('resets', 0):,} resets"
+              for f in doc["faults"] if f.get("injected")]
     diagnosis = doc.get("diagnosis")
     if diagnosis:
         lines.append(f"diagnosis: {diagnosis['summary']}" + (f"; fix: {diagnosis['fix']}" if diagnosis["fix"] else ""))
         lines += [f"  evidence: {line}" for line in diagnosis["evidence"][:6]]
     lines.append(f"results: {run_dir / 'run.json'}")
     return "\n".join(lines)
+
+
+def host_lines(hosts: dict | None) -> list[str]:
+    """One line per test host: role, addresses, held, rate, memory and CPU, retransmits."""
+    if not hosts:
+        return []
+    out = []
+    for h in hosts["hosts"]:
+        tcp = h.get("tcp", {})
+        if h["role"] == "server":
+            out.append(f"  server host {h['name']} ({', '.join(h['addresses'])}): {h['peak_held']:,} established at most "
+                       f"(its kernel's count), servers {h['rss_bytes'] / 2**20:,.0f} MB "
+                       f"RSS, {h['cpu_s']:,.1f} CPU s, {tcp.get('PassiveOpens', 0):,} accepted, "
+                       f"{tcp.get('RetransSegs', 0):,} retransmits")
+        else:
+            out.append(f"  client host {h['name']} ({len(h['addresses'])} address(es), ports {h['ip_local_port_range'].replace(' ', '-')}): "
+                       f"{h['peak_held']:,} held by {h['workers']} worker(s), up to {h['peak_rate_per_s']:,}/s, "
+                       f"{h['echoes_verified']:,} echoes ({h['mismatched']} mismatched), failed "
+                       f"{h['connects_failed'] or 'none'}, Locust {h['rss_bytes'] / 2**20:,.0f} MB, {h['cpu_s']:,.1f} CPU s, "
+                       f"{tcp.get('RetransSegs', 0):,} retransmits"
+                       + (f", {h['loss_dropped']:,} packets dropped by --loss" if h.get("loss_dropped") else ""))
+    if hosts.get("outside_workers"):
+        out.append(f"  outside workers (harness worker --master): {hosts['outside_workers']} holding "
+                   f"{hosts['outside_held']:,}")
+    return [f"across test hosts (lab {hosts['prefix']}, master on {hosts['bridge_address']}):", *out]
 
 
 def _ramp_seconds(series: list[dict], peak: int, key: str = "server_open") -> float:

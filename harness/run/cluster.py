@@ -38,21 +38,40 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def scenario_args(protocol: str | None, send: str, expect: str, path: str, allow_non_loopback: bool) -> list[str]:
-    """The locustfile's arguments for what the target speaks, for the master and the workers alike."""
+def scenario_args(protocol: str | None, send: str, expect: str, path: str, allow_non_loopback: bool,
+                  test_hosts: bool = False) -> list[str]:
+    """The locustfile's arguments for what the target speaks and where it may be, for the master
+    and the workers alike."""
     return ["--protocol", protocol or "echo", "--send", send, "--expect", expect, "--path", path,
-            *(["--allow-non-loopback"] if allow_non_loopback else [])]
+            *(["--allow-non-loopback"] if allow_non_loopback else []), *(["--test-hosts"] if test_hosts else [])]
 
 
-def _prepare_child(nice: int, parent: int) -> None:
+def _prepare_child(nice: int, parent: int, netns: str | None = None) -> None:
     proc.die_with_parent(signal.SIGTERM, parent)
+    if netns:
+        proc.enter_netns(netns)
     if nice:
         os.nice(nice)  # the forked workers inherit it
 
 
 @dataclass
+class WorkerGroup:
+    """One `locust --worker --processes count` forker and its workers, on a test host or here."""
+
+    count: int
+    netns: str | None = None  # the test host it runs in (None: this machine's own namespace)
+    args: list[str] = field(default_factory=list)  # added to the cluster's worker_args (its addresses)
+
+    @property
+    def name(self) -> str:
+        return f"workers@{self.netns}" if self.netns else "workers"
+
+
+@dataclass
 class LocustCluster:
-    """A master (web UI or headless) and `workers` workers against tcp://host:port."""
+    """A master (web UI or headless) and `workers` workers against tcp://host:port; the workers
+    are one forker here, or one per test host (`groups`), all joining the master at
+    master_host:master_port as workers on other machines would."""
 
     host: str
     port: int
@@ -61,46 +80,63 @@ class LocustCluster:
     worker_args: list[str] = field(default_factory=list)
     log_dir: Path | None = None
     master_port: int = 0
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # "master", "workers" (the forker)
+    master_host: str = "127.0.0.1"
+    groups: list[WorkerGroup] = field(default_factory=list)  # default: one group of `workers` here
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # "master", "workers" (the forkers)
     worker_pids: list[int] = field(default_factory=list)  # the forked workers, in fork order
     worker_nice: int = 0  # added to the workers' nice value (the master keeps the harness's)
+    host_of: dict[int, str] = field(default_factory=dict)  # forked worker pid -> its test host ("" here)
     _gone: dict[int, int | None] = field(default_factory=dict)  # worker pid -> wait status, once dead
 
+    def __post_init__(self) -> None:
+        if not self.groups:
+            self.groups = [WorkerGroup(self.workers)]
+        self.workers = sum(g.count for g in self.groups)
+
     def start(self) -> "LocustCluster":
-        self.master_port = self.master_port or free_port()
+        self.master_port = self.master_port or free_port(self.master_host)
         common = ["--host", f"tcp://{self.host}:{self.port}"]
-        self._spawn("master", [*LOCUST, "--master", "--master-bind-host", "127.0.0.1",
+        self._spawn("master", [*LOCUST, "--master", "--master-bind-host", self.master_host,
                                "--master-bind-port", str(self.master_port), *common, *self.master_args])
-        self._spawn("workers", [*LOCUST, "--worker", "--processes", str(self.workers), "--master-host",
-                                "127.0.0.1", "--master-port", str(self.master_port), *common, *self.worker_args],
-                    nice=self.worker_nice)
+        for group in self.groups:
+            if group.count:
+                self._spawn(group.name, [*LOCUST, "--worker", "--processes", str(group.count), "--master-host",
+                                         self.master_host, "--master-port", str(self.master_port), *common,
+                                         *self.worker_args, *group.args], nice=self.worker_nice, netns=group.netns)
         return self
 
-    def _spawn(self, name: str, cmd: list[str], nice: int = 0) -> None:
+    def _spawn(self, name: str, cmd: list[str], nice: int = 0, netns: str | None = None) -> None:
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "w")
         self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                            stdin=subprocess.DEVNULL, preexec_fn=lambda me=os.getpid(): _prepare_child(nice, me),
+                                            stdin=subprocess.DEVNULL, preexec_fn=lambda me=os.getpid(): _prepare_child(nice, me, netns),
                                             start_new_session=True)  # Ctrl-C is the harness's to handle
         if out is not None:
             out.close()
 
     def _find_workers(self) -> None:
         """The forked workers' pids, once all of them exist (they are forked within a second)."""
-        forker = self.procs.get("workers")
-        if forker is None or len(self.worker_pids) == self.workers:
+        if len(self.worker_pids) == self.workers:
             return
-        try:
-            children = psutil.Process(forker.pid).children()
-        except psutil.NoSuchProcess:
-            return
-        if len(children) == self.workers:
-            self.worker_pids = sorted(c.pid for c in children)
+        found: dict[int, str] = {}
+        for group in self.groups:
+            forker = self.procs.get(group.name)
+            if forker is None or not group.count:
+                continue
+            try:
+                children = psutil.Process(forker.pid).children()
+            except psutil.NoSuchProcess:
+                return
+            if len(children) != group.count:
+                return
+            found.update((c.pid, group.netns or "") for c in children)
+        self.worker_pids = sorted(found)
+        self.host_of = found
 
     def dead(self) -> dict[str, int | None]:
-        """Processes that have exited, with their exit codes: "master", "workers" (the forker),
+        """Processes that have exited, with their exit codes: "master", "workers" (a forker),
         and "worker pid N" for each forked worker (None where its status could not be read)."""
         out: dict[str, int | None] = {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
         self._find_workers()

@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
+
 from harness.diagnose import kernel, process, rules
+from harness.hosts import layout
+from harness.hosts.faults import FaultError
+from harness.hosts.layout import LayoutError
+from harness.hosts.netns import HostsError
 from harness.diagnose.evidence import run_evidence
 from harness.plan import core
 from harness.plan.limits import meminfo, read_limits
+from harness.run import hosted
 from harness.run.cluster import LocustCluster
+from harness.run.hosted import HostLayout
 from harness.run.progress import RunProgress
 from harness.run.sampler import Sampler
 from harness.run.cluster import scenario_args
@@ -80,6 +88,14 @@ class RunConfig:
     path: str = "/"
     source_addresses: list[str] | None = None  # every worker binds these (default: planned per worker)
     allow_non_loopback: bool = False
+    hosts: int = 0  # --hosts N: make N test hosts for this run (1 server host, N-1 client hosts)
+    server_host: str | None = None  # ...or use hosts made by `harness hosts up`
+    worker_hosts: list[str] | None = None
+    master_bind: str | None = None  # HOST:PORT the master listens on (default: loopback, or the lab's bridge)
+    expect_workers: int = 0  # workers started elsewhere (`harness worker --master`) to wait for
+    loss: float = 0.0  # percent of packets dropped on each client host's link
+    rate: str | None = None  # each client host's link shaped to this rate (tc tbf)
+    link_down: float = 0.0  # seconds the first client host's link goes down mid-hold
 
 
 @dataclass
@@ -92,6 +108,8 @@ class Prepared:
     ramp_rate: float
     max_seconds: float
     target: OutsideTarget | None = None
+    hosts: HostLayout | None = None  # the run across test hosts, if it is one
+    master: tuple[str, int] = ("127.0.0.1", 0)  # where the master listens (port 0: a free one)
 
 
 # Flags that shape the servers the harness starts, which a run against --target does not.
@@ -112,6 +130,16 @@ def prepare(cfg: RunConfig) -> Prepared:
     for address in cfg.source_addresses or []:
         if not is_loopback(address):
             raise RunError(f"--source-addresses {address} is not on loopback; use addresses of 127.0.0.0/8")
+    try:
+        hosted.check(cfg)
+    except (hosted.HostedError, LayoutError) as exc:
+        raise RunError(str(exc)) from None
+    if cfg.workers == 0 and not cfg.expect_workers:
+        raise RunError("--workers 0 leaves no worker to run the users; add --expect-workers N for workers "
+                       "started elsewhere with `harness worker --master`")
+    if cfg.workers == 0 and hosted.wants_hosts(cfg):
+        raise RunError("--workers 0 with test hosts leaves their client hosts idle; drop --workers 0")
+    master = master_address(cfg)
     limits = read_limits()
     if cfg.target:
         return _prepare_target(cfg, limits)
@@ -129,12 +157,46 @@ def prepare(cfg: RunConfig) -> Prepared:
         cfg = replace(cfg, connections=int(min(cap.values()) * FILL_OVERSHOOT) + 50, processes=cfg.processes or 1)
     if cfg.connections < 1:
         raise RunError(f"--connections {cfg.connections} must be at least 1")
+    # --workers 0: every user runs on the outside workers, planned as if they were like ours
+    planned_workers = cfg.expect_workers if cfg.workers == 0 else cfg.workers
     plan = core.plan(limits, cfg.connections, backend=cfg.backend, fd_limit=cfg.server_fd_limit,
-                     processes=cfg.processes, selector=cfg.selector, workers=cfg.workers,
+                     processes=cfg.processes, selector=cfg.selector, workers=planned_workers,
                      worker_fd_limit=cfg.worker_fd_limit)
     if plan.error:
         raise RunError(plan.error)
-    return _finish(cfg, limits, plan)
+    prepared = _finish(cfg, limits, plan)
+    prepared.master = master
+    if cfg.workers == 0:
+        prepared.workers = 0
+    if hosted.wants_hosts(cfg):
+        try:
+            prepared.hosts = hosted.layout_for(cfg, plan.workers, cfg.connections)
+        except (hosted.HostedError, LayoutError) as exc:
+            raise RunError(str(exc)) from None
+        h = prepared.hosts
+        prepared.workers = plan.workers = h.workers
+        plan.reasons = [r for r in plan.reasons if "client source address" not in r]  # the hosts bind their own
+        plan.reasons.append(f"test hosts: servers on {h.server}; {len(h.clients)} client host(s) × "
+                            f"{h.workers_per_host} worker(s), each host binding {h.addresses_per_host} address(es) "
+                            f"of its own ({layout.per_address():,} connections per address: half of its "
+                            f"ip_local_port_range {layout.HOST_PORT_RANGE[0]}-{layout.HOST_PORT_RANGE[1]})")
+    return prepared
+
+
+def master_address(cfg: RunConfig) -> tuple[str, int]:
+    """--master-bind HOST:PORT, checked: loopback, a test host's bridge, or (told so) elsewhere."""
+    if not cfg.master_bind:
+        return ("127.0.0.1", 0)
+    host, _, port = cfg.master_bind.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise RunError(f"--master-bind {cfg.master_bind!r} is not HOST:PORT; give e.g. 127.0.0.1:5557")
+    if not (is_loopback(host) or layout.is_test_address(host)):
+        if not cfg.allow_non_loopback:
+            raise RunError(f"--master-bind {host} is not loopback: workers anywhere that reaches it could join "
+                           "and be told what to load; add --allow-non-loopback if that network is yours")
+        print(f"warning: the Locust master listens on {host}:{port}; any worker that reaches it can join",
+              file=sys.stderr)
+    return (host, int(port))
 
 
 def _prepare_target(cfg: RunConfig, limits: dict) -> Prepared:
@@ -189,28 +251,43 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     scratch = Path(tempfile.mkdtemp(prefix="harness-run-"))
     target = prepared.target
-    if target is None:
-        config = ServerConfig(backend=cfg.backend, port=cfg.port, processes=plan.server_processes, share=cfg.share,
-                              fd_limit=plan.fd_limit, selector=cfg.selector, nice=LOAD_NICE)
-        group: ServerGroup | OutsideTarget = ServerGroup(config, log_file=str(scratch / "servers.log"))
-    else:
-        group = target
+    lab = hosted.HostedRun(prepared.hosts) if prepared.hosts else None
     memory_before = meminfo()["MemAvailable"]  # what the whole run costs is measured from here
     try:
+        if lab is not None:
+            lab.start()
+        if target is None:
+            config = ServerConfig(backend=cfg.backend, port=cfg.port, processes=plan.server_processes,
+                                  share=cfg.share, fd_limit=plan.fd_limit, selector=cfg.selector, nice=LOAD_NICE,
+                                  **({"host": lab.server.address, "netns": lab.server.name} if lab else {}))
+            group: ServerGroup | OutsideTarget = ServerGroup(config, log_file=str(scratch / "servers.log"))
+        else:
+            group = target
         group.start()
-    except (ConfigError, StartError, TargetError) as exc:
+    except (ConfigError, StartError, TargetError, hosted.HostedError, LayoutError, HostsError, FaultError) as exc:
+        if lab is not None:
+            lab.stop()
         _restore(previous)
-        raise RunError(str(exc)) from None
-    host = target.host if target else "127.0.0.1"
-    label = f"target-{target.port}" if target else cfg.backend
+        raise RunError(hosted.hosted_error(exc)) from None
+    except BaseException:
+        if lab is not None:
+            lab.stop()
+        _restore(previous)
+        raise
+    server_netns = lab.server.name if lab else None
+    host = target.host if target else (lab.server.address if lab else "127.0.0.1")
+    label = f"target-{target.port}" if target else (f"{cfg.backend}-hosts" if lab else cfg.backend)
     run_dir = Path(cfg.out) / run_dir_name(started_at, label, cfg.connections)
     run_dir.mkdir(parents=True)
     status_file = run_dir / "status.json"
-    kernel_before = kernel.snapshot(group.port)
-    protocol_args = scenario_args(cfg.protocol, cfg.send, cfg.expect, cfg.path, cfg.allow_non_loopback)
+    kernel_before = _quietly(kernel.snapshot, group.port, server_netns)  # the server host's counters and queue
+    protocol_args = scenario_args(cfg.protocol, cfg.send, cfg.expect, cfg.path, cfg.allow_non_loopback,
+                                  test_hosts=lab is not None)
     cluster = LocustCluster(
         host=host, port=group.port, workers=prepared.workers, log_dir=run_dir / "logs", worker_nice=LOAD_NICE,
-        master_args=["--headless", "--expect-workers", str(prepared.workers), *protocol_args,
+        master_host=lab.master_host if lab and not cfg.master_bind else prepared.master[0],
+        master_port=prepared.master[1], groups=lab.groups() if lab else [],
+        master_args=["--headless", "--expect-workers", str(prepared.workers + cfg.expect_workers), *protocol_args,
                      "--target-connections", str(cfg.connections), "--ramp-rate", str(prepared.ramp_rate),
                      "--hold-seconds", str(cfg.hold), "--echo-interval", str(cfg.echo_interval),
                      "--echo-mode", cfg.echo_mode,
@@ -222,13 +299,15 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         worker_args=["--worker-fd-limit", str(prepared.worker_fd_limit), "--user-mode", cfg.user_mode,
                      "--echo-timeout", str(cfg.echo_timeout), *protocol_args,
                      *(["--source-addresses", ",".join(cfg.source_addresses)] if cfg.source_addresses else [])])
-    sampler = Sampler(group, cluster, status_file, t0)
+    sampler = Sampler(group, cluster, status_file, t0, netns=server_netns, by_host=lab is not None)
     display = RunProgress(cfg.connections, "starting") if progress else None
     master_code = None
     error = None
     faults: list[dict] = []
     reported: set[str] = set()
     drops = {"lost": 0, "failed": {}}  # a target's held connections closed so far, and the echo failures
+    hold_started = None
+    hosts_doc, injected = None, []
     try:
         if stop_reason:  # Ctrl-C while the servers were starting: no Locust to start
             raise _Interrupted
@@ -267,6 +346,11 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
                     display.update(point[sampler.held_key], _rate(sampler.series, sampler.held_key),
                                    sampler.status.get("totals", {}).get("connects_failed", {}),
                                    sampler.status.get("phase", "starting"))
+            if lab is not None:
+                phase = sampler.status.get("phase")
+                if hold_started is None and phase == "hold":
+                    hold_started = time.monotonic()
+                lab.tick(phase, hold_started, cfg.hold, sampler.status.get("totals", {}), time.monotonic() - t0)
             time.sleep(0.05)
         sampler.sample(fresh=True)
     except _Interrupted:
@@ -277,10 +361,17 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
     finally:
         if display:
             display.close()
-        kernel_after = _quietly(kernel.snapshot, group.port)  # before teardown: the queue as the run left it
+        kernel_after = _quietly(kernel.snapshot, group.port, server_netns)  # before teardown: as the run left it
         peak_servers = servers_at_peak(group, sampler)
+        cpu_by_host = _cpu_by_host(sampler.series) if lab else {}
         cluster.stop()
         group.stop()
+        if lab is not None:
+            totals = sampler.status.get("totals", {})
+            hosts_doc = _quietly(lambda: lab.results(sampler.status, cpu_by_host,
+                                                     sampler.series[-1]["server_rss_bytes"] if sampler.series else 0))
+            injected = [f for f in [_quietly(lab.link_fault, totals)] if f]
+            lab.stop()
         _move(scratch / "servers.log", run_dir / "logs" / "servers.log")
         if faults and not stop_reason:
             stop_reason.append("interrupted")  # the run went on, but not as planned: marked
@@ -288,6 +379,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         diagnosis = _quietly(lambda: rules.diagnose(run_evidence(
             config=asdict(cfg), plan=plan.as_dict(), limits=prepared.limits, series=sampler.series,
             status=sampler.status, stopped_by=stopped_by, host=host, port=group.port, servers=peak_servers,
+            hosts=hosts_doc,
             processes=target.processes if target else [], kernel_before=kernel_before, kernel_after=kernel_after)))
         doc = build_document(
             config=asdict(cfg), plan=plan.as_dict(), limits=prepared.limits,
@@ -296,8 +388,8 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
             locust_stats=locust_files.stats(run_dir / "locust_stats.csv"),
             latency_series=locust_files.latency_series(run_dir / "locust_stats_history.csv", epoch0),
             files=locust_files.present(run_dir), stop_reason=stopped_by,
-            master_code=master_code, error=error, faults=faults, memory_before=memory_before,
-            target=_target_doc(target, cfg), diagnosis=diagnosis)
+            master_code=master_code, error=error, faults=faults + injected, memory_before=memory_before,
+            target=_target_doc(target, cfg), diagnosis=diagnosis, hosts=hosts_doc)
         write_json_atomic(run_dir / "run.json", doc)
         _restore(previous)  # only now: a Ctrl-C while the results are written must not cut them off
     return doc, run_dir
@@ -352,6 +444,16 @@ def _quietly(read, *args):
         return read(*args)
     except Exception:  # noqa: BLE001
         return None
+
+
+def _cpu_by_host(series: list[dict]) -> dict[str, float]:
+    """CPU seconds of each test host's processes (its workers, or the servers), at their most:
+    the workers have exited by the time the run ends."""
+    out: dict[str, float] = {}
+    for point in series:
+        for host, cpu in point.get("cpu_by_host", {}).items():
+            out[host] = max(out.get(host, 0.0), cpu)
+    return out
 
 
 def servers_at_peak(group, sampler: Sampler) -> list[dict]:

@@ -24,8 +24,11 @@ class Sampler:
     """One point a second: what the kernel, the servers and the workers each count."""
 
     def __init__(self, group: ServerGroup | OutsideTarget, cluster: LocustCluster, status_file: Path,
-                 t0: float) -> None:
+                 t0: float, netns: str | None = None, by_host: bool = False) -> None:
+        """`netns`: the server host's namespace, where the kernel's count is read; `by_host`: each
+        point also counts what the workers of each test host hold."""
         self.group, self.cluster, self.status_file, self.t0 = group, cluster, status_file, t0
+        self.netns, self.by_host = netns, by_host
         self.target = group if isinstance(group, OutsideTarget) else None
         # what counts connections every second: the servers' gauges, or (a target's) the workers'
         self.held_key = "server_open" if self.target is None else "locust_held"
@@ -49,7 +52,7 @@ class Sampler:
         now = time.monotonic()
         if fresh or now - self._kernel[1] >= self._kernel_every:
             if self.target is None:
-                count = proc.established_on_port(self.group.port)
+                count = proc.established_on_port(self.group.port, self.netns)
             else:  # our side of the connections: the target may be elsewhere, or hold other clients'
                 count = proc.established_to(self.target.host, self.target.port)
                 self.target.sample()
@@ -85,6 +88,14 @@ class Sampler:
             "server_cpu_s": _cpu_seconds(r["pid"] for r in rows),
             "locust_cpu_s": _cpu_seconds(self.cluster.pids()),
         }
+        if self.by_host:
+            held: dict[str, int] = {}
+            for w in status.get("workers", []):
+                held[w.get("host", "")] = held.get(w.get("host", ""), 0) + w.get("held", 0)
+            cpu: dict[str, float] = {self.netns or "": _cpu_seconds(r["pid"] for r in rows)}
+            for pid, host in self.cluster.host_of.items():
+                cpu[host] = round(cpu.get(host, 0.0) + _cpu_seconds([pid]), 2)
+            point["held_by_host"], point["cpu_by_host"] = held, cpu
         self.series.append(point)
         return point
 

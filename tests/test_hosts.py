@@ -1,0 +1,233 @@
+"""Test hosts: the pure address plan, `harness hosts up/down/status`, runs with the servers on one
+network namespace and Locust workers on others (made by the run or by `hosts up`), a worker
+joining from another host with `harness worker --master`, faults on a client host's link, and no
+namespace, link or process left after the run ends, is interrupted, or is killed."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import pytest
+
+from harness.hosts import layout, netns
+from harness.hosts.layout import LayoutError
+from harness.results.schema import load
+from scenarios.targets import source_error, target_error
+from servers import proc
+from tests.helpers import ROOT, process_alive, wait_status, wait_until
+
+HARNESS = [sys.executable, "-m", "harness.cli"]
+needs_net_admin = pytest.mark.skipif(not netns.has_net_admin(), reason="test hosts need CAP_NET_ADMIN (root)")
+
+
+def _prefix() -> str:
+    return "t" + uuid.uuid4().hex[:6]
+
+
+def _left(prefix: str) -> list[str]:
+    """Namespaces and links of lab `prefix` still on the machine."""
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return [n for n in names if n.startswith(prefix + "-")] + [
+        line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if f": {prefix}-" in line]
+
+
+def _harness(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*HARNESS, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _start(tmp_path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([*HARNESS, "run", "--out", str(tmp_path), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+# -- the address plan (pure) -------------------------------------------------------------------
+def test_every_lab_and_host_address_is_in_198_18_0_0_15_and_labs_do_not_overlap():
+    nets = [layout.lab_network(i) for i in range(layout.LABS)]
+    assert all(n.subnet_of(layout.TEST_NET) for n in nets)
+    assert not any(a.overlaps(b) for i, a in enumerate(nets) for b in nets[i + 1:])
+    for lab in (0, layout.LABS - 1):
+        addresses = [layout.host_address(lab, h, k) for h in (1, layout.HOSTS_PER_LAB) for k in (0, 252)]
+        assert all(ipaddress.ip_address(a) in layout.lab_network(lab) for a in addresses)
+        assert layout.bridge_address(lab) not in addresses
+    with pytest.raises(LayoutError, match="253 addresses"):
+        layout.host_address(0, 1, 253)
+    with pytest.raises(LayoutError, match="1 to 31"):
+        layout.check_count(32)
+    with pytest.raises(LayoutError, match="--prefix"):
+        layout.check_prefix("Bad-Name")
+
+
+def test_addresses_outside_198_18_0_0_15_are_refused():
+    for outside in ("10.0.0.1", "198.20.0.1", "8.8.8.8", "198.17.255.255"):
+        with pytest.raises(LayoutError, match="outside 198.18.0.0/15"):
+            layout.check_test_address(outside, "--x")
+        assert target_error(outside, False, test_hosts=True)  # a worker of a test-host run refuses it
+        assert source_error(outside, False, test_hosts=True)
+    assert target_error("198.19.255.254", False, test_hosts=True) is None
+    assert target_error("198.18.1.1", False) is not None  # only a run that says it loads its test hosts
+    assert source_error("0.0.0.0", False) is None  # the kernel picks by the route
+
+
+@pytest.mark.parametrize("args, words", [
+    (["worker", "--master", "10.1.2.3:5557"], "--master 10.1.2.3 is neither loopback nor a test host"),
+    (["worker", "--master", "198.18.0.1:5557", "--source-addresses", "192.168.1.5"], "source address 192.168.1.5"),
+    (["run", "--connections", "10", "--master-bind", "10.0.0.1:5557"], "--master-bind 10.0.0.1 is not loopback"),
+    (["run", "--connections", "10", "--hosts", "1"], "1 hosts: use 2 to 31"),
+    (["run", "--connections", "10", "--loss", "1%"], "--loss is a fault on a test host's link"),
+    (["run", "--connections", "10", "--hosts", "3", "--loss", "70%"], "out of range"),
+    (["run", "--connections", "10", "--server-host", "fdcap-1"], "--server-host and --worker-hosts go together"),
+    (["run", "--connections", "10", "--workers", "0"], "--expect-workers"),
+    (["hosts", "up", "2", "--prefix", "Bad"], "--prefix 'Bad'"),
+])
+def test_bad_host_flags_are_one_line_and_exit_2(args, words):
+    done = _harness(*args, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+# -- the hosts themselves ----------------------------------------------------------------------
+@needs_net_admin
+def test_hosts_up_is_idempotent_sets_each_hosts_sysctls_and_down_removes_only_its_own():
+    prefix, other = _prefix(), _prefix()
+    try:
+        assert _harness("hosts", "up", "2", "--prefix", prefix, "--addresses", "2").returncode == 0
+        assert _harness("hosts", "up", "1", "--prefix", other).returncode == 0
+        again = _harness("hosts", "up", "2", "--prefix", prefix, "--addresses", "2")
+        assert again.returncode == 0
+        [lab] = json.loads(_harness("hosts", "status", "--prefix", prefix, "--json").stdout)
+        assert [h["name"] for h in lab["hosts"]] == [f"{prefix}-1", f"{prefix}-2"]
+        for h in lab["hosts"]:
+            assert len(h["addresses"]) == 2 and all(layout.is_test_address(a) for a in h["addresses"])
+            assert h["ip_local_port_range"] == "1024 65535" and h["somaxconn"] == "65535"
+        # the host's range is its own: the machine's is unchanged
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            assert f.read().split() != ["1024", "65535"]
+        # a host reaches another across the bridge, from its own address
+        a, b = lab["hosts"]
+        with proc.in_netns(b["name"]):
+            listener = socket.create_server((b["addresses"][1], 0))
+        with proc.in_netns(a["name"]):
+            client = socket.create_connection(listener.getsockname(), timeout=5,
+                                              source_address=(a["addresses"][1], 0))
+        peer = listener.accept()[0].getpeername()
+        assert peer[0] == a["addresses"][1]
+        client.close()
+        listener.close()
+        down = _harness("hosts", "down", "--prefix", prefix)
+        assert down.returncode == 0 and f"bridge {prefix}-br" in down.stdout
+        assert _left(prefix) == [] and len(_left(other)) == 3  # the other lab is untouched
+        assert "no test hosts" in _harness("hosts", "down", "--prefix", prefix).stdout
+    finally:
+        netns.down(prefix)
+        netns.down(other)
+    assert _left(other) == []
+
+
+@needs_net_admin
+def test_a_run_across_two_worker_hosts_and_a_worker_joining_from_a_third(tmp_path):
+    """Servers on host 1, the run's workers on hosts 2 and 3, and one more worker started with
+    `harness worker --master` inside host 4: 2,000 echo-verified connections, each host's share
+    in run.json, the kernel's count read inside the server host."""
+    prefix = _prefix()
+    outside = None
+    try:
+        lab = netns.up(4, prefix)
+        port = 20000 + os.getpid() % 20000
+        master = f"{lab.bridge_address}:{port}"
+        outside = subprocess.Popen(["ip", "netns", "exec", f"{prefix}-4", *HARNESS, "worker", "--master", master,
+                                    "--name", f"{prefix}-4", "--source-addresses", lab.hosts[3].address,
+                                    "--log", str(tmp_path / "outside.log")],
+                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        done = _harness("run", "--server-host", f"{prefix}-1", "--worker-hosts", f"{prefix}-2,{prefix}-3",
+                        "--master-bind", master, "--expect-workers", "1", "--connections", "2000", "--hold", "3",
+                        "--echo-interval", "1", "--out", str(tmp_path / "runs"), "--json")
+        assert done.returncode == 0, done.stderr[-3000:]
+        doc = json.loads(done.stdout)
+        assert doc["peak_connections"] == 2000 and doc["host"] == lab.hosts[0].address
+        assert doc["echo"]["mismatched"] == 0 and doc["connects"]["failed"] == {}
+        hosts = {h["name"]: h for h in doc["hosts"]["hosts"]}
+        server = hosts[f"{prefix}-1"]
+        assert server["role"] == "server" and server["peak_held"] == 2000  # counted inside the server host
+        assert server["tcp"]["PassiveOpens"] >= 2000
+        clients = [hosts[f"{prefix}-2"], hosts[f"{prefix}-3"]]
+        # three workers split 2,000 users evenly: the outside worker holds its third
+        assert doc["hosts"]["outside_workers"] == 1 and 600 <= doc["hosts"]["outside_held"] <= 700
+        for c in clients:
+            assert 600 <= c["peak_held"] <= 700 and c["mismatched"] == 0 and c["echoes_verified"] > c["peak_held"]
+            assert all(a.startswith(str(layout.lab_network(lab.lab).network_address).rsplit(".", 2)[0])
+                       for a in c["addresses"])
+            assert c["tcp"]["ActiveOpens"] >= c["peak_held"]
+        assert sum(c["peak_held"] for c in clients) + doc["hosts"]["outside_held"] == 2000
+        assert outside.wait(30) == 0, outside.stderr.read()  # the master ended the test: the worker ends too
+    finally:
+        if outside is not None and outside.poll() is None:
+            outside.kill()
+        netns.down(prefix)
+    assert _left(prefix) == []
+
+
+@needs_net_admin
+def test_a_run_with_hosts_of_its_own_removes_them_and_survives_loss_on_a_link(tmp_path):
+    """--hosts 3 --loss 1%: 1% of each client host's TCP packets dropped each way; 500
+    connections echo for 10 s with every echo matching, the retransmits counted from the hosts'
+    own counters, and the hosts gone afterwards."""
+    proc = _start(tmp_path, "--hosts", "3", "--connections", "500", "--hold", "10", "--echo-interval", "0.5",
+                  "--loss", "1%", "--json")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    doc = json.loads(out)
+    assert doc["peak_connections"] == 500 and doc["echo"]["mismatched"] == 0
+    assert doc["echo"]["verified"] >= 500 * 10
+    clients = [h for h in doc["hosts"]["hosts"] if h["role"] == "client"]
+    assert len(clients) == 2 and all(h["loss_dropped"] > 0 for h in clients)
+    assert sum(h["tcp"]["RetransSegs"] for h in clients) > 0
+    assert doc["hosts"]["made_by_run"] and doc["hosts"]["loss_percent"] == 1.0
+    assert _left(f"r{proc.pid % 1_000_000}") == []
+
+
+def _hold_status(tmp_path) -> dict:
+    return wait_status(tmp_path, lambda s: s["phase"] == "hold", timeout=60)
+
+
+@needs_net_admin
+@pytest.mark.parametrize("fault", ["SIGINT mid-ramp", "kill -9 of a worker", "kill -9 of the run"])
+def test_the_runs_hosts_are_gone_after(tmp_path, fault):
+    args = ["--hosts", "3", "--hold", "8", "--echo-interval", "1"]
+    if fault == "SIGINT mid-ramp":
+        args += ["--connections", "40000", "--ramp-rate", "2000"]
+    else:
+        args += ["--connections", "1000"]
+    proc = _start(tmp_path, *args)
+    prefix = f"r{proc.pid % 1_000_000}"
+    if fault == "SIGINT mid-ramp":
+        wait_status(tmp_path, lambda s: s["phase"] == "ramp" and s["totals"]["held"] > 0, timeout=60)
+        pids = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        os.kill(proc.pid, signal.SIGINT)
+    else:
+        status = _hold_status(tmp_path)
+        pids = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        victim = proc.pid if fault == "kill -9 of the run" else status["workers"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+    assert len(pids) >= 4  # servers, the master, a forker and workers on each client host, the reaper
+    code = proc.wait(90)
+    if fault == "kill -9 of the run":
+        assert code == -9
+        wait_until(lambda: _left(prefix) == [], 30, "the reaper removing the run's hosts")
+    else:
+        doc = load(next(tmp_path.glob("*/run.json")).parent)
+        assert code in (1, 130) and doc["stopped_by"] == "interrupted"
+        if fault == "kill -9 of a worker":
+            assert any("Locust worker" in f["what"] for f in doc["faults"])
+            assert doc["hosts"]["hosts"][0]["peak_held"] == 1000
+    assert _left(prefix) == []
+    wait_until(lambda: not any(process_alive(p) for p in pids), 15, "every process of the run ending")
