@@ -73,6 +73,9 @@ def figures(found: Inputs) -> list[tuple[str, str, object]]:
                     f"process's cap and 65,535 ({run['backend']}, {run['started_at']})", plots.connections_over_time(run)))
         out.append((f"rate-latency-{tag}.png", "Connect rate and echo latency percentiles over time, the ramp and "
                     "the hold shaded", plots.rate_and_latency(run)))
+        if run.get("hosts"):
+            out.append((f"hosts-{tag}.png", "Connections held by each client test host over time, beside the server "
+                        "host's own count", plots.connections_by_host(run)))
     for i, sweep in enumerate(found.sweeps):
         out.append((f"cap-vs-limit-{i}.png", "Cap against fd limit per backend, with the fitted line and "
                     "select()'s FD_SETSIZE wall", plots.cap_vs_fd_limit(sweep)))
@@ -133,7 +136,35 @@ def _run_context(run: dict) -> dict:
         ("memory per connection", f"server {m['server_rss_per_conn_bytes'] / 1024:.2f} KB, Locust "
          f"{m['locust_rss_per_conn_bytes'] / 1024:.2f} KB, kernel slab {m['kernel_slab_per_conn_bytes'] / 1024:.2f} KB"),
         ("duration", f"{run['duration_s']:.1f} s")]],
-        "limits": [(k, _fmt(v)) for k, v in _limits_rows(run)]}
+        "limits": [(k, _fmt(v)) for k, v in _limits_rows(run)], "hosts": host_rows(run),
+        "faults": [fault_sentence(f) for f in run["faults"]]}
+
+
+def host_rows(run: dict) -> list[dict]:
+    """The per-host table of a run across test hosts: what each host held, how fast, at what cost."""
+    hosts = run.get("hosts")
+    if not hosts:
+        return []
+    rows = []
+    for h in hosts["hosts"]:
+        held = h["peak_held"]
+        per_conn = f" ({h['rss_bytes'] / held / 1024:.2f} KB/conn)" if held and h["role"] == "client" else ""
+        rows.append({"name": h["name"], "role": h["role"], "addresses": ", ".join(h["addresses"]),
+                     "ports": h["ip_local_port_range"].replace(" ", "-"), "workers": h["workers"] or "",
+                     "held": f"{held:,}", "rate": f"{h['peak_rate_per_s']:,}/s" if h["role"] == "client" else "",
+                     "echoes": f"{h['echoes_verified']:,} / {h['mismatched']:,}" if h["role"] == "client" else "",
+                     "failed": ", ".join(f"{k} {v:,}" for k, v in h["connects_failed"].items()) or "none",
+                     "memory": f"{h['rss_bytes'] / 2**20:,.0f} MB{per_conn}", "cpu": f"{h['cpu_s']:,.1f} s",
+                     "retransmits": f"{h['tcp'].get('RetransSegs', 0):,}", "dropped": f"{h.get('loss_dropped', 0):,}"})
+    return rows
+
+
+def fault_sentence(f: dict) -> str:
+    text = f"at {f['t']:.1f} s: {f['what']}: {f['connections_lost']:,} connections lost"
+    if f.get("injected"):
+        text += (f" (set on purpose); echo failures {f.get('echo_failed') or 'none'}, {f.get('retransmits', 0):,} "
+                 f"retransmits, {f.get('timeouts', 0):,} timeouts, {f.get('resets', 0):,} resets")
+    return text
 
 
 def memory_sentence(run: dict) -> str:

@@ -68,6 +68,30 @@ def connections_over_time(run: dict) -> Figure:
     return fig
 
 
+def connections_by_host(run: dict) -> Figure:
+    """Where is the load coming from? Connections each client test host holds over time, their
+    sum against the server host's own kernel count, each host's ports per address for reference."""
+    hosts = run["hosts"]
+    fig, (ax,) = _figure(f"Connections by test host (servers on {hosts['server']}, lab {hosts['prefix']})")
+    series = run["series"]
+    t = [p["t"] for p in series]
+    for h in hosts["hosts"]:
+        if h["role"] == "client":
+            ax.plot(t, [p.get("held_by_host", {}).get(h["name"], 0) for p in series], lw=1.5,
+                    label=f"{h['name']} ({len(h['addresses'])} address(es))")
+    counted = [p for p in series if p.get("kernel_counted", True)]
+    ax.scatter([p["t"] for p in counted], [p["kernel_established"] for p in counted], s=14, color="black",
+               marker="x", zorder=3, label=f"established on {hosts['server']} (its kernel, ss)")
+    ax.axhline(PORT_NUMBERS, color="tab:gray", ls=":", lw=1.5, label="65,535 (port numbers)")
+    ax.set_ylim(0, max(run["peak_connections"], PORT_NUMBERS) * 1.12)
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("connections")
+    ax.yaxis.set_major_formatter(THOUSANDS)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def cap_vs_fd_limit(sweep: dict) -> Figure:
     """Does every extra fd buy one connection? Measured caps, the fitted line per backend, and
     select()'s FD_SETSIZE wall."""

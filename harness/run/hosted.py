@@ -253,6 +253,5 @@ class HostedRun:
 
 
 def hosted_error(exc: Exception) -> str:
-    if isinstance(exc, (HostedError, LayoutError, netns.HostsError, faults.FaultError)):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    """The one-line message of an error a run or the UI expects at start-up (their own words)."""
+    return str(exc)
