@@ -48,6 +48,7 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
         "peak_connections_by_process": peak["server_open_by_process"] if peak else [],
         "predicted_cap": plan["predicted_cap"], "stopped_by": stopped_by, "faults": faults,
         "target": target, "diagnosis": diagnosis, "hosts": _hosts(hosts, series),
+        "workers_by_host": workers_by_host(status.get("workers", [])),
         "stop_detail": error or (WORKER_FULL_DETAIL if status.get("stopped_by") == WORKER_FULL else None)
         or (status.get("stopped_by") if stopped_by in ("reply", "error") else None)
         or (f"Locust master exit code {master_code}" if master_code else None),
@@ -73,6 +74,18 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
         "latency_series": latency_series, "files": files,
     }
     return validate(doc)
+
+
+def workers_by_host(workers: list[dict]) -> dict[str, dict]:
+    """The workers' last reports grouped by the host each runs on (its test host, its --name, or
+    the machine's hostname): on several machines, each one's share."""
+    out: dict[str, dict] = {}
+    for w in workers:
+        row = out.setdefault(w.get("host") or "", {"workers": 0, "held": 0, "connects_ok": 0, "echoes_verified": 0})
+        row["workers"] += 1
+        for key in ("held", "connects_ok", "echoes_verified"):
+            row[key] += w.get(key, 0)
+    return out
 
 
 def _hosts(hosts: dict | None, series: list[dict]) -> dict | None:

@@ -142,7 +142,11 @@ def prepare(cfg: RunConfig) -> Prepared:
     master = master_address(cfg)
     limits = read_limits()
     if cfg.target:
-        return _prepare_target(cfg, limits)
+        prepared = _prepare_target(cfg, limits)
+        prepared.master = master
+        if cfg.workers == 0:
+            prepared.workers = 0
+        return prepared
     if cfg.protocol not in (None, "echo", "hold"):
         raise RunError(f"--protocol {cfg.protocol} needs a --target that speaks it; the harness's own servers "
                        "echo (--protocol echo or hold)")
@@ -220,7 +224,8 @@ def _prepare_target(cfg: RunConfig, limits: dict) -> Prepared:
         cfg = replace(cfg, connections=int(room * FILL_OVERSHOOT) + 50)
     if cfg.connections < 1:
         raise RunError(f"--connections {cfg.connections} must be at least 1")
-    plan = core.plan_target(limits, cfg.connections, local=local, target_room=room, workers=cfg.workers,
+    planned_workers = cfg.expect_workers if cfg.workers == 0 else cfg.workers  # --workers 0: all outside
+    plan = core.plan_target(limits, cfg.connections, local=local, target_room=room, workers=planned_workers,
                             worker_fd_limit=cfg.worker_fd_limit, sources_given=cfg.source_addresses)
     if plan.error:
         raise RunError(plan.error)
