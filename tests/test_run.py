@@ -128,7 +128,7 @@ def test_interrupted_run_leaves_a_valid_run_json_and_no_process(tmp_path, how):
     (["--ramp-rate", "-3"], ["--ramp-rate", "must be above 0"]),
     (["--port", "70000"], ["--port", "not a TCP port"]),
     (["--processes", "0"], ["--processes", "at least 1"]),
-    (["--workers", "0"], ["--workers", "at least 1"]),
+    (["--workers", "0"], ["--workers 0 leaves no worker", "--expect-workers N"]),
     (["--connections", "many"], ["--connections", "invalid"]),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, words):
