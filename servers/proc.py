@@ -153,6 +153,23 @@ def established_to(host: str, port: int) -> int:
     return out.count(b"\n")
 
 
+MAX_NICE = 19
+
+
+def lower_priority(nice: int) -> str:
+    """Run this process `nice` levels below its parent, so the load stays below the control plane
+    that started it. Where that would pass nice 19 (the whole run started under `nice -n 19`, as
+    a big run on a shared machine should be) the levels are gone, and the load would compete with
+    its own control plane as an equal: then it runs SCHED_IDLE instead, below every nice level,
+    and still takes every cycle the control plane leaves. Returns what it did."""
+    current = os.nice(0)
+    if current + nice <= MAX_NICE:
+        os.nice(nice)
+        return f"nice {current + nice}"
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # inherited by the processes it forks
+    return "SCHED_IDLE"
+
+
 def _setns(fd: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, _CLONE_NEWNET) != 0:

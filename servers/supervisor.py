@@ -189,7 +189,7 @@ class ServerGroup:
 
     def _child(self, index, inherited, make_source, siblings, handoff, acceptor, keep) -> int:
         if self.config.nice:
-            os.nice(self.config.nice)
+            proc.lower_priority(self.config.nice)
         if self.log_file:
             fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(fd, 2)

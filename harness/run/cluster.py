@@ -51,7 +51,7 @@ def _prepare_child(nice: int, parent: int, netns: str | None = None) -> None:
     if netns:
         proc.enter_netns(netns)
     if nice:
-        os.nice(nice)  # the forked workers inherit it
+        proc.lower_priority(nice)  # the forked workers inherit it
 
 
 @dataclass
