@@ -46,7 +46,11 @@ def _limits_of_hosts(args: argparse.Namespace) -> int:
     """Each test host's own limits: its ports per source address, its accept queue's bound."""
     from harness.hosts import netns
 
-    labs = netns.status()
+    try:
+        labs = netns.status()
+    except (netns.HostsError, OSError) as exc:
+        print(f"harness limits: error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(labs, indent=2))
         return 0
@@ -182,7 +186,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.target:
             print("harness run: error: --target needs --connections N (or max)", file=sys.stderr)
             return 2
-        return cmd_proof(args)
+        if not (args.hosts or args.server_host or args.worker_hosts):
+            return cmd_proof(args)
+        from harness.plan.core import proof_target
+        from harness.plan.limits import read_limits
+
+        args.connections = proof_target(read_limits(), args.backend)[0]  # the proof's target, across hosts
     try:
         prepared = run_mod.prepare(run_config(args))
         for reason in prepared.plan.reasons:
@@ -288,7 +297,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
                              f"{h['processes']} process(es)" if h["namespace"] else "namespace missing"))
             if not labs and not args.json:
                 print(f"no test hosts of lab {args.prefix!r} (harness hosts up N)")
-    except (netns.HostsError, LayoutError) as exc:
+    except (netns.HostsError, LayoutError, OSError) as exc:
         print(f"harness hosts {args.action}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -241,6 +241,7 @@ class Driver:
         return max(0.0, min([MAX_WAIT_S, *(h - now for h in heads)]))
 
     def _connect(self, conn: Conn) -> None:
+        conn.started = time.perf_counter()
         try:
             host, port = TALLY.target(conn.user.host)
         except TCPError as exc:
@@ -248,7 +249,6 @@ class Driver:
         sources = TALLY.sources
         source = sources[self.sources_turn % len(sources)]
         self.sources_turn += 1
-        conn.started = time.perf_counter()
         if TALLY.full():
             return self._failed_connect(conn, WORKER_FULL)
         try:

@@ -95,6 +95,21 @@ def test_bad_host_flags_are_one_line_and_exit_2(args, words):
     assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+@needs_net_admin
+@pytest.mark.parametrize("args", [["hosts", "up", "1", "--prefix", "tnocap"],
+                                  ["run", "--hosts", "2", "--connections", "10"]])
+def test_without_cap_net_admin_test_hosts_are_one_line_and_exit_2(tmp_path, args):
+    """The same commands with CAP_NET_ADMIN taken away (setpriv drops it from the bounding and
+    inheritable sets, so the exec'd harness runs without it)."""
+    done = subprocess.run(["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", *HARNESS, *args,
+                           *(["--out", str(tmp_path)] if args[0] == "run" else [])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "need CAP_NET_ADMIN" in lines[0], done.stderr
+    assert _left("tnocap") == [] and not list(tmp_path.iterdir())
+
+
 # -- the hosts themselves ----------------------------------------------------------------------
 @needs_net_admin
 def test_hosts_up_is_idempotent_sets_each_hosts_sysctls_and_down_removes_only_its_own():
@@ -177,21 +192,28 @@ def test_a_run_across_two_worker_hosts_and_a_worker_joining_from_a_third(tmp_pat
 
 
 @needs_net_admin
-def test_a_run_with_hosts_of_its_own_removes_them_and_survives_loss_on_a_link(tmp_path):
-    """--hosts 3 --loss 1%: 1% of each client host's TCP packets dropped each way; 500
-    connections echo for 10 s with every echo matching, the retransmits counted from the hosts'
-    own counters, and the hosts gone afterwards."""
+def test_a_run_with_hosts_of_its_own_removes_them_and_rides_out_faults_on_the_links(tmp_path):
+    """--hosts 3 --loss 1% --rate 50mbit --link-down 3: 1% of each client host's TCP packets
+    dropped each way, the links shaped, one link down for 3 s; 500 connections echo for 10 s with
+    every echo matching, the retransmits counted from the hosts' own counters, and the hosts gone
+    afterwards."""
     proc = _start(tmp_path, "--hosts", "3", "--connections", "500", "--hold", "10", "--echo-interval", "0.5",
-                  "--loss", "1%", "--json")
+                  "--loss", "1%", "--rate", "50mbit", "--link-down", "3", "--json")
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 0, err[-3000:]  # the outage is the run's own doing: not a failed run
     doc = json.loads(out)
     assert doc["peak_connections"] == 500 and doc["echo"]["mismatched"] == 0
     assert doc["echo"]["verified"] >= 500 * 10
     clients = [h for h in doc["hosts"]["hosts"] if h["role"] == "client"]
     assert len(clients) == 2 and all(h["loss_dropped"] > 0 for h in clients)
+    assert all(h["shaped_bytes"] > 0 for h in clients)  # every byte went through the tbf
     assert sum(h["tcp"]["RetransSegs"] for h in clients) > 0
     assert doc["hosts"]["made_by_run"] and doc["hosts"]["loss_percent"] == 1.0
+    # the first client host's link was down 3 s mid-hold: TCP retransmitted through it, and every
+    # connection rode it out
+    [outage] = [f for f in doc["faults"] if f.get("injected")]
+    assert outage["what"] == f"link of {clients[0]['name']} down for 3 s"
+    assert outage["retransmits"] > 0 and outage["connections_lost"] == 0
     assert _left(f"r{proc.pid % 1_000_000}") == []
 
 
@@ -202,7 +224,7 @@ def _hold_status(tmp_path) -> dict:
 @needs_net_admin
 @pytest.mark.parametrize("fault", ["SIGINT mid-ramp", "kill -9 of a worker", "kill -9 of the run"])
 def test_the_runs_hosts_are_gone_after(tmp_path, fault):
-    args = ["--hosts", "3", "--hold", "8", "--echo-interval", "1"]
+    args = ["--hosts", "3", "--hold", "5", "--echo-interval", "1"]
     if fault == "SIGINT mid-ramp":
         args += ["--connections", "40000", "--ramp-rate", "2000"]
     else:

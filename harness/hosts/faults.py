@@ -53,7 +53,7 @@ def parse_rate(text: str) -> str:
 
 def _run(cmd: list[str], netns: str | None = None, stdin: str | None = None) -> None:
     with proc.in_netns(netns):
-        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, start_new_session=True)
     if done.returncode:
         raise FaultError(f"`{' '.join(cmd)}` in {netns or 'this host'} failed: {done.stderr.strip()}")
 
@@ -75,7 +75,7 @@ def dropped(netns: str) -> int:
 
 def remove_loss(netns: str) -> None:
     with proc.in_netns(netns):
-        subprocess.run(["nft", "delete", "table", "inet", TABLE], capture_output=True)
+        subprocess.run(["nft", "delete", "table", "inet", TABLE], capture_output=True, start_new_session=True)
 
 
 def set_rate(netns: str, veth: str, rate: str) -> None:
@@ -86,8 +86,16 @@ def set_rate(netns: str, veth: str, rate: str) -> None:
 
 def clear_rate(netns: str, veth: str) -> None:
     with proc.in_netns(netns):
-        subprocess.run(["tc", "qdisc", "del", "dev", "eth0", "root"], capture_output=True)
-    subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], capture_output=True)
+        subprocess.run(["tc", "qdisc", "del", "dev", "eth0", "root"], capture_output=True, start_new_session=True)
+    subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], capture_output=True, start_new_session=True)
+
+
+def shaped_bytes(netns: str) -> int:
+    """Bytes the host's tbf has sent (0 without one)."""
+    with proc.in_netns(netns):
+        done = subprocess.run(["tc", "-s", "qdisc", "show", "dev", "eth0"], capture_output=True, text=True)
+    m = re.search(r"qdisc tbf .*?Sent (\d+) bytes", done.stdout, re.S)
+    return int(m.group(1)) if m else 0
 
 
 def set_link(veth: str, up: bool) -> None:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from servers import proc
 
 STATE_DIR = Path(os.environ.get("HARNESS_HOSTS_STATE", "/run/harness-hosts"))
 CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21  # `ip netns add` mounts, and setns() needs it
 DEFAULT_PREFIX = "fdcap"
 
 
@@ -40,9 +43,11 @@ def require_net_admin() -> None:
     """One line, not a traceback from `ip`, on a machine where this process cannot make namespaces."""
     with open("/proc/self/status") as f:
         caps = next((int(line.split()[1], 16) for line in f if line.startswith("CapEff:")), 0)
-    if not caps >> CAP_NET_ADMIN & 1:
-        raise HostsError("test hosts need CAP_NET_ADMIN (network namespaces, veths, a bridge); run as root "
-                         "or with that capability")
+    missing = [name for name, bit in (("CAP_NET_ADMIN", CAP_NET_ADMIN), ("CAP_SYS_ADMIN", CAP_SYS_ADMIN))
+               if not caps >> bit & 1]
+    if missing:
+        raise HostsError(f"test hosts need {' and '.join(missing)} (network namespaces, veths, a bridge); run as "
+                         "root or with those capabilities")
 
 
 def has_net_admin() -> bool:
@@ -55,7 +60,8 @@ def has_net_admin() -> bool:
 
 def _ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     cmd = ["ip", *(["-n", netns] if netns else []), *args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    # its own session: a second Ctrl-C at the run's teardown must not kill `ip link del` half-way
+    done = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
     if check and done.returncode:
         raise HostsError(f"`{' '.join(cmd)}` failed: {done.stderr.strip() or done.returncode}")
     return done
@@ -84,7 +90,24 @@ def load(prefix: str) -> Lab | None:
 def labs() -> list[Lab]:
     if not STATE_DIR.is_dir():
         return []
-    return [Lab.from_dict(json.loads(p.read_text())) for p in sorted(STATE_DIR.glob("*.json"))]
+    out = []
+    for path in sorted(STATE_DIR.glob("*.json")):
+        try:
+            out.append(Lab.from_dict(json.loads(path.read_text())))
+        except (OSError, ValueError, KeyError):
+            continue  # being written, or not ours
+    return out
+
+
+def lab_addresses() -> set[str]:
+    """Every address of every test host and bridge the harness made on this machine: the only
+    198.18.0.0/15 addresses a run may load or bind (a VPN's fake-IP range may be 198.18/16 too)."""
+    out: set[str] = set()
+    for lab in labs():
+        out.add(lab.bridge_address)
+        for host in lab.hosts:
+            out.update(host.addresses)
+    return out
 
 
 def _save(lab: Lab) -> None:
@@ -115,7 +138,12 @@ def up(count: int, prefix: str = DEFAULT_PREFIX, addresses: int = 1, owner: int 
     layout.check_count(count)
     require_net_admin()
     with _locked():
-        lab = load(prefix) or Lab(prefix, _free_lab(), owner=owner)
+        lab = load(prefix)
+        if lab is None:
+            _refuse_foreign(prefix, count)
+            lab = Lab(prefix, _free_lab(), owner=owner)
+        else:
+            _refuse_foreign(prefix, count, known={h.name for h in lab.hosts})
         _save(lab)  # before anything is made: down finds it even if up dies half-way
         if not _link_exists(lab.bridge):
             _ip("link", "add", lab.bridge, "type", "bridge")
@@ -132,6 +160,18 @@ def up(count: int, prefix: str = DEFAULT_PREFIX, addresses: int = 1, owner: int 
             _add_addresses(lab, host, addresses)
             _save(lab)
     return lab
+
+
+def _refuse_foreign(prefix: str, count: int, known: set[str] | None = None) -> None:
+    """Names the lab would make that exist already and are not in its state file are someone
+    else's: `down` would remove them, so `up` refuses to take them over."""
+    names = [layout.host_name(prefix, i) for i in range(1, count + 1)]
+    taken = [n for n in names if n not in (known or set()) and (exists(n) or _link_exists(n))]
+    if known is None and _link_exists(layout.bridge_name(prefix)):
+        taken.insert(0, layout.bridge_name(prefix))
+    if taken:
+        raise HostsError(f"{', '.join(taken)} exist(s) already and the harness did not make them; choose another "
+                         "--prefix")
 
 
 def _make_host(lab: Lab, host: Host) -> None:
@@ -167,15 +207,25 @@ def ensure_addresses(lab: Lab, name: str, count: int) -> Host:
     return host
 
 
-def down(prefix: str = DEFAULT_PREFIX) -> list[str]:
-    """Remove the lab's hosts, links and bridge (only what its state file names); returns them."""
+def down(prefix: str = DEFAULT_PREFIX, end_processes: bool = False, grace: float = 5.0) -> list[str]:
+    """Remove the lab's hosts, links and bridge (only what its state file names); returns them.
+
+    A process still inside a host would keep its namespace alive, unnamed, after `ip netns del`:
+    `down` waits up to `grace` s for them to end (a run's own end with it), then names the ones
+    left. `end_processes` (the reaper of a run that made the lab, where everything inside is that
+    run's) sends them SIGKILL, by PID, first."""
     layout.check_prefix(prefix)
+    if load(prefix) is None:
+        return []
+    require_net_admin()
     with _locked():
         lab = load(prefix)
         if lab is None:
             return []
-        require_net_admin()
         removed = []
+        left = _wait_empty([h.name for h in lab.hosts if exists(h.name)], grace, end_processes)
+        if left:
+            removed.append(f"(still running inside, left alone: {', '.join(f'{n} pids {p}' for n, p in left.items())})")
         for host in lab.hosts:
             if _link_exists(host.name):  # the veth pair goes at once (a namespace dies lazily)
                 _ip("link", "del", host.name)
@@ -191,8 +241,30 @@ def down(prefix: str = DEFAULT_PREFIX) -> list[str]:
 
 
 def pids_in(netns: str) -> list[int]:
-    done = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+    done = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, start_new_session=True)
     return [int(p) for p in done.stdout.split()] if done.returncode == 0 else []
+
+
+def _wait_empty(names: list[str], grace: float, end_processes: bool) -> dict[str, list[int]]:
+    """Wait for the processes inside these hosts to end; the pids still there after `grace`."""
+    if end_processes:
+        for name in names:
+            for pid in pids_in(name):
+                proc.send_signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + grace
+    while True:
+        left = {n: pids for n in names if (pids := [p for p in pids_in(n) if _running(p)])}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def sysctl_in(netns: str, name: str) -> str:
@@ -203,6 +275,8 @@ def sysctl_in(netns: str, name: str) -> str:
 def status(prefix: str | None = None) -> list[dict]:
     """Each lab (or the one named): its hosts as they are now, read from the kernel."""
     out = []
+    if labs():
+        require_net_admin()  # reading a host's sysctls means entering it
     for lab in labs():
         if prefix and lab.prefix != prefix:
             continue

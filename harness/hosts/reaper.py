@@ -18,7 +18,7 @@ def main(prefix: str) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.stdin.buffer.read()
-    removed = netns.down(prefix)
+    removed = netns.down(prefix, end_processes=True)  # everything in the run's own lab is the run's
     if removed:
         print(f"harness hosts reaper: removed {', '.join(removed)} (the run that made them ended without)",
               file=sys.stderr)

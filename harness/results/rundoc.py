@@ -95,12 +95,12 @@ def _hosts(hosts: dict | None, series: list[dict]) -> dict | None:
         return None
     rows = []
     for h in hosts["hosts"]:
-        counts = [(p["t"], p["kernel_established"] if h["role"] == "server" else p.get("held_by_host", {}).get(h["name"], 0))
+        key = "kernel_established" if h["role"] == "server" else "held"
+        counts = [{"t": p["t"], key: p[key] if h["role"] == "server" else p.get("held_by_host", {}).get(h["name"], 0)}
                   for p in series]
-        rate = max((max(0.0, (b[1] - a[1]) / (b[0] - a[0])) for a, b in zip(counts, counts[1:]) if b[0] > a[0]),
-                   default=0.0)
-        peak = max((c for _, c in counts), default=0)
-        rows.append({**h, "peak_held": peak, "peak_rate_per_s": round(rate),
+        peak = max((c[key] for c in counts), default=0)
+        ramp_s = _ramp_seconds(counts, peak, key)  # as the run's own rate: the peak over the ramp's length
+        rows.append({**h, "peak_held": peak, "peak_rate_per_s": round(peak / ramp_s) if ramp_s else 0,
                      "rss_per_conn_bytes": round(h["rss_bytes"] / peak) if peak and h["role"] == "client" else None})
     return {**hosts, "hosts": rows}
 
@@ -195,7 +195,7 @@ def host_lines(hosts: dict | None) -> list[str]:
                        f"{tcp.get('RetransSegs', 0):,} retransmits")
         else:
             out.append(f"  client host {h['name']} ({len(h['addresses'])} address(es), ports {h['ip_local_port_range'].replace(' ', '-')}): "
-                       f"{h['peak_held']:,} held by {h['workers']} worker(s), up to {h['peak_rate_per_s']:,}/s, "
+                       f"{h['peak_held']:,} held by {h['workers']} worker(s), ramp {h['peak_rate_per_s']:,}/s, "
                        f"{h['echoes_verified']:,} echoes ({h['mismatched']} mismatched), failed "
                        f"{h['connects_failed'] or 'none'}, Locust {h['rss_bytes'] / 2**20:,.0f} MB, {h['cpu_s']:,.1f} CPU s, "
                        f"{tcp.get('RetransSegs', 0):,} retransmits"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 
 from harness.diagnose import kernel, process, rules
-from harness.hosts import layout
+from harness.hosts import layout, netns
 from harness.hosts.faults import FaultError
 from harness.hosts.layout import LayoutError
 from harness.hosts.netns import HostsError
@@ -143,6 +144,11 @@ def prepare(cfg: RunConfig) -> Prepared:
                        "started elsewhere with `harness worker --master`")
     if cfg.workers == 0 and hosted.wants_hosts(cfg):
         raise RunError("--workers 0 with test hosts leaves their client hosts idle; drop --workers 0")
+    if hosted.wants_hosts(cfg):
+        try:
+            netns.require_net_admin()
+        except netns.HostsError as exc:
+            raise RunError(str(exc)) from None
     master = master_address(cfg)
     limits = read_limits()
     if cfg.target:
@@ -192,13 +198,23 @@ def prepare(cfg: RunConfig) -> Prepared:
 
 
 def master_address(cfg: RunConfig) -> tuple[str, int]:
-    """--master-bind HOST:PORT, checked: loopback, a test host's bridge, or (told so) elsewhere."""
+    """--master-bind HOST:PORT, checked: loopback, a test hosts' bridge, or (told so) elsewhere."""
+    if cfg.expect_workers and not cfg.master_bind:
+        raise RunError(f"--expect-workers {cfg.expect_workers} needs --master-bind HOST:PORT: the address the outside "
+                       "workers are given (harness worker --master HOST:PORT)")
     if not cfg.master_bind:
         return ("127.0.0.1", 0)
     host, _, port = cfg.master_bind.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise RunError(f"--master-bind {cfg.master_bind!r} is not HOST:PORT; give e.g. 127.0.0.1:5557")
-    if not (is_loopback(host) or layout.is_test_address(host)):
+    bridges = {lab.bridge_address for lab in netns.labs()}
+    if cfg.hosts:
+        raise RunError("--hosts N makes a lab whose bridge the master listens on; drop --master-bind, or make the "
+                       "hosts with harness hosts up and bind the bridge harness hosts status shows")
+    if hosted.wants_hosts(cfg) and host not in bridges:
+        raise RunError(f"--master-bind {host}: the workers on test hosts reach the master only on their lab's bridge "
+                       f"({', '.join(sorted(bridges)) or 'harness hosts status'}); bind that")
+    if not (is_loopback(host) or host in bridges):
         if not cfg.allow_non_loopback:
             raise RunError(f"--master-bind {host} is not loopback: workers anywhere that reaches it could join "
                            "and be told what to load; add --allow-non-loopback if that network is yours")
@@ -273,42 +289,25 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         else:
             group = target
         group.start()
-    except (ConfigError, StartError, TargetError, hosted.HostedError, LayoutError, HostsError, FaultError) as exc:
-        if lab is not None:
-            lab.stop()
+    except (ConfigError, StartError, TargetError, hosted.HostedError, LayoutError, HostsError, FaultError,
+            OSError, subprocess.SubprocessError) as exc:  # ip, nft or tc missing or refusing: one line too
+        _quietly(lab.stop) if lab is not None else None
         _restore(previous)
         raise RunError(hosted.hosted_error(exc)) from None
     except BaseException:
-        if lab is not None:
-            lab.stop()
+        _quietly(lab.stop) if lab is not None else None
         _restore(previous)
         raise
+    try:
+        run_dir, cluster, sampler, kernel_before = _set_up(prepared, group, lab, started_at, t0)
+    except BaseException:  # nothing ran yet, but the servers and the hosts are up: take them down
+        group.stop()
+        _quietly(lab.stop) if lab is not None else None
+        _restore(previous)
+        raise
+    status_file = run_dir / "status.json"
     server_netns = lab.server.name if lab else None
     host = target.host if target else (lab.server.address if lab else "127.0.0.1")
-    label = f"target-{target.port}" if target else (f"{cfg.backend}-hosts" if lab else cfg.backend)
-    run_dir = Path(cfg.out) / run_dir_name(started_at, label, cfg.connections)
-    run_dir.mkdir(parents=True)
-    status_file = run_dir / "status.json"
-    kernel_before = _quietly(kernel.snapshot, group.port, server_netns)  # the server host's counters and queue
-    protocol_args = scenario_args(cfg.protocol, cfg.send, cfg.expect, cfg.path, cfg.allow_non_loopback,
-                                  test_hosts=lab is not None)
-    cluster = LocustCluster(
-        host=host, port=group.port, workers=prepared.workers, log_dir=run_dir / "logs", worker_nice=LOAD_NICE,
-        master_host=lab.master_host if lab and not cfg.master_bind else prepared.master[0],
-        master_port=prepared.master[1], groups=lab.groups() if lab else [],
-        master_args=["--headless", "--expect-workers", str(prepared.workers + cfg.expect_workers), *protocol_args,
-                     "--target-connections", str(cfg.connections), "--ramp-rate", str(prepared.ramp_rate),
-                     "--hold-seconds", str(cfg.hold), "--echo-interval", str(cfg.echo_interval),
-                     "--echo-mode", cfg.echo_mode,
-                     "--echo-timeout", str(cfg.echo_timeout),
-                     "--max-seconds", str(prepared.max_seconds),
-                     *(["--server-gauges", group.gauges_path] if group.gauges_path else []),
-                     "--status-file", str(status_file), "--kernel-interval", "0", "--csv", str(run_dir / "locust"),
-                     "--csv-full-history", "--html", str(run_dir / "locust.html"), "--only-summary"],
-        worker_args=["--worker-fd-limit", str(prepared.worker_fd_limit), "--user-mode", cfg.user_mode,
-                     "--echo-timeout", str(cfg.echo_timeout), *protocol_args,
-                     *(["--source-addresses", ",".join(cfg.source_addresses)] if cfg.source_addresses else [])])
-    sampler = Sampler(group, cluster, status_file, t0, netns=server_netns, by_host=lab is not None)
     display = RunProgress(cfg.connections, "starting") if progress else None
     master_code = None
     error = None
@@ -317,6 +316,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
     drops = {"lost": 0, "failed": {}}  # a target's held connections closed so far, and the echo failures
     hold_started = None
     hosts_doc, injected = None, []
+    try:
     try:
         if stop_reason:  # Ctrl-C while the servers were starting: no Locust to start
             raise _Interrupted
@@ -373,14 +373,18 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         kernel_after = _quietly(kernel.snapshot, group.port, server_netns)  # before teardown: as the run left it
         peak_servers = servers_at_peak(group, sampler)
         cpu_by_host = _cpu_by_host(sampler.series) if lab else {}
-        cluster.stop()
-        group.stop()
+        # Each step of the teardown on its own: one that fails must not leave the next undone,
+        # nor cost the run its run.json (the error is recorded instead).
+        teardown = [_quietly_noting(cluster.stop), _quietly_noting(group.stop)]
         if lab is not None:
             totals = sampler.status.get("totals", {})
             hosts_doc = _quietly(lambda: lab.results(sampler.status, cpu_by_host,
                                                      sampler.series[-1]["server_rss_bytes"] if sampler.series else 0))
             injected = [f for f in [_quietly(lab.link_fault, totals)] if f]
-            lab.stop()
+            teardown.append(_quietly_noting(lab.stop))
+        failed_teardown = [t for t in teardown if t]
+        if failed_teardown and error is None:
+            error = "teardown: " + "; ".join(failed_teardown)
         _move(scratch / "servers.log", run_dir / "logs" / "servers.log")
         if faults and not stop_reason:
             stop_reason.append("interrupted")  # the run went on, but not as planned: marked
@@ -402,6 +406,39 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         write_json_atomic(run_dir / "run.json", doc)
         _restore(previous)  # only now: a Ctrl-C while the results are written must not cut them off
     return doc, run_dir
+
+
+def _set_up(prepared: Prepared, group, lab, started_at: str, t0: float):
+    """The run directory, the Locust cluster (not yet started), the sampler and the kernel's
+    counters before the load: what a run needs once its servers (and hosts) are up."""
+    cfg, target = prepared.config, prepared.target
+    server_netns = lab.server.name if lab else None
+    host = target.host if target else (lab.server.address if lab else "127.0.0.1")
+    label = f"target-{target.port}" if target else (f"{cfg.backend}-hosts" if lab else cfg.backend)
+    run_dir = Path(cfg.out) / run_dir_name(started_at, label, cfg.connections)
+    run_dir.mkdir(parents=True)
+    status_file = run_dir / "status.json"
+    kernel_before = _quietly(kernel.snapshot, group.port, server_netns)  # the server host's counters and queue
+    protocol_args = scenario_args(cfg.protocol, cfg.send, cfg.expect, cfg.path, cfg.allow_non_loopback,
+                                  test_hosts=lab is not None)
+    cluster = LocustCluster(
+        host=host, port=group.port, workers=prepared.workers, log_dir=run_dir / "logs", worker_nice=LOAD_NICE,
+        master_host=lab.master_host if lab and not cfg.master_bind else prepared.master[0],
+        master_port=prepared.master[1], groups=lab.groups() if lab else [],
+        master_args=["--headless", "--expect-workers", str(prepared.workers + cfg.expect_workers), *protocol_args,
+                     "--target-connections", str(cfg.connections), "--ramp-rate", str(prepared.ramp_rate),
+                     "--hold-seconds", str(cfg.hold), "--echo-interval", str(cfg.echo_interval),
+                     "--echo-mode", cfg.echo_mode,
+                     "--echo-timeout", str(cfg.echo_timeout),
+                     "--max-seconds", str(prepared.max_seconds),
+                     *(["--server-gauges", group.gauges_path] if group.gauges_path else []),
+                     "--status-file", str(status_file), "--kernel-interval", "0", "--csv", str(run_dir / "locust"),
+                     "--csv-full-history", "--html", str(run_dir / "locust.html"), "--only-summary"],
+        worker_args=["--worker-fd-limit", str(prepared.worker_fd_limit), "--user-mode", cfg.user_mode,
+                     "--echo-timeout", str(cfg.echo_timeout), *protocol_args,
+                     *(["--source-addresses", ",".join(cfg.source_addresses)] if cfg.source_addresses else [])])
+    sampler = Sampler(group, cluster, status_file, t0, netns=server_netns, by_host=lab is not None)
+    return run_dir, cluster, sampler, kernel_before
 
 
 class _Interrupted(Exception):
@@ -445,6 +482,15 @@ def _rate(series: list[dict], key: str) -> float:
         return 0.0
     a, b = series[-2], series[-1]
     return max(0.0, (b[key] - a[key]) / max(1e-6, b["t"] - a["t"]))
+
+
+def _quietly_noting(step) -> str | None:
+    """Run one teardown step; what went wrong, or None."""
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001
+        return f"{getattr(step, '__qualname__', step)}: {type(exc).__name__}: {exc}"
+    return None
 
 
 def _quietly(read, *args):

@@ -74,6 +74,8 @@ def check(cfg) -> None:
     if (cfg.server_host is None) != (cfg.worker_hosts is None):
         raise HostedError("--server-host and --worker-hosts go together: the servers on one test host, the "
                           "workers on the others")
+    if cfg.worker_hosts and len(set(cfg.worker_hosts)) != len(cfg.worker_hosts):
+        raise HostedError(f"--worker-hosts {','.join(cfg.worker_hosts)} names a host twice; name each once")
     if cfg.worker_hosts and cfg.server_host in cfg.worker_hosts:
         raise HostedError(f"--worker-hosts names the server host {cfg.server_host}; a host serves or loads, not both")
     if cfg.link_down and not 0 < cfg.link_down <= LINK_DOWN_MAX_S:
@@ -229,7 +231,8 @@ class HostedRun:
                 "mismatched": sum(w["echo_failed"].get("mismatch", 0) for w in workers),
                 "rss_bytes": server_rss if name == p.server else sum(w["rss_bytes"] for w in workers),
                 "cpu_s": round(cpu_by_host.get(name, 0.0), 2), "tcp": tcp,
-                "loss_dropped": faults.dropped(name) if p.loss and name != p.server else 0})
+                "loss_dropped": faults.dropped(name) if p.loss and name != p.server else 0,
+                "shaped_bytes": faults.shaped_bytes(name) if p.rate and name != p.server else 0})
         outside = [w for h, ws in by_host.items() if h not in [p.server, *p.clients] for w in ws]
         return {**p.as_dict(), "bridge_address": self.lab.bridge_address, "hosts": rows,
                 "outside_workers": len(outside), "outside_held": sum(w.get("held", 0) for w in outside)}
@@ -239,12 +242,14 @@ class HostedRun:
         remove the lab if the run made it; then the reaper has nothing left and ends."""
         p = self.plan
         try:
-            if self.lab is not None and not p.made:
+            if self.lab is not None and not p.made:  # remove only what this run set
                 for name in p.clients:
-                    faults.remove_loss(name)
-                    faults.clear_rate(name, name)
-                    if self._link:
-                        faults.set_link(name, up=True)
+                    if p.loss:
+                        faults.remove_loss(name)
+                    if p.rate:
+                        faults.clear_rate(name, name)
+                if self._link:
+                    faults.set_link(p.clients[0], up=True)
             if p.made:
                 netns.down(p.prefix)
         finally:

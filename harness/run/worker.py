@@ -15,11 +15,10 @@ import signal
 import subprocess
 import sys
 
-from harness.hosts.layout import is_test_address
 from harness.plan.core import CLIENT_FD_RESERVE, MIN_WORKER_FD_LIMIT, usable_fd_limit
 from harness.plan.limits import read_limits
 from harness.run.cluster import LOCUST
-from scenarios.targets import is_loopback, source_error
+from scenarios.targets import is_lab_address, is_loopback, source_error
 from servers import proc
 
 
@@ -31,10 +30,10 @@ def worker_command(args: argparse.Namespace, limits: dict) -> list[str]:
     host, _, port = args.master.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise WorkerError(f"--master {args.master!r} is not HOST:PORT; give e.g. 198.18.0.1:5557")
-    test_hosts = is_test_address(host)
-    if not (is_loopback(host) or test_hosts or args.allow_non_loopback):
-        raise WorkerError(f"--master {host} is neither loopback nor a test host (198.18.0.0/15): the master tells "
-                          "the workers what to load; add --allow-non-loopback if it and its targets are yours")
+    if not (is_loopback(host) or is_lab_address(host) or args.allow_non_loopback):
+        raise WorkerError(f"--master {host} is neither loopback nor a test host's bridge (harness hosts status): the "
+                          "master tells the workers what to load; add --allow-non-loopback if it and its targets "
+                          "are yours")
     fd_limit = args.worker_fd_limit or usable_fd_limit(limits)
     if fd_limit < MIN_WORKER_FD_LIMIT or fd_limit > usable_fd_limit(limits):
         raise WorkerError(f"--worker-fd-limit {fd_limit} must be {MIN_WORKER_FD_LIMIT}-{usable_fd_limit(limits)} "
