@@ -291,21 +291,23 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         group.start()
     except (ConfigError, StartError, TargetError, hosted.HostedError, LayoutError, HostsError, FaultError,
             OSError, subprocess.SubprocessError) as exc:  # ip, nft or tc missing or refusing: one line too
-        _quietly(lab.stop) if lab is not None else None
+        if lab is not None:
+            _quietly(lab.stop)
         _restore(previous)
         raise RunError(hosted.hosted_error(exc)) from None
     except BaseException:
-        _quietly(lab.stop) if lab is not None else None
+        if lab is not None:
+            _quietly(lab.stop)
         _restore(previous)
         raise
     try:
         run_dir, cluster, sampler, kernel_before = _set_up(prepared, group, lab, started_at, t0)
     except BaseException:  # nothing ran yet, but the servers and the hosts are up: take them down
         group.stop()
-        _quietly(lab.stop) if lab is not None else None
+        if lab is not None:
+            _quietly(lab.stop)
         _restore(previous)
         raise
-    status_file = run_dir / "status.json"
     server_netns = lab.server.name if lab else None
     host = target.host if target else (lab.server.address if lab else "127.0.0.1")
     display = RunProgress(cfg.connections, "starting") if progress else None
@@ -316,7 +318,6 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
     drops = {"lost": 0, "failed": {}}  # a target's held connections closed so far, and the echo failures
     hold_started = None
     hosts_doc, injected = None, []
-    try:
     try:
         if stop_reason:  # Ctrl-C while the servers were starting: no Locust to start
             raise _Interrupted
@@ -380,7 +381,8 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
             totals = sampler.status.get("totals", {})
             hosts_doc = _quietly(lambda: lab.results(sampler.status, cpu_by_host,
                                                      sampler.series[-1]["server_rss_bytes"] if sampler.series else 0))
-            injected = [f for f in [_quietly(lab.link_fault, totals)] if f]
+            in_hold = [p["locust_held"] for p in sampler.series if p["phase"] == "hold"]
+            injected = [f for f in [_quietly(lab.link_fault, totals, in_hold[-1] if in_hold else 0)] if f]
             teardown.append(_quietly_noting(lab.stop))
         failed_teardown = [t for t in teardown if t]
         if failed_teardown and error is None:

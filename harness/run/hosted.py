@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from harness.hosts import faults, layout, netns
-from harness.hosts.layout import Lab, LayoutError
+from harness.hosts.layout import Lab
 from harness.run.cluster import WorkerGroup
 
 LINK_DOWN_MAX_S = 60.0
@@ -189,9 +189,11 @@ class HostedRun:
             faults.set_link(veth, up=True)
             self._link.update(done=True, up_at=now)
 
-    def link_fault(self, totals: dict) -> dict | None:
-        """What the link outage cost, read at the end of the run: connections lost, echoes failed
-        (by name) and the host's retransmits and timeouts since it went down."""
+    def link_fault(self, totals: dict, held_at_end: int) -> dict | None:
+        """What the link outage cost, read at the end of the run: connections lost (held before it
+        against `held_at_end`, the last count of the hold: a worker's reports may still be on
+        their way back through the link when the cost is read), echoes failed (by name) and the
+        host's retransmits and timeouts since it went down."""
         if "down_at" not in self._link:
             return None
         host = self.plan.clients[0]
@@ -200,7 +202,7 @@ class HostedRun:
                   if v > self._link["echo_failed"].get(k, 0)}
         cost = faults.delta(self._link["counters"], self._link.get("after") or faults.tcp_counters(host))
         return {"t": round(self._link["t"], 2), "what": f"link of {host} down for {self.plan.link_down:g} s", "injected": True,
-                "connections_lost": max(0, self._link["held"] - totals.get("held", 0)), "echo_failed": failed,
+                "connections_lost": max(0, self._link["held"] - held_at_end), "echo_failed": failed,
                 "retransmits": cost.get("RetransSegs", 0), "timeouts": cost.get("TCPTimeouts", 0),
                 "resets": cost.get("EstabResets", 0) + cost.get("OutRsts", 0), "tcp": cost}
 
