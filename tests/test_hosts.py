@@ -214,7 +214,7 @@ def test_a_run_across_two_worker_hosts_and_a_worker_joining_from_a_third(tmp_pat
 @needs_net_admin
 def test_a_run_with_hosts_of_its_own_removes_them_and_rides_out_faults_on_the_links(tmp_path):
     """--hosts 3 --loss 1% --rate 50mbit --link-down 5: 1% of each client host's TCP packets
-    dropped each way, the links shaped, one link down for 5 s; 500 connections echo for 10 s with
+    dropped each way, the links shaped, one link down for 5 s; 500 connections echo for 12 s with
     every echo matching, the retransmits counted from the hosts' own counters, and the hosts gone
     afterwards."""
     proc = _start(tmp_path, "--hosts", "3", "--connections", "500", "--hold", "12", "--echo-interval", "0.5",
@@ -273,3 +273,41 @@ def test_the_runs_hosts_are_gone_after(tmp_path, fault):
             assert doc["hosts"]["hosts"][0]["peak_held"] == 1000
     assert _left(prefix) == []
     wait_until(lambda: not any(process_alive(p) for p in pids), 15, "every process of the run ending")
+
+
+@needs_net_admin
+def test_the_web_ui_on_test_hosts_counts_in_the_server_host_and_writes_each_hosts_share(tmp_path):
+    """`harness ui --server-host H1 --worker-hosts H2,H3`: a test started over HTTP (what START
+    sends) ramps 300 connections from both client hosts; the live kernel count is the server
+    host's; the test's run.json has each host's share."""
+    from tests.test_webui import _held, _post, _reachable
+
+    prefix = _prefix()
+    ui = None
+    try:
+        netns.up(3, prefix)
+        web_port = free_port()
+        ui = subprocess.Popen([*HARNESS, "ui", "--server-host", f"{prefix}-1", "--worker-hosts",
+                               f"{prefix}-2,{prefix}-3", "--workers", "1", "--web-port", str(web_port),
+                               "--connections", "300", "--out", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+        base = f"http://127.0.0.1:{web_port}"
+        wait_until(lambda: _reachable(base) and _held(base)["totals"]["workers"] == 2, 30, "both workers reporting",
+                   every=0.5)
+        _post(base, "/swarm", user_count=300, spawn_rate=1000, hold_seconds=3)
+        status = wait_until(lambda: (s := _held(base))["stopped_by"] == "target" and s, 40, "300 held", every=0.5)
+        assert status["totals"]["held"] == 300 and status["totals"]["connects_failed"] == {}
+        wait_until(lambda: _held(base)["kernel_established"] == 300, 20, "the server host's kernel counting 300",
+                   every=0.5)
+        run = wait_until(lambda: next(tmp_path.glob("*/run.json"), None), 40, "the test's run directory", every=0.5)
+    finally:
+        if ui is not None:
+            os.killpg(ui.pid, signal.SIGINT)
+            code = ui.wait(30)
+        netns.down(prefix)
+    assert code == 0, ui.stderr.read()
+    doc = load(run.parent)
+    assert doc["peak_connections"] == 300 and doc["echo"]["mismatched"] == 0
+    shares = {h["name"]: h["held"] for h in doc["hosts"]["hosts"] if h["role"] == "client"}
+    assert shares == {f"{prefix}-2": 150, f"{prefix}-3": 150}
+    assert _left(prefix) == []

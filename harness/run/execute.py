@@ -373,7 +373,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
             display.close()
         kernel_after = _quietly(kernel.snapshot, group.port, server_netns)  # before teardown: as the run left it
         peak_servers = servers_at_peak(group, sampler)
-        cpu_by_host = _cpu_by_host(sampler.series) if lab else {}
+        cpu_by_host = cpu_by_host_of(sampler.series) if lab else {}
         # Each step of the teardown on its own: one that fails must not leave the next undone,
         # nor cost the run its run.json (the error is recorded instead).
         teardown = [_quietly_noting(cluster.stop), _quietly_noting(group.stop)]
@@ -503,7 +503,7 @@ def _quietly(read, *args):
         return None
 
 
-def _cpu_by_host(series: list[dict]) -> dict[str, float]:
+def cpu_by_host_of(series: list[dict]) -> dict[str, float]:
     """CPU seconds of each test host's processes (its workers, or the servers), at their most:
     the workers have exited by the time the run ends."""
     out: dict[str, float] = {}

@@ -67,7 +67,7 @@ def run_ui(args: argparse.Namespace) -> int:
                       by_host=lab is not None)
     runs = UiRuns(sampler, _base_config(args), out, host,
                   {"host": group.host, "port": group.port, "protocol": args.protocol, "local": group.local,
-                   "processes": group.processes} if args.target else None)
+                   "processes": group.processes} if args.target else None, lab=lab)
     try:
         cluster.start()
         if args.target:

@@ -23,7 +23,7 @@ from harness.report.page import build as build_report
 from harness.results.rundoc import build_document
 from harness.results.schema import run_dir_name
 from harness.results.store import machine, utc_stamp, write_json_atomic
-from harness.run.execute import RunConfig, servers_at_peak
+from harness.run.execute import RunConfig, cpu_by_host_of, servers_at_peak
 from harness.run.sampler import Sampler
 
 STOPPED = ("stopped", "stopping")  # Locust's own states once STOP was pressed
@@ -34,8 +34,11 @@ INDEX = "ui-runs.json"
 class UiRuns:
     """Follows the master's tests through its status file; `poll()` about once a second."""
 
-    def __init__(self, sampler: Sampler, base: RunConfig, out: Path, host: str, target: dict | None = None) -> None:
+    def __init__(self, sampler: Sampler, base: RunConfig, out: Path, host: str, target: dict | None = None,
+                 lab=None) -> None:
+        """`lab`: the `HostedRun` of a UI on test hosts: each test's run.json breaks it down by host."""
         self.sampler, self.base, self.out, self.host, self.target = sampler, base, out, host, target
+        self.lab = lab
         self.test: int | None = None  # the test being recorded
         self.started_at = ""
         self.t0 = 0.0
@@ -54,6 +57,8 @@ class UiRuns:
             self.seen.add(test)
             self.test, self.started_at, self.t0 = test, utc_stamp(), time.monotonic()
             self.memory_before = meminfo()["MemAvailable"]
+            if self.lab is not None:  # each test's TCP counters from its own start
+                self.lab.counters_before = self.lab.counters()
             self.sampler.series.clear()
             self.sampler.t0 = self.t0
         if self.test is not None:
@@ -76,17 +81,21 @@ class UiRuns:
                                           f"target-{self.target['port']}", cfg.connections)
         run_dir.mkdir(parents=True, exist_ok=True)
         stopped_by = None if status.get("stopped_by") else "interrupted"  # STOP before the ramp ended
+        hosts = None
+        if self.lab is not None:
+            hosts = self.lab.results(status, cpu_by_host_of(series), series[-1]["server_rss_bytes"] if series else 0)
         diagnosis = rules.diagnose(run_evidence(
             config=asdict(cfg), plan=plan.as_dict(), limits=limits, series=series, status=status,
             stopped_by=stopped_by, host=self.host, port=self.sampler.group.port,
             servers=servers_at_peak(self.sampler.group, self.sampler),
-            processes=(self.target or {}).get("processes", []), kernel_before=None, kernel_after=None))
+            processes=(self.target or {}).get("processes", []), kernel_before=None, kernel_after=None,
+            hosts=hosts))
         doc = build_document(
             config=asdict(cfg), plan=plan.as_dict(), limits=limits, machine={**machine(), "locust": version("locust")},
             host=self.host, port=self.sampler.group.port, started_at=self.started_at,
             duration=time.monotonic() - self.t0, series=series, status=status, locust_stats={}, latency_series=[],
             files={}, stop_reason=stopped_by, master_code=None, error=None, faults=[],
-            memory_before=self.memory_before, target=self.target, diagnosis=diagnosis)
+            memory_before=self.memory_before, target=self.target, diagnosis=diagnosis, hosts=hosts)
         write_json_atomic(run_dir / "run.json", doc)
         build_report([run_dir], run_dir / "report")
         self.written.append(run_dir)
