@@ -170,7 +170,9 @@ def run_config(args: argparse.Namespace):
                      server_host=getattr(args, "server_host", None), worker_hosts=getattr(args, "worker_hosts", None),
                      master_bind=getattr(args, "master_bind", None), expect_workers=getattr(args, "expect_workers", 0),
                      loss=getattr(args, "loss", 0.0) or 0.0, rate=getattr(args, "rate", None),
-                     link_down=getattr(args, "link_down", 0.0) or 0.0)
+                     link_down=getattr(args, "link_down", 0.0) or 0.0,
+                     **({"memory_reserve": args.memory_reserve} if getattr(args, "memory_reserve", None) is not None
+                        else {}))
 
 
 def cmd_proof(args: argparse.Namespace) -> int:
@@ -418,6 +420,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=_positive_float, default=None,
                    help="end the ramp after this long (default: 240 s, or the target at 2,000 connections/s)")
     p.add_argument("--out", default="results", help="directory for run directories")
+    p.add_argument("--memory-reserve", type=_size, default=None, metavar="SIZE",
+                   help="MemAvailable the ramp leaves free: below it the ramp stops, stopped_by memory (default 1G)")
     p.add_argument("--json", action="store_true", help="print the result document")
 
 
@@ -445,6 +449,19 @@ def _add_host_options(p: argparse.ArgumentParser, make: bool = True) -> None:
                    "e.g. 50mbit")
     p.add_argument("--link-down", type=_seconds, default=0.0, metavar="SECONDS",
                    help="take the first client host's link down this long in the middle of the hold")
+
+
+def _size(text: str) -> int:
+    """'1G', '512M', '300000000' -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number, unit = (text[:-1], units[text[-1].upper()]) if text and text[-1].upper() in units else (text, 1)
+    try:
+        value = int(float(number) * unit)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; give bytes, or e.g. 512M, 1G") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
 
 
 def _hosts_list(text: str) -> list[str]:

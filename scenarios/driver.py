@@ -45,7 +45,7 @@ from gevent import GreenletExit, monkey
 from gevent.event import Event
 
 from scenarios import protocols
-from scenarios.tally import TALLY, WORKER_FULL, TCPError
+from scenarios.tally import TALLY, TCPError
 from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET, errno_name
 
 _epoll = monkey.get_original("select", "epoll")
@@ -250,10 +250,11 @@ class Driver:
         source = sources[self.sources_turn % len(sources)]
         self.sources_turn += 1
         if TALLY.full():
-            return self._failed_connect(conn, WORKER_FULL)
+            return self._failed_connect(conn, TALLY.refusal())
         try:
             sock = _socket(gsocket.AF_INET, gsocket.SOCK_STREAM)
-        except OSError as exc:  # EMFILE in this Locust process
+        except OSError as exc:  # EMFILE in this Locust process, ENFILE on the machine
+            TALLY.socket_failed(exc.errno)
             return self._failed_connect(conn, exc.errno)
         sock.setblocking(False)
         sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)

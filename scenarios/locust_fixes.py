@@ -23,12 +23,16 @@ locustfile, so they apply in every Locust process of a run and nowhere else.
   and next() on that same generator, and the master dies (`ValueError: generator already
   executing`, locustio/locust#2141; seen at 720k connections). MasterRunner.start is serialized:
   a rebalance waits for the shape's dispatch to finish, and the other way round.
+- `Runner.monitor_cpu_and_memory` opens /proc/self/stat every few seconds (psutil); at the
+  machine's file-table limit (`--connections max`, ENFILE) that open fails and the greenlet dies
+  with a CRITICAL log. The monitor now skips that reading and tries again at its next interval.
 """
 
 from __future__ import annotations
 
 import functools
 
+import gevent
 from gevent.lock import RLock
 from locust import argument_parser, runners
 from locust.runners import MasterRunner, Runner
@@ -62,3 +66,17 @@ def _start_serialized(runner: MasterRunner, *args, **kwargs):
 
 if MasterRunner.start is _start_unserialized:
     MasterRunner.start = _start_serialized
+
+
+_monitor = Runner.monitor_cpu_and_memory
+
+
+def _monitor_through_enfile(self) -> None:
+    while True:
+        try:
+            _monitor(self)
+        except OSError:  # ENFILE (or EMFILE): /proc/self/stat could not be opened this time
+            gevent.sleep(runners.CPU_MONITOR_INTERVAL)
+
+
+Runner.monitor_cpu_and_memory = _monitor_through_enfile

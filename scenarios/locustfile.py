@@ -54,6 +54,8 @@ def add_arguments(parser) -> None:
                             "greenlet: one greenlet per user, as Locust users usually run")
     group.add_argument("--step-seconds", type=float, default=1.0, include_in_web_ui=False, help="ramp step length")
     group.add_argument("--max-seconds", type=float, default=600.0, include_in_web_ui=False, help="end the ramp after this many seconds")
+    group.add_argument("--memory-floor", type=int, default=0, include_in_web_ui=False,
+                       help="bytes of MemAvailable the ramp leaves free: below it the ramp stops (stopped_by memory)")
     group.add_argument("--echo-timeout", type=float, default=10.0, include_in_web_ui=False, help="seconds to wait for an echo")
     group.add_argument("--source-addresses", default="auto", include_in_web_ui=False,
                        help="'auto' (worker i binds 127.0.i+1.2, 127.0.i+1.3, ...) or a comma list")

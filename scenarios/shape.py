@@ -1,6 +1,7 @@
 """The load shape: Locust's side of the ramp rule (`harness.plan.ramp`, where its theory of
-operation is). Each tick it reads Locust's user count and the gauges (`BOARD`), asks the rule what
-to do, tells the workers the phase, and records why the ramp ended in `BOARD.stopped_by`."""
+operation is). Each tick it reads Locust's user count, the gauges (`BOARD`) and, with a memory
+floor, this machine's MemAvailable; asks the rule what to do, tells the workers the phase, and
+records why the ramp ended in `BOARD.stopped_by`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import replace
 from locust import LoadTestShape
 
 from harness.plan import ramp
+from harness.plan.limits import meminfo
 from scenarios.gauges import BOARD
 
 
@@ -48,14 +50,16 @@ class StepRampShape(LoadTestShape):
         return ramp.Settings(target=BOARD.target,
                              ramp_rate=(opts.spawn_rate if ui and opts.spawn_rate else opts.ramp_rate),
                              step_seconds=opts.step_seconds, max_seconds=opts.max_seconds,
-                             hold_seconds=opts.hold_seconds)
+                             hold_seconds=opts.hold_seconds, memory_floor=opts.memory_floor)
 
     def _seen(self) -> ramp.Seen:
         totals = BOARD.totals()
         failures = totals["connects_failed"]
         return ramp.Seen(user_count=self.runner.user_count, open=totals["open"], connects_ok=totals["connects_ok"],
                          failures=failures, server_refusals=BOARD.server_refusals() if failures else {},
-                         max_users=totals["max_users"])
+                         max_users=totals["max_users"],
+                         mem_available=meminfo()["MemAvailable"]
+                         if getattr(self.runner.environment.parsed_options, "memory_floor", 0) else 0)
 
     def tick(self):
         BOARD.set_phase(self.runner, self.state.phase)

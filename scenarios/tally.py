@@ -6,6 +6,7 @@ words, so it imports them from here instead of declaring them again.
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from hdrh.histogram import HdrHistogram
@@ -70,6 +71,7 @@ class WorkerTally:
         self.evidence: dict[str, str] = {}  # failure name -> the first 200 bytes the target sent with it
         self.test = 0  # the master's test number these counts belong to
         self.host = ""  # the test host (or machine) this process runs on, for per-host results
+        self.file_table_full = False  # socket() met ENFILE: fs.file-max is reached
         # Which targets this process may load (set at init from its options); a worker learns its
         # target from the master only when it spawns, so every connect checks it (cached per host).
         self.allow_non_loopback = False
@@ -107,8 +109,18 @@ class WorkerTally:
         return known[0], known[1]
 
     def full(self) -> bool:
-        """At the most users this process may hold: one more socket would eat Locust's own fd reserve."""
-        return bool(self.max_users) and self.open >= self.max_users
+        """At the most users this process may hold: one more socket would eat Locust's own fd
+        reserve; or the machine's file table is full (ENFILE once): each further socket() would
+        fail too, so connects are refused here at once, as at worker-full."""
+        return self.file_table_full or (bool(self.max_users) and self.open >= self.max_users)
+
+    def refusal(self) -> str:
+        """The failure name of a connect that full() refuses."""
+        return "ENFILE" if self.file_table_full else WORKER_FULL
+
+    def socket_failed(self, err: int | None) -> None:
+        if err == errno.ENFILE:
+            self.file_table_full = True
 
     def failed(self, where: dict[str, int], name: str) -> None:
         where[name] = where.get(name, 0) + 1

@@ -18,7 +18,7 @@ from locust import User, task
 
 from scenarios import protocols
 from scenarios.driver import driver
-from scenarios.tally import TALLY, WORKER_FULL, TCPError, error_name
+from scenarios.tally import TALLY, TCPError, error_name
 from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
 
 _user_numbers = itertools.count()
@@ -65,10 +65,11 @@ class EchoUser(User):
         except TCPError as exc:
             return self._fire_failure("connect", start, exc, TALLY.connects_failed)
         if TALLY.full():
-            return self._fire_failure("connect", start, TCPError(WORKER_FULL), TALLY.connects_failed)
+            return self._fire_failure("connect", start, TCPError(TALLY.refusal()), TALLY.connects_failed)
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as exc:  # EMFILE in this Locust process
+        except OSError as exc:  # EMFILE in this Locust process, ENFILE on the machine
+            TALLY.socket_failed(exc.errno)
             return self._fire_failure("connect", start, exc, TALLY.connects_failed)
         TALLY.open += 1  # counted from now: other users check full() while this one waits in connect()
         try:

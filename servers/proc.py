@@ -154,6 +154,39 @@ def established_to(host: str, port: int) -> int:
 
 
 MAX_NICE = 19
+CAP_SYS_ADMIN = 21
+_PR_CAPBSET_DROP = 24
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def drop_capability(cap: int = CAP_SYS_ADMIN) -> bool:
+    """Give up one capability for good: from this process's effective and permitted sets (capset)
+    and from its bounding set, so no program it executes gets it back. The load (servers and
+    Locust workers) drops CAP_SYS_ADMIN, which lets root open files past fs.file-max: with it the
+    file table's limit would never be met, and a user's load does not run with it either.
+    Returns whether this process had it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        return False
+    word, bit = divmod(cap, 32)
+    had = bool(data[word].effective >> bit & 1)
+    mask = ~(1 << bit) & 0xFFFFFFFF
+    data[word].effective &= mask
+    data[word].permitted &= mask
+    data[word].inheritable &= mask
+    libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # needs CAP_SETPCAP; without it there was nothing to drop
+    libc.capset(ctypes.byref(header), data)
+    return had
 
 
 def lower_priority(nice: int) -> str:

@@ -188,6 +188,7 @@ class ServerGroup:
             os._exit(code)
 
     def _child(self, index, inherited, make_source, siblings, handoff, acceptor, keep) -> int:
+        proc.drop_capability(proc.CAP_SYS_ADMIN)  # fs.file-max binds a server as it binds anyone's
         if self.config.nice:
             proc.lower_priority(self.config.nice)
         if self.log_file:

@@ -165,3 +165,20 @@ def test_ctrl_c_in_every_phase_leaves_a_valid_run_json_and_no_process(tmp_path, 
         assert phase == "starting" and code == 130
     assert not list(tmp_path.glob("*/.run.json.*")), "a half-written result was left"
     assert_all_gone(pids)
+
+
+def test_a_ramp_that_would_pass_the_memory_floor_stops_there_named_memory(tmp_path):
+    """--memory-reserve set 150 MB below this machine's MemAvailable: 30,000 connections would
+    take twice that, so the ramp stops itself with stopped_by memory, holds what it has, and the
+    diagnosis says memory with MemAvailable against the floor."""
+    with open("/proc/meminfo") as f:
+        available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    reserve = available - (150 << 20)
+    proc = start_run(tmp_path, "--connections", "30000", "--processes", "2", "--workers", "2", "--hold", "1",
+                     "--memory-reserve", str(reserve))
+    code = proc.wait(120)
+    doc = load(next(tmp_path.iterdir()))
+    assert code == 0, proc.stderr.read()
+    assert doc["stopped_by"] == "memory" and doc["peak_connections"] < 30000
+    assert doc["diagnosis"]["limit"] == "memory" and "floor" in doc["diagnosis"]["evidence"][0]
+    assert doc["echo"]["mismatched"] == 0 and doc["connects"]["failed"] == {}

@@ -56,3 +56,18 @@ def test_failing_connects_end_the_ramp_named_by_the_servers_errno_first():
 def test_the_time_bound_ends_the_ramp():
     state, decision = tick(State(dispatched=400), 60, SETTINGS, Seen(connects_ok=400, open=400, user_count=400))
     assert state.stopped_by == "timeout" and decision == (400, 100.0)
+
+
+def test_the_ramp_stops_at_the_memory_floor_counting_what_is_still_coming():
+    floored = Settings(target=1000, ramp_rate=100, memory_floor=1 << 30, bytes_per_connection=10_000)
+    # 300 asked for, 200 answered: the 100 still to come take 1 MB of the 5 MB above the floor: go on
+    state, decision = tick(State(dispatched=300), 3.5, floored, Seen(connects_ok=200, mem_available=(1 << 30) + 5_000_000))
+    assert state.phase == "ramp" and decision[0] == 400
+    # the same machine with 0.5 MB above the floor: the 100 coming would pass it
+    state, decision = tick(State(dispatched=300), 3.5, floored, Seen(connects_ok=200, mem_available=(1 << 30) + 500_000))
+    assert (state.phase, state.stopped_by, decision) == ("hold", "memory", (300, 100.0))
+    # no floor, or MemAvailable not read: never
+    state, _ = tick(State(dispatched=300), 3.5, SETTINGS, Seen(connects_ok=200, mem_available=1))
+    assert state.phase == "ramp"
+    state, _ = tick(State(dispatched=300), 3.5, floored, Seen(connects_ok=200, mem_available=0))
+    assert state.phase == "ramp"

@@ -40,6 +40,8 @@ def run_evidence(*, config: dict, plan: dict, limits: dict, series: list[dict], 
                   target={"protocol": config.get("protocol") or "echo"}, target_connections=config["connections"])
     if hosts:
         ev.update(on_hosts(hosts))
+    ev["memory_floor"] = config.get("memory_reserve", 0)
+    ev["mem_available_at_stop"] = min((p.get("mem_available_bytes", 0) for p in series), default=None)
     return ev
 
 

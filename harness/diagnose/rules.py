@@ -63,6 +63,21 @@ def _room(p: dict) -> int:
     return max(0, min(room, p["fd_soft"] - reserve) if reserve else room)
 
 
+def memory_floor(ev: dict) -> dict | None:
+    """The ramp stopped itself at the floor of MemAvailable it keeps free (no process was refused
+    anything: the machine would have run out next)."""
+    if ev.get("stopped_by") != "memory" or ev.get("server_refused"):
+        return None
+    floor, left = ev.get("memory_floor") or 0, ev.get("mem_available_at_stop")
+    lines = [f"MemAvailable {_n(left or 0)} bytes ({(left or 0) / 2**30:.2f} GiB) at the stop, against a floor of "
+             f"{_n(floor)} ({floor / 2**30:.2f} GiB) kept free"]
+    if ev.get("held"):
+        lines.append(f"{_n(ev['held'])} held when the ramp stopped")
+    return _verdict("memory", "memory: the ramp stopped at the floor of MemAvailable it keeps free, before the machine "
+                    "ran out", "hold fewer connections here (--connections), a leaner backend, or a machine with more "
+                    "memory (--memory-reserve lowers the floor)", lines)
+
+
 def own_servers(ev: dict) -> dict | None:
     refused = ev.get("server_refused") or {}
     if not refused:
@@ -231,7 +246,7 @@ def _failing(ev: dict) -> bool:
     return bool(ev.get("connects_failed")) or ev.get("stopped_by") not in ("target", "timeout", "interrupted")
 
 
-RULES: tuple[Callable[[dict], dict | None], ...] = (own_servers, client_side, target_fd_limit, target_own_limit,
+RULES: tuple[Callable[[dict], dict | None], ...] = (memory_floor, own_servers, client_side, target_fd_limit, target_own_limit,
                                                      accept_queue, timeouts)
 
 

@@ -33,6 +33,9 @@ CLIENT_FD_RESERVE = WORKER_FD_RESERVE
 MIN_WORKER_FD_LIMIT = CLIENT_FD_RESERVE + 28
 # The caps a run is allowed to find; any other binding cap makes the plan refuse the run.
 RUN_FINDS = ("fd limit", "FD_SETSIZE")
+# ...and what `--connections max` goes looking for too: the file table (ENFILE, met cleanly) and
+# memory (the ramp stops at a floor of MemAvailable, `harness.plan.ramp`).
+FILL_FINDS = RUN_FINDS + ("fs.file-max", "memory")
 # A forked Locust worker's own memory before its users (~7 MB measured; the README's figure).
 WORKER_PROCESS_BYTES = 8 << 20
 THREADS_PER_WORKER = 4  # a Locust worker's threads (gevent's hub and pool, zmq's I/O thread)
@@ -111,7 +114,7 @@ def users_per_client(fd_limit: int) -> int:
 
 def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int | None = None,
          processes: int | None = None, selector: str = "epoll", workers: int | None = None,
-         worker_fd_limit: int | None = None) -> Plan:
+         worker_fd_limit: int | None = None, fill: bool = False) -> Plan:
     usable = usable_fd_limit(limits)
     fd_limit = fd_limit or usable
     held = held_fds(backend, selector)
@@ -148,7 +151,7 @@ def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int
 
     clients = _clients(limits, connections, predicted, workers, worker_fd_limit)
     error = clients.pop("error")
-    if problems and binding not in RUN_FINDS:
+    if problems and binding not in (FILL_FINDS if fill else RUN_FINDS):
         error = f"{problems[0]} on this machine; lower --connections"
     error = error or processes_error(limits, processes, clients["workers"], predicted)
     return Plan(connections=connections, backend=backend, fd_limit=fd_limit, held_fds=held,
@@ -233,6 +236,15 @@ def plan_target(limits: dict, connections: int, *, local: bool, target_room: int
                 per_source=per_source_address(limits), server_processes=0, predicted_cap=predicted,
                 binding=binding, caps=caps, reasons=reasons + clients.pop("reasons"), problems=problems,
                 error=error, **clients)
+
+
+def machine_cap(limits: dict, backend: str = "asyncio") -> tuple[int, str]:
+    """The connections this machine holds before one of its own limits binds (the file table,
+    memory, threads), whatever the harness's process layout: what `--connections max` plans for."""
+    caps = plan(limits, PORT_NUMBERS, backend=backend, fill=True).caps
+    machine = {k: v for k, v in caps.items() if k not in RUN_FINDS}
+    name = min(machine, key=machine.get)
+    return machine[name], name
 
 
 def processes_error(limits: dict, servers: int, workers: int, connections: int) -> str | None:

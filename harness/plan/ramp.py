@@ -37,6 +37,8 @@ class Settings:
     step_seconds: float = 1.0
     max_seconds: float = 600.0
     hold_seconds: float = 10.0
+    memory_floor: int = 0  # bytes of MemAvailable the ramp leaves free (0: no floor)
+    bytes_per_connection: int = 9 * 1024  # what a connection still to come will take
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Seen:
     failures: dict[str, int] = field(default_factory=dict)  # failed connects by name
     server_refusals: dict[str, int] = field(default_factory=dict)  # by errno
     max_users: int = 0  # what the workers' fd limits allow in all (0: not reported yet)
+    mem_available: int = 0  # this machine's MemAvailable in bytes (0: not read)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ def tick(state: State, now: float, settings: Settings, seen: Seen) -> tuple[Stat
             return _hold(state, "target", now, settings)
         if now >= settings.max_seconds:
             return _hold(state, "timeout", now, settings)
+        if memory_low(state, settings, seen):
+            return _hold(state, "memory", now, settings)
         step = max(1, int(settings.ramp_rate * settings.step_seconds))
         answered = seen.connects_ok + sum(seen.failures.values())
         users = min(target, step * (math.floor(now / settings.step_seconds) + 1), answered + LEAD_STEPS * step)
@@ -82,6 +87,16 @@ def tick(state: State, now: float, settings: Settings, seen: Seen) -> tuple[Stat
     if state.phase == "hold" and now - state.hold_started < settings.hold_seconds:
         return state, (state.held_users, max(1.0, float(settings.ramp_rate)))
     return replace(state, phase="done"), None
+
+
+def memory_low(state: State, settings: Settings, seen: Seen) -> bool:
+    """MemAvailable is below the floor, counting what the connections asked for and not yet
+    answered will take: ramping on would eat the machine's last memory, so the ramp stops here
+    (`stopped_by: memory`) and what it holds is held."""
+    if not settings.memory_floor or not seen.mem_available:
+        return False
+    coming = max(0, state.dispatched - seen.connects_ok - sum(seen.failures.values()))
+    return seen.mem_available < settings.memory_floor + coming * settings.bytes_per_connection
 
 
 def _hold(state: State, reason: str, now: float, settings: Settings) -> tuple[State, Decision]:

@@ -46,10 +46,12 @@ def scenario_args(protocol: str | None, send: str, expect: str, path: str, allow
             *(["--allow-non-loopback"] if allow_non_loopback else []), *(["--test-hosts"] if test_hosts else [])]
 
 
-def _prepare_child(nice: int, parent: int, netns: str | None = None) -> None:
+def _prepare_child(nice: int, parent: int, netns: str | None = None, load: bool = False) -> None:
     proc.die_with_parent(signal.SIGTERM, parent)
     if netns:
-        proc.enter_netns(netns)
+        proc.enter_netns(netns)  # needs CAP_SYS_ADMIN: before it is dropped
+    if load:  # the workers are load: fs.file-max binds them as it binds anyone's (the master keeps it)
+        proc.drop_capability(proc.CAP_SYS_ADMIN)
     if nice:
         proc.lower_priority(nice)  # the forked workers inherit it
 
@@ -111,7 +113,7 @@ class LocustCluster:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "w")
         self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                            stdin=subprocess.DEVNULL, preexec_fn=lambda me=os.getpid(): _prepare_child(nice, me, netns),
+                                            stdin=subprocess.DEVNULL, preexec_fn=lambda me=os.getpid(): _prepare_child(nice, me, netns, load=name != "master"),
                                             start_new_session=True)  # Ctrl-C is the harness's to handle
         if out is not None:
             out.close()

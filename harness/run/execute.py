@@ -42,7 +42,7 @@ from harness.results.schema import run_dir_name
 from scenarios import protocols
 from scenarios.targets import is_loopback
 from servers import proc, registry
-from servers.contract import ServerConfig
+from servers.contract import MEMORY_RESERVE_BYTES, ServerConfig
 from servers.gauges import ROLE_ACCEPTOR
 from servers.supervisor import ConfigError, ServerGroup, StartError
 
@@ -101,6 +101,7 @@ class RunConfig:
     loss: float = 0.0  # percent of packets dropped on each client host's link
     rate: str | None = None  # each client host's link shaped to this rate (tc tbf)
     link_down: float = 0.0  # seconds the first client host's link goes down mid-hold
+    memory_reserve: int = MEMORY_RESERVE_BYTES  # MemAvailable the ramp leaves free (stopped_by memory)
 
 
 @dataclass
@@ -120,6 +121,9 @@ class Prepared:
 # Flags that shape the servers the harness starts, which a run against --target does not.
 SERVER_FLAGS = (("processes", "--processes"), ("server_fd_limit", "--fd-limit"))
 FILL_OVERSHOOT = 1.25  # --connections max asks for this much more than the predicted cap, so the run meets it
+# ...past a machine-wide limit by less: every server process and worker planned for the overshoot
+# costs memory and CPU at the ramp, and the first refusal ends the ramp anyway
+FILL_MACHINE_OVERSHOOT = 1.05
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -165,17 +169,20 @@ def prepare(cfg: RunConfig) -> Prepared:
         error = core.fd_limit_error(flag, value, limits, least)
         if error:
             raise RunError(error)
-    if cfg.fill:  # ask for more than the servers can hold, so the run finds where they stop
-        cap = core.plan(limits, 1, backend=cfg.backend, fd_limit=cfg.server_fd_limit, processes=cfg.processes or 1,
+    if cfg.fill and cfg.processes:  # ask for more than these servers can hold, so the run finds where they stop
+        cap = core.plan(limits, 1, backend=cfg.backend, fd_limit=cfg.server_fd_limit, processes=cfg.processes,
                         selector=cfg.selector).caps
-        cfg = replace(cfg, connections=int(min(cap.values()) * FILL_OVERSHOOT) + 50, processes=cfg.processes or 1)
+        cfg = replace(cfg, connections=int(min(cap.values()) * FILL_OVERSHOOT) + 50)
+    elif cfg.fill:  # no --processes: as many as the machine's own first limit needs, and a little past it
+        cap, _ = core.machine_cap(limits, cfg.backend)
+        cfg = replace(cfg, connections=int(cap * FILL_MACHINE_OVERSHOOT) + 50)
     if cfg.connections < 1:
         raise RunError(f"--connections {cfg.connections} must be at least 1")
     # --workers 0: every user runs on the outside workers, planned as if they were like ours
     planned_workers = cfg.expect_workers if cfg.workers == 0 else cfg.workers
     plan = core.plan(limits, cfg.connections, backend=cfg.backend, fd_limit=cfg.server_fd_limit,
                      processes=cfg.processes, selector=cfg.selector, workers=planned_workers,
-                     worker_fd_limit=cfg.worker_fd_limit)
+                     worker_fd_limit=cfg.worker_fd_limit, fill=cfg.fill)
     if plan.error:
         raise RunError(plan.error)
     prepared = _finish(cfg, limits, plan)
@@ -432,7 +439,7 @@ def _set_up(prepared: Prepared, group, lab, started_at: str, t0: float):
                      "--hold-seconds", str(cfg.hold), "--echo-interval", str(cfg.echo_interval),
                      "--echo-mode", cfg.echo_mode,
                      "--echo-timeout", str(cfg.echo_timeout),
-                     "--max-seconds", str(prepared.max_seconds),
+                     "--max-seconds", str(prepared.max_seconds), "--memory-floor", str(cfg.memory_reserve),
                      *(["--server-gauges", group.gauges_path] if group.gauges_path else []),
                      "--status-file", str(status_file), "--kernel-interval", "0", "--csv", str(run_dir / "locust"),
                      "--csv-full-history", "--html", str(run_dir / "locust.html"), "--only-summary"],
