@@ -315,6 +315,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from harness.plan.tune import sysctl_lines
+    from harness.run import tune
+
+    try:
+        if args.restore:
+            restored = tune.restore()
+            print("\n".join(f"restored {k} = {v}" for k, v in restored.items()) or "nothing to restore (no harness "
+                  "tune --apply is in effect)")
+            return 0
+        rows = tune.rows(args.connections)
+        for r in rows:
+            state = "BINDS" if r.binds else "ok"
+            print(f"{r.name}: {r.current if r.current is not None else '-'} → needs "
+                  f"{r.needed if r.needed is not None else '-'} [{state}]: {r.why}")
+        lines = sysctl_lines(rows)
+        print("\n".join(["", f"for {args.connections:,} connections:", *lines]) if lines else
+              f"\nnothing binds for {args.connections:,} connections here")
+        if args.apply and lines:
+            done = tune.apply(args.connections)
+            print(f"applied {len(done)} (previous values saved in {tune.STATE}; harness tune --restore puts them back)")
+        elif lines:
+            print("(nothing was changed: --apply writes these as root, and --restore puts them back)")
+    except tune.TuneError as exc:
+        print(f"harness tune: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_tour(args: argparse.Namespace) -> int:
     from harness.tour import STEPS, run_tour
 
@@ -580,6 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--prefix", default="fdcap", help="the lab's name prefix (default fdcap)")
     actions.choices["status"].add_argument("--all", action="store_true", help="every lab, not only --prefix's")
     actions.choices["status"].add_argument("--json", action="store_true")
+    p = sub.add_parser("tune", help="the sysctls N connections need here, as sysctl -w lines; --apply writes them "
+                       "(saving the old values), --restore puts them back")
+    p.add_argument("--connections", type=_positive, default=1_000_000, help="plan for this many (default 1,000,000)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--apply", action="store_true", help="write the ones that bind (root); nothing is changed without it")
+    mode.add_argument("--restore", action="store_true", help="put back what --apply changed")
     p = sub.add_parser("worker", help="Locust workers here that join a master elsewhere (harness run --master-bind "
                        "... --expect-workers N)")
     p.add_argument("--master", required=True, metavar="HOST:PORT", help="the master's address")
@@ -634,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"proof": cmd_proof, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "compare": cmd_compare,
             "tour": cmd_tour, "limits": cmd_limits, "serve": cmd_serve, "check": cmd_check, "bench": cmd_bench,
-            "ui": cmd_ui, "hosts": cmd_hosts, "worker": cmd_worker}
+            "ui": cmd_ui, "hosts": cmd_hosts, "worker": cmd_worker, "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,19 @@ def read_limits() -> dict:
         "mem_total": mem.get("MemTotal", 0),
         "mem_available": mem.get("MemAvailable", 0),
         "cpus": os.cpu_count() or 1,
+        "tuned": _tuned(),
     }
+
+
+def _tuned() -> dict:
+    """The sysctls `harness tune --apply` changed, with the machine's own values it replaced."""
+    from harness.run.tune import current, saved
+
+    previous = saved()
+    if not previous:
+        return {}
+    now = current()
+    return {name: {"was": was, "now": now.get(name)} for name, was in previous.items()}
 
 
 def _count_threads() -> int:
