@@ -9,10 +9,11 @@ STAMP  := $(VENV)/.installed
 # Chromium drives the web UI and report tests (Playwright's own browser download does not work
 # here); tcpdump is the tour's capture step; redis-server and redis-tools are the C reference
 # (`harness bench reference`) and a real server to load; nginx is another real server to load;
-# iproute2 (ip, tc, ss) makes the test hosts and counts connections, nftables drops packets for --loss.
+# iproute2 (ip, tc, ss) makes the test hosts and counts connections, nftables drops packets for --loss;
+# gcc builds `harness bench connect`'s C helper (the kernel's own cost of a connection).
 PACKAGES := chromium:/usr/bin/chromium tcpdump:/usr/bin/tcpdump redis-server:/usr/bin/redis-server \
             redis-tools:/usr/bin/redis-benchmark nginx:/usr/sbin/nginx iproute2:/usr/sbin/ip \
-            nftables:/usr/sbin/nft
+            nftables:/usr/sbin/nft gcc:/usr/bin/gcc
 
 .PHONY: run test bench reference debian clean
 

@@ -129,17 +129,23 @@ def bench_hold(args: argparse.Namespace) -> dict:
     return bench_hold(args.backend, args.connections, args.processes, args.share, args.clients, args.hold)
 
 
+def bench_connect(args: argparse.Namespace) -> dict:
+    from harness.bench.connect import bench_connect
+    return bench_connect(args.connections, args.repeats, Path(args.out))
+
+
 BENCHES = {"echo": bench_echo, "memory": bench_memory, "hold": bench_hold, "idle": bench_idle,
-           "reference": bench_reference}
+           "reference": bench_reference, "connect": bench_connect}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from harness.bench.connect import BenchError
     from harness.bench.reference import ReferenceMissing
     from harness.bench.servers import save
 
     try:
         doc = BENCHES[args.kind](args)
-    except ReferenceMissing as exc:
+    except (ReferenceMissing, BenchError) as exc:
         print(f"harness bench {args.kind}: error: {exc}", file=sys.stderr)
         return 2
     print(f"written {save(args.kind, doc, Path(args.out))}")
@@ -560,6 +566,9 @@ def _add_bench_parsers(bench: argparse.ArgumentParser, idle_points: tuple[int, .
     p.add_argument("--repeats", type=_positive, default=3, help="windows per point; each percentile is their median")
     p = kind("reference", "throughput beside redis-server, the C reference", 100, "clients")
     backends(p)
+    p = kind("connect", "the kernel's own CPU per loopback connection (a C helper) beside the harness's ramp, "
+             "and their ratio", 18_000, "connections per measurement (each side keeps them: under the fd limit)")
+    p.add_argument("--repeats", type=_positive, default=3, help="runs of the C helper; the median is the figure")
     p = kind("hold", "N echo-verified connections held on one port, counted three ways", 100_000, "connections held")
     p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
     p.add_argument("--processes", type=_positive, default=None, help="server processes (default: planned)")

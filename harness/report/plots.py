@@ -59,6 +59,15 @@ def connections_over_time(run: dict) -> Figure:
             ax.axhline(cap, color="tab:red", ls="--", lw=1.5, label=f"the target's predicted cap, {cap:,}")
     ax.axhline(PORT_NUMBERS, color="tab:gray", ls=":", lw=1.5, label="65,535 (port numbers)")
     peak = max([run["peak_connections"], PORT_NUMBERS, cap])
+    # The machine's file table, in connections (both ends local: two files each), where it binds
+    # or comes near: fs.file-max is then the limit the run meets, beside the per-process caps.
+    file_cap = run["limits"]["file_max"] // 2
+    near = run["stopped_by"] == "ENFILE" or run["peak_connections"] > 0.25 * file_cap
+    if series and "files_open" in series[-1] and near:
+        ax.plot(t, [p.get("files_open", 0) / 2 for p in series], color="tab:purple", lw=1.5, ls="-.",
+                label="open files on the machine ÷ 2 (fs.file-nr)")
+        ax.axhline(file_cap, color="tab:purple", ls="--", lw=1.5, label=f"fs.file-max ÷ 2 = {file_cap:,}")
+        peak = max(peak, file_cap)
     ax.set_ylim(0, peak * 1.12)
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("connections")

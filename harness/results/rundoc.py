@@ -54,6 +54,7 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
         or (f"Locust master exit code {master_code}" if master_code else None),
         "ramp_s": ramp_s, "connect_rate_per_s": round(peak_n / ramp_s) if ramp_s else 0,
         "steady_state": steady_state(series, peak_n, count_key),
+        "cpu_per_connection": cpu_per_connection(series, count_key),
         "echo": {"sent": totals.get("echoes_sent", 0), "verified": totals.get("echoes_verified", 0),
                  "mismatched": echo_failed.get("mismatch", 0), "failed": echo_failed},
         "connects": {"ok": totals.get("connects_ok", 0), "failed": totals.get("connects_failed", {}),
@@ -74,6 +75,32 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
         "latency_series": latency_series, "files": files,
     }
     return validate(doc)
+
+
+CPU_PARTS = (("server_cpu_user_s", "server userland"), ("server_cpu_system_s", "server kernel"),
+             ("locust_cpu_user_s", "Locust userland"), ("locust_cpu_system_s", "Locust kernel"))
+
+
+def cpu_per_connection(series: list[dict], key: str = "server_open", band: int = 100_000) -> list[dict]:
+    """The ramp's CPU per connection by part (µs), per band of connections held: from the first
+    sample at or past k × band to the first at or past (k + 1) × band (bands of a fifth of the
+    peak for runs under two bands). The cost of the ramp, measured rather than argued."""
+    ramp = [p for p in series if p.get("phase") == "ramp" and "server_cpu_user_s" in p]
+    peak = max((p[key] for p in ramp), default=0)
+    if peak < 2 * band:
+        band = max(1, peak // 5)
+    out, start = [], ramp[0] if ramp else None
+    for point in ramp[1:]:
+        if start is None or point[key] < start[key] + band:
+            continue
+        made = point[key] - start[key]
+        row = {"from": start[key], "to": point[key], "seconds": round(point["t"] - start["t"], 2)}
+        for field, _ in CPU_PARTS:
+            row[field.removesuffix("_s").replace("cpu_", "") + "_us"] = round((point[field] - start[field]) / made * 1e6, 1)
+        row["total_us"] = round(sum(row[f.removesuffix("_s").replace("cpu_", "") + "_us"] for f, _ in CPU_PARTS), 1)
+        out.append(row)
+        start = point
+    return out
 
 
 def workers_by_host(workers: list[dict]) -> dict[str, dict]:

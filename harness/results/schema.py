@@ -17,7 +17,7 @@ from scenarios.tally import WORKER_FULL
 SCHEMA = 1
 # Every kind of result file and the schema version this harness reads and writes for it.
 KINDS = {"run": SCHEMA, "sweep": 1, "tour": 1, "bench-echo": 1, "bench-memory": 1, "bench-hold": 1,
-         "bench-idle": 1, "bench-reference": 1}
+         "bench-idle": 1, "bench-reference": 1, "bench-connect": 1}
 STOPPED_BY = ("target", "EMFILE", "ENFILE", "FD_SETSIZE", "EADDRNOTAVAIL", "ECONNREFUSED", "ECONNRESET", "EOF",
               "reply", "threads", "memory", "timeout", "interrupted", "error")
 # failure names of a wrong reply (scenarios.protocols): stopped_by "reply", the name in stop_detail

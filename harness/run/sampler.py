@@ -85,9 +85,13 @@ class Sampler:
             "server_rss_bytes": sum(r["rss_bytes"] for r in rows),
             "locust_rss_bytes": totals.get("rss_bytes", 0),
             "slab_bytes": memory["SUnreclaim"], "mem_available_bytes": memory["MemAvailable"],
-            "server_cpu_s": _cpu_seconds(r["pid"] for r in rows),
-            "locust_cpu_s": _cpu_seconds(self.cluster.pids()),
+            "files_open": _files_open(),
         }
+        # CPU by part, from /proc/PID/stat's utime and stime: userland and kernel, each side
+        for side, pids in (("server", [r["pid"] for r in rows]), ("locust", self.cluster.pids())):
+            user, system = _cpu_split(pids)
+            point[f"{side}_cpu_s"] = round(user + system, 2)
+            point[f"{side}_cpu_user_s"], point[f"{side}_cpu_system_s"] = round(user, 2), round(system, 2)
         if self.by_host:
             held: dict[str, int] = {}
             for w in status.get("workers", []):
@@ -100,12 +104,24 @@ class Sampler:
         return point
 
 
-def _cpu_seconds(pids) -> float:
-    total = 0.0
+def _files_open() -> int:
+    """Open files on the whole machine (the first field of fs.file-nr), against fs.file-max."""
+    with open("/proc/sys/fs/file-nr") as f:
+        return int(f.read().split()[0])
+
+
+def _cpu_split(pids) -> tuple[float, float]:
+    """User and system CPU seconds of these processes (the ones gone count nothing)."""
+    user = system = 0.0
     for pid in pids:
         try:
             t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
+            user += t.user
+            system += t.system
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
-    return round(total, 2)
+    return user, system
+
+
+def _cpu_seconds(pids) -> float:
+    return round(sum(_cpu_split(pids)), 2)
