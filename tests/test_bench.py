@@ -98,3 +98,15 @@ def test_bench_echo_counts_every_echo_and_splits_the_server_cpu_it_took():
     assert row["server_user_us_per_req"] > 0 and row["server_system_us_per_req"] > 0
     assert row["server_us_per_req"] == pytest.approx(row["server_user_us_per_req"] + row["server_system_us_per_req"])
     assert row["client_us_per_req"] > 0
+
+
+def test_the_kernels_own_cost_of_a_connection_is_measured_by_the_c_helper():
+    """`harness bench connect`'s floor: the C helper builds with the system's cc, and 500
+    connections cost CPU that is nearly all the kernel's (the C code does nothing else)."""
+    from harness.bench.connect import kernel_cost
+
+    floor = kernel_cost(500, repeats=1)
+    [row] = floor["repeats"]
+    assert row["connections"] == 500 and row["sources"] == 4
+    assert floor["median_us"] == row["us_per_connection"] > 0
+    assert row["client_system_us"] > row["client_user_us"]

@@ -55,3 +55,24 @@ def test_steady_state_leaves_out_ramp_and_teardown():
     series = [point(0, 100, "ramp"), point(1, 200, "hold"), point(3, 200, "hold"), point(4, 50, "done")]
     state = steady_state(series, 200)
     assert state["seconds"] == 2.0 and state["server_rss_change_pct"] == 0.0
+
+
+def test_cpu_per_connection_is_each_parts_cpu_over_the_connections_made_per_band():
+    from harness.results.rundoc import cpu_per_connection
+
+    def point(t, held, su, ss, lu, ls, phase="ramp"):
+        return {"t": t, "phase": phase, "server_open": held, "server_cpu_user_s": su, "server_cpu_system_s": ss,
+                "locust_cpu_user_s": lu, "locust_cpu_system_s": ls}
+
+    series = [point(0, 0, 0, 0, 0, 0), point(10, 100_000, 1, 2, 3, 4), point(15, 150_000, 1.5, 3, 4.5, 6),
+              point(22, 200_000, 3, 6, 9, 12), point(30, 200_000, 3.1, 6.1, 9.1, 12.1, phase="hold")]
+    rows = cpu_per_connection(series)
+    assert rows == [
+        {"from": 0, "to": 100_000, "seconds": 10, "server_user_us": 10.0, "server_system_us": 20.0,
+         "locust_user_us": 30.0, "locust_system_us": 40.0, "total_us": 100.0},
+        {"from": 100_000, "to": 200_000, "seconds": 12, "server_user_us": 20.0, "server_system_us": 40.0,
+         "locust_user_us": 60.0, "locust_system_us": 80.0, "total_us": 200.0}]
+    # under two bands, bands of a fifth of the peak; the hold is not the ramp's cost
+    small = cpu_per_connection([point(0, 0, 0, 0, 0, 0), point(1, 500, 0.01, 0.01, 0.01, 0.01),
+                                point(2, 1000, 0.02, 0.02, 0.02, 0.02)])
+    assert [r["to"] for r in small] == [500, 1000] and small[0]["total_us"] == 80.0

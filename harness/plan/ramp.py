@@ -95,7 +95,12 @@ def memory_low(state: State, settings: Settings, seen: Seen) -> bool:
     (`stopped_by: memory`) and what it holds is held."""
     if not settings.memory_floor or not seen.mem_available:
         return False
-    coming = max(0, state.dispatched - seen.connects_ok - sum(seen.failures.values()))
+    # Never more than LEAD_STEPS steps are in flight (the rule above dispatches no further ahead);
+    # the workers' answered count can fall for a while (a starved worker's report goes stale and
+    # is left out of the totals: at 1.96M, 1.3M answered connections vanished from it for a few
+    # seconds), and that must not read as 1.3M connections still to come.
+    step = max(1, int(settings.ramp_rate * settings.step_seconds))
+    coming = min(max(0, state.dispatched - seen.connects_ok - sum(seen.failures.values())), LEAD_STEPS * step)
     return seen.mem_available < settings.memory_floor + coming * settings.bytes_per_connection
 
 
