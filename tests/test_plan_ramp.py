@@ -67,8 +67,9 @@ def test_the_ramp_stops_at_the_memory_floor_counting_what_is_still_coming():
     state, decision = tick(State(dispatched=300), 3.5, floored, Seen(connects_ok=200, mem_available=(1 << 30) + 500_000))
     assert (state.phase, state.stopped_by, decision) == ("hold", "memory", (300, 100.0))
     # a stale report makes the answered count fall: still no more than LEAD_STEPS steps are coming
-    state, _ = tick(State(dispatched=300_000), 3000.5, floored, Seen(connects_ok=10, mem_available=(1 << 30) + 3_000_000))
-    assert state.phase == "ramp"
+    big = Settings(target=1_000_000, ramp_rate=100, memory_floor=1 << 30, bytes_per_connection=10_000)
+    state, _ = tick(State(dispatched=300_000), 3.5, big, Seen(connects_ok=10, mem_available=(1 << 30) + 3_000_000))
+    assert state.phase == "ramp"  # 200 coming (2 MB), not 299,990
     # no floor, or MemAvailable not read: never
     state, _ = tick(State(dispatched=300), 3.5, SETTINGS, Seen(connects_ok=200, mem_available=1))
     assert state.phase == "ramp"
