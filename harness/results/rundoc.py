@@ -129,7 +129,12 @@ def _hosts(hosts: dict | None, series: list[dict]) -> dict | None:
         ramp_s = _ramp_seconds(counts, peak, key)  # as the run's own rate: the peak over the ramp's length
         rows.append({**h, "peak_held": peak, "peak_rate_per_s": round(peak / ramp_s) if ramp_s else 0,
                      "rss_per_conn_bytes": round(h["rss_bytes"] / peak) if peak and h["role"] == "client" else None})
-    return {**hosts, "hosts": rows}
+    # Workers from outside the lab (harness worker --master), at their most: the last status may
+    # come after their users stopped
+    names = {h["name"] for h in hosts["hosts"]}
+    outside = max((sum(n for host, n in p.get("held_by_host", {}).items() if host not in names) for p in series),
+                  default=0)
+    return {**hosts, "hosts": rows, "outside_held": max(outside, hosts.get("outside_held", 0))}
 
 
 def held_count(target: bool):

@@ -388,8 +388,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
             totals = sampler.status.get("totals", {})
             hosts_doc = _quietly(lambda: lab.results(sampler.status, cpu_by_host,
                                                      sampler.series[-1]["server_rss_bytes"] if sampler.series else 0))
-            in_hold = [p["locust_held"] for p in sampler.series if p["phase"] == "hold"]
-            injected = [f for f in [_quietly(lab.link_fault, totals, in_hold[-1] if in_hold else 0)] if f]
+            injected = [f for f in [_quietly(lab.link_fault, totals, sampler.series)] if f]
             teardown.append(_quietly_noting(lab.stop))
         failed_teardown = [t for t in teardown if t]
         if failed_teardown and error is None:

@@ -187,15 +187,18 @@ class HostedRun:
             faults.set_link(veth, up=False)
         elif "down_at" in self._link and now >= self._link["down_at"] + down:
             faults.set_link(veth, up=True)
-            self._link.update(done=True, up_at=now)
+            self._link.update(done=True, up_at=now, up_t=t)
 
-    def link_fault(self, totals: dict, held_at_end: int) -> dict | None:
+    def link_fault(self, totals: dict, series: list[dict]) -> dict | None:
         """What the link outage cost, read at the end of the run: connections lost (held before it
-        against `held_at_end`, the last count of the hold: a worker's reports may still be on
-        their way back through the link when the cost is read), echoes failed (by name) and the
+        against the most held in the rest of the hold: the workers' reports come back through
+        the link a while after it does, and a report that is late is left out of the counts
+        meanwhile, while a lost connection never comes back), echoes failed (by name) and the
         host's retransmits and timeouts since it went down."""
         if "down_at" not in self._link:
             return None
+        after = [p["locust_held"] for p in series if p["phase"] == "hold" and p["t"] >= self._link.get("up_t", 0)]
+        held_at_end = max(after, default=0)
         host = self.plan.clients[0]
         totals = self._link.get("totals", totals)
         failed = {k: v - self._link["echo_failed"].get(k, 0) for k, v in totals.get("echo_failed", {}).items()
