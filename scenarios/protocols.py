@@ -23,7 +23,7 @@ these, so "a good reply" means one thing everywhere.
 
 from __future__ import annotations
 
-import os
+import random
 from collections import deque
 
 EVIDENCE_BYTES = 200
@@ -138,7 +138,8 @@ class Echo(Protocol):
         self.size = size
 
     def request(self) -> bytes:
-        return os.urandom(self.size)
+        # unpredictable enough to catch a wrong or stale echo, and no getrandom(2) per echo
+        return random.randbytes(self.size)
 
     def parser(self) -> Parser:
         return EchoParser()
