@@ -308,6 +308,6 @@ def test_the_web_ui_on_test_hosts_counts_in_the_server_host_and_writes_each_host
     assert code == 0, ui.stderr.read()
     doc = load(run.parent)
     assert doc["peak_connections"] == 300 and doc["echo"]["mismatched"] == 0
-    shares = {h["name"]: h["held"] for h in doc["hosts"]["hosts"] if h["role"] == "client"}
+    shares = {h["name"]: h["peak_held"] for h in doc["hosts"]["hosts"] if h["role"] == "client"}
     assert shares == {f"{prefix}-2": 150, f"{prefix}-3": 150}
     assert _left(prefix) == []
