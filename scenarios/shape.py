@@ -14,6 +14,14 @@ from harness.plan.limits import meminfo
 from scenarios.gauges import BOARD
 
 
+def _mem_available() -> int:
+    """This machine's MemAvailable, or 0 (not read) where /proc/meminfo cannot be opened (ENFILE)."""
+    try:
+        return meminfo()["MemAvailable"]
+    except OSError:
+        return 0
+
+
 class StepRampShape(LoadTestShape):
     # Locust's own "Number of users" and "Ramp up" fields are the target and the connection rate.
     use_common_options = True
@@ -58,7 +66,7 @@ class StepRampShape(LoadTestShape):
         return ramp.Seen(user_count=self.runner.user_count, open=totals["open"], connects_ok=totals["connects_ok"],
                          failures=failures, server_refusals=BOARD.server_refusals() if failures else {},
                          max_users=totals["max_users"],
-                         mem_available=meminfo()["MemAvailable"]
+                         mem_available=_mem_available()
                          if getattr(self.runner.environment.parsed_options, "memory_floor", 0) else 0)
 
     def tick(self):

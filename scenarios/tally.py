@@ -83,6 +83,7 @@ class WorkerTally:
         process still holds (none, once Locust has stopped the last test's users) stay counted."""
         self.test = test
         self.connects_ok, self.connects_failed = 0, {}
+        self.file_table_full = False  # a new test tries the file table again
         self.reset_echo_stats()
 
     def reset_echo_stats(self) -> None:

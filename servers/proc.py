@@ -10,6 +10,7 @@ import os
 import resource
 import signal
 import subprocess
+import sys
 from contextlib import contextmanager
 
 _PR_SET_PDEATHSIG = 1
@@ -184,8 +185,11 @@ def drop_capability(cap: int = CAP_SYS_ADMIN) -> bool:
     data[word].effective &= mask
     data[word].permitted &= mask
     data[word].inheritable &= mask
-    libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # needs CAP_SETPCAP; without it there was nothing to drop
-    libc.capset(ctypes.byref(header), data)
+    dropped = libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) == 0  # needs CAP_SETPCAP (root has it)
+    if libc.capset(ctypes.byref(header), data) != 0 or (had and not dropped):
+        # say so: a program this process executes would get it back, and fs.file-max not bind it
+        print(f"warning: capability {cap} could not be dropped (errno {ctypes.get_errno()}); fs.file-max may not "
+              "bind this process", file=sys.stderr)
     return had
 
 

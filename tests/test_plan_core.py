@@ -64,8 +64,9 @@ def test_proof_target(limits, target):
 
 
 def test_memory_is_the_binding_limit_when_it_is_smaller_and_a_run_is_refused():
-    p = plan({**THIS_MACHINE, "mem_available": 1 << 30}, 1_000_000)
-    assert p.binding == "memory" and p.predicted_cap == (1 << 30) // core.BYTES_PER_CONNECTION
+    p = plan({**THIS_MACHINE, "mem_available": 2 << 30}, 1_000_000)
+    # what is left above the reserve that is always kept free, at the measured cost a connection
+    assert p.binding == "memory" and p.predicted_cap == ((2 << 30) - core.MEMORY_RESERVE_BYTES) // core.BYTES_PER_CONNECTION
     assert "memory cap" in p.problems[0]
     assert p.error.endswith("on this machine; lower --connections")
 
@@ -133,3 +134,18 @@ def test_processes_and_workers_the_memory_cannot_hold_are_refused_with_what_fits
     assert plan(THIS_MACHINE, 1000, processes=100).error is None
     tight = {**THIS_MACHINE, "pid_max": 32768, "threads_in_use": 32_000}
     assert "threads" in plan(tight, 1000, processes=10, workers=200).error
+
+
+def test_connections_max_plans_for_the_machines_first_own_limit_and_may_meet_it():
+    """fs.file-max here; memory where the file table is unbounded (LONG_MAX by default on recent
+    kernels), with the processes' own memory counted; threads for the threaded backend."""
+    assert core.machine_cap(THIS_MACHINE)[1] == "fs.file-max"
+    unbounded = {**THIS_MACHINE, "file_max": 2 ** 62}
+    cap, name = core.machine_cap(unbounded, "selectors")
+    assert name == "memory" and cap < (unbounded["mem_available"] - core.MEMORY_RESERVE_BYTES) // core.BYTES_PER_CONNECTION
+    p = plan(unbounded, cap, backend="selectors", fill=True)
+    assert p.error is None  # the processes fit beside the connections
+    cap, name = core.machine_cap(THIS_MACHINE, "threaded")
+    assert name == "threads" and plan(THIS_MACHINE, cap + 1000, backend="threaded", fill=True).error is None
+    assert plan(THIS_MACHINE, 5_000_000, fill=False).error  # a plain run may not go looking for them
+

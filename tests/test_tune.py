@@ -76,3 +76,17 @@ def test_apply_as_a_user_who_may_not_write_sysctls_is_one_line_and_exit_2():
         "harness tune: error: writing net.core.somaxconn needs root (CAP_SYS_ADMIN or CAP_NET_ADMIN); run harness "
         "tune --apply as root, or type the sysctl -w lines above"]
     shutil.rmtree(tmp_path)
+
+
+def test_a_state_file_that_cannot_be_read_is_never_overwritten(tmp_path, monkeypatch):
+    """It holds the machine's own values: a second --apply must not replace them with {}."""
+    from harness.run import tune
+
+    state = tmp_path / "tune.json"
+    state.write_text("{not json")
+    monkeypatch.setattr(tune, "STATE", state)
+    import pytest
+
+    with pytest.raises(tune.TuneError, match="cannot be read"):
+        tune.saved()
+    assert state.read_text() == "{not json"

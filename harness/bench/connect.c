@@ -14,6 +14,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -74,12 +75,18 @@ int main(int argc, char **argv) {
         setsockopt(s, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
         if (s < 0 || bind(s, (struct sockaddr *)&src, sizeof src) || connect(s, (struct sockaddr *)&addr, sizeof addr)) {
             perror("connect");
+            kill(child, SIGKILL); /* the acceptor would wait in accept() for good */
+            waitpid(child, NULL, 0);
             return 1;
         }
     }
     getrusage(RUSAGE_SELF, &b);
     long server[2];
-    if (read(report[0], server, sizeof server) != sizeof server) return 1;
+    if (read(report[0], server, sizeof server) != sizeof server) {
+        kill(child, SIGKILL);
+        waitpid(child, NULL, 0);
+        return 1;
+    }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (write(go[1], "x", 1) != 1) return 1;
     waitpid(child, NULL, 0);

@@ -47,8 +47,11 @@ def kernel_cost(connections: int, repeats: int = 3) -> dict:
     """The C helper's CPU per connection, both sides, each repeat and the median (µs)."""
     rows = []
     for _ in range(repeats):
-        done = subprocess.run([str(helper()), str(connections), str(SOURCES)], capture_output=True, text=True,
-                              timeout=120)
+        try:
+            done = subprocess.run([str(helper()), str(connections), str(SOURCES)], capture_output=True, text=True,
+                                  timeout=120)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"connect_cost did not finish {connections:,} connections in 120 s") from None
         if done.returncode:
             raise BenchError(f"connect_cost failed: {done.stderr.strip()[:300]}")
         row = json.loads(done.stdout)

@@ -35,7 +35,7 @@ MIN_WORKER_FD_LIMIT = CLIENT_FD_RESERVE + 28
 RUN_FINDS = ("fd limit", "FD_SETSIZE")
 # ...and what `--connections max` goes looking for too: the file table (ENFILE, met cleanly) and
 # memory (the ramp stops at a floor of MemAvailable, `harness.plan.ramp`).
-FILL_FINDS = RUN_FINDS + ("fs.file-max", "memory")
+FILL_FINDS = RUN_FINDS + ("fs.file-max", "memory", "threads")
 # A forked Locust worker's own memory before its users (~7 MB measured; the README's figure).
 WORKER_PROCESS_BYTES = 8 << 20
 THREADS_PER_WORKER = 4  # a Locust worker's threads (gevent's hub and pool, zmq's I/O thread)
@@ -137,7 +137,7 @@ def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int
     caps = {("FD_SETSIZE" if select_wall else "fd limit"): processes * per_process}
     free_files = limits["file_max"] - limits["file_nr"]
     caps["fs.file-max"] = free_files // 2  # both ends are on this machine
-    caps["memory"] = limits["mem_available"] // BYTES_PER_CONNECTION
+    caps["memory"] = max(0, limits["mem_available"] - MEMORY_RESERVE_BYTES) // BYTES_PER_CONNECTION
     if backend == "threaded":
         thread_room = min(limits["threads_max"], limits["pid_max"], limits["max_map_count"] // 2)
         caps["threads"] = max(0, thread_room - limits.get("threads_in_use", 0))
@@ -243,6 +243,15 @@ def machine_cap(limits: dict, backend: str = "asyncio") -> tuple[int, str]:
     memory, threads), whatever the harness's process layout: what `--connections max` plans for."""
     caps = plan(limits, PORT_NUMBERS, backend=backend, fill=True).caps
     machine = {k: v for k, v in caps.items() if k not in RUN_FINDS}
+    # memory: the server processes and workers those connections need cost memory too
+    per_connection = (BYTES_PER_CONNECTION + SERVER_PROCESS_BYTES / (usable_fd_limit(limits) * REUSEPORT_HEADROOM)
+                      + WORKER_PROCESS_BYTES / max(1, users_per_client(usable_fd_limit(limits))))
+    machine["memory"] = int(max(0, limits["mem_available"] - MEMORY_RESERVE_BYTES) / per_connection)
+    for _ in range(20):  # the processes come in whole numbers: step down until they fit beside the connections
+        p = plan(limits, max(1, machine["memory"]), backend=backend, fill=True)
+        if not processes_error(limits, p.server_processes, p.workers, machine["memory"]):
+            break
+        machine["memory"] = int(machine["memory"] * 0.99)
     name = min(machine, key=machine.get)
     return machine[name], name
 

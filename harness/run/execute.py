@@ -174,8 +174,9 @@ def prepare(cfg: RunConfig) -> Prepared:
                         selector=cfg.selector).caps
         cfg = replace(cfg, connections=int(min(cap.values()) * FILL_OVERSHOOT) + 50)
     elif cfg.fill:  # no --processes: as many as the machine's own first limit needs, and a little past it
-        cap, _ = core.machine_cap(limits, cfg.backend)
-        cfg = replace(cfg, connections=int(cap * FILL_MACHINE_OVERSHOOT) + 50)
+        cap, name = core.machine_cap(limits, cfg.backend)
+        # memory: no further (the processes are planned within it; the floor stops the ramp there)
+        cfg = replace(cfg, connections=cap if name == "memory" else int(cap * FILL_MACHINE_OVERSHOOT) + 50)
     if cfg.connections < 1:
         raise RunError(f"--connections {cfg.connections} must be at least 1")
     # --workers 0: every user runs on the outside workers, planned as if they were like ours

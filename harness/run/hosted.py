@@ -197,15 +197,19 @@ class HostedRun:
         host's retransmits and timeouts since it went down."""
         if "down_at" not in self._link:
             return None
-        after = [p["locust_held"] for p in series if p["phase"] == "hold" and p["t"] >= self._link.get("up_t", 0)]
-        held_at_end = max(after, default=0)
+        # Lost is counted by the server host's own kernel (no report can be stale there): its count
+        # before the outage against its last count of the hold.
+        counted = [p for p in series if p.get("kernel_counted", True)]
+        before = [p["kernel_established"] for p in counted if p["t"] <= self._link["t"]]
+        during = [p["kernel_established"] for p in counted if p["phase"] == "hold" and p["t"] > self._link["t"]]
+        lost = max(0, before[-1] - during[-1]) if before and during else max(0, self._link["held"] - totals.get("held", 0))
         host = self.plan.clients[0]
         totals = self._link.get("totals", totals)
         failed = {k: v - self._link["echo_failed"].get(k, 0) for k, v in totals.get("echo_failed", {}).items()
                   if v > self._link["echo_failed"].get(k, 0)}
         cost = faults.delta(self._link["counters"], self._link.get("after") or faults.tcp_counters(host))
         return {"t": round(self._link["t"], 2), "what": f"link of {host} down for {self.plan.link_down:g} s", "injected": True,
-                "connections_lost": max(0, self._link["held"] - held_at_end), "echo_failed": failed,
+                "connections_lost": lost, "echo_failed": failed,
                 "retransmits": cost.get("RetransSegs", 0), "timeouts": cost.get("TCPTimeouts", 0),
                 "resets": cost.get("EstabResets", 0) + cost.get("OutRsts", 0), "tcp": cost}
 

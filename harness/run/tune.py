@@ -52,8 +52,11 @@ def saved() -> dict[str, str]:
     """The values --apply replaced (the machine's own), or {} when nothing is applied."""
     try:
         return json.loads(STATE.read_text())["previous"]
-    except (OSError, ValueError, KeyError):
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError, KeyError) as exc:  # the machine's own values may be in it: never overwrite
+        raise TuneError(f"{STATE} cannot be read ({exc}); it holds the values --restore puts back: fix it, or "
+                        "restore them by hand and remove it") from None
 
 
 def _write(name: str, value: str) -> None:
@@ -87,7 +90,7 @@ def apply(connections: int) -> list[tune.Row]:
             written.append(r)
     except TuneError:  # all or nothing: what was written goes back
         for r in written:
-            _write(r.name, previous[r.name])
+            _write(r.name, r.current)  # back to what it was before this apply
         if not had_state:
             STATE.unlink(missing_ok=True)
         raise
