@@ -70,7 +70,9 @@ def step_four_tuple(quick: bool) -> Step:
     with ServerGroup(ServerConfig(backend="selectors", port=0)) as a, \
             ServerGroup(ServerConfig(backend="selectors", port=0)) as b:
         held = fill("127.0.0.1", a.port, n)
-        rows = ss("state", "established", f"( sport = :{a.port} )")
+        # local 127.0.0.1:port exactly: another program's client may have the same number as its
+        # ephemeral source port on another 127/8 address, and is not this server's connection
+        rows = ss("state", "established", f"( src 127.0.0.1:{a.port} )")
         locals_ = {r.split()[2] for r in rows}
         remotes = {r.split()[3] for r in rows}
         held.close()
@@ -113,7 +115,7 @@ def _socket_inodes(pid: int) -> set[int]:
 
 
 def _ss_inodes(port: int) -> set[int]:
-    return {int(m.group(1)) for r in ss("-e", "state", "established", f"( sport = :{port} )")
+    return {int(m.group(1)) for r in ss("-e", "state", "established", f"( src 127.0.0.1:{port} )")
             if (m := re.search(r"ino:(\d+)", r))}
 
 
