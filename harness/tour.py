@@ -188,10 +188,13 @@ def step_ports(quick: bool) -> Step:
 def step_ephemeral(quick: bool) -> Step:
     with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
         lo_sys, hi_sys = (int(x) for x in f.read().split())
-    # A per-socket range (IP_LOCAL_PORT_RANGE) of 100 ports no socket holds now, so the tour exhausts
-    # it in a second; one that another process binds meanwhile is counted (held_by_others).
+    # A per-socket range (IP_LOCAL_PORT_RANGE) of 100 ports, the one other sockets hold fewest of now
+    # (none, on a quiet machine), so the tour exhausts it in a second; the ports another process
+    # holds are counted (held_by_others). A machine busy with thousands of connections may hold a
+    # port in every block.
     used = local_ports_in_use(lo_sys, hi_sys)
-    lo = next(p for p in range(max(lo_sys, 40000), hi_sys - 99, 100) if used.isdisjoint(range(p, p + 100)))
+    blocks = range(max(lo_sys, 40000), hi_sys - 99, 100)
+    lo = min(blocks, key=lambda p: len(used.intersection(range(p, p + 100))))
     hi = lo + 99
     with ServerGroup(ServerConfig(backend="selectors", port=0, fd_limit=1024)) as group:
         ev = exhaust_ports(("127.0.0.1", group.port), "127.0.0.1", lo, hi, "127.0.0.2")
