@@ -168,17 +168,17 @@ def test_ctrl_c_in_every_phase_leaves_a_valid_run_json_and_no_process(tmp_path, 
 
 
 def test_a_ramp_that_would_pass_the_memory_floor_stops_there_named_memory(tmp_path):
-    """--memory-reserve set 40 MB below this machine's MemAvailable: 10,000 connections would
-    take more than twice that, so the ramp stops itself with stopped_by memory, holds what it has,
+    """--memory-reserve set 40 MB below this machine's MemAvailable: 40,000 connections would
+    take ten times that, so the ramp stops itself with stopped_by memory, holds what it has,
     and the diagnosis says memory with MemAvailable against the floor."""
     with open("/proc/meminfo") as f:
         available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     reserve = available - (40 << 20)
-    proc = start_run(tmp_path, "--connections", "10000", "--processes", "1", "--workers", "1", "--hold", "1",
+    proc = start_run(tmp_path, "--connections", "40000", "--processes", "3", "--workers", "3", "--hold", "1",
                      "--memory-reserve", str(reserve))
     code = proc.wait(120)
     doc = load(next(tmp_path.iterdir()))
     assert code == 0, proc.stderr.read()
-    assert doc["stopped_by"] == "memory" and doc["peak_connections"] < 10000
+    assert doc["stopped_by"] == "memory" and doc["peak_connections"] < 40000
     assert doc["diagnosis"]["limit"] == "memory" and "floor" in doc["diagnosis"]["evidence"][0]
     assert doc["echo"]["mismatched"] == 0 and doc["connects"]["failed"] == {}
