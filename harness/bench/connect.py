@@ -20,6 +20,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from harness.results.rundoc import cpu_between
+
 SOURCE = Path(__file__).with_name("connect.c")
 CACHE = Path(tempfile.gettempdir()) / "harness-build"
 SOURCES = 4
@@ -73,13 +75,10 @@ def harness_cost(connections: int, out: Path) -> dict:
                                              echo_interval=120.0, out=str(out))), progress=False)
     series = [p for p in doc["series"] if "server_cpu_user_s" in p]
     start = next((p for p in series if p["phase"] == "ramp"), series[0])
-    peak = max(series, key=lambda p: p["server_open"])
-    made = max(1, peak["server_open"] - start["server_open"])
-    parts = {k.removesuffix("_s").replace("cpu_", "") + "_us": round((peak[k] - start[k]) / made * 1e6, 1)
-             for k in ("server_cpu_user_s", "server_cpu_system_s", "locust_cpu_user_s", "locust_cpu_system_s")}
+    parts = cpu_between(start, max(series, key=lambda p: p["server_open"]))
+    total = parts.pop("total_us")
     return {"run": str(run_dir), "held": doc["peak_connections"], "connect_rate_per_s": doc["connect_rate_per_s"],
-            "parts_us": parts, "us_per_connection": round(sum(parts.values()), 1),
-            "mismatched": doc["echo"]["mismatched"]}
+            "parts_us": parts, "us_per_connection": total, "mismatched": doc["echo"]["mismatched"]}
 
 
 def bench_connect(connections: int, repeats: int, out: Path) -> dict:

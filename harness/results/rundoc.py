@@ -77,8 +77,17 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
     return validate(doc)
 
 
-CPU_PARTS = (("server_cpu_user_s", "server userland"), ("server_cpu_system_s", "server kernel"),
-             ("locust_cpu_user_s", "Locust userland"), ("locust_cpu_system_s", "Locust kernel"))
+# each part's CPU seconds in a sample, and its name per connection in µs
+CPU_PARTS = {"server_cpu_user_s": "server_user_us", "server_cpu_system_s": "server_system_us",
+             "locust_cpu_user_s": "locust_user_us", "locust_cpu_system_s": "locust_system_us"}
+
+
+def cpu_between(start: dict, end: dict, key: str = "server_open") -> dict[str, float]:
+    """CPU per connection made (µs) by part from sample `start` to sample `end`, and in all."""
+    made = max(1, end[key] - start[key])
+    row = {name: round((end[field] - start[field]) / made * 1e6, 1) for field, name in CPU_PARTS.items()}
+    row["total_us"] = round(sum(row.values()), 1)
+    return row
 
 
 def cpu_per_connection(series: list[dict], key: str = "server_open", band: int = 100_000) -> list[dict]:
@@ -93,12 +102,8 @@ def cpu_per_connection(series: list[dict], key: str = "server_open", band: int =
     for point in ramp[1:]:
         if start is None or point[key] < start[key] + band:
             continue
-        made = point[key] - start[key]
-        row = {"from": start[key], "to": point[key], "seconds": round(point["t"] - start["t"], 2)}
-        for field, _ in CPU_PARTS:
-            row[field.removesuffix("_s").replace("cpu_", "") + "_us"] = round((point[field] - start[field]) / made * 1e6, 1)
-        row["total_us"] = round(sum(row[f.removesuffix("_s").replace("cpu_", "") + "_us"] for f, _ in CPU_PARTS), 1)
-        out.append(row)
+        out.append({"from": start[key], "to": point[key], "seconds": round(point["t"] - start["t"], 2),
+                    **cpu_between(start, point, key)})
         start = point
     return out
 

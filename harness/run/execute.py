@@ -302,7 +302,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         if lab is not None:
             _quietly(lab.stop)
         _restore(previous)
-        raise RunError(hosted.hosted_error(exc)) from None
+        raise RunError(str(exc)) from None
     except BaseException:
         if lab is not None:
             _quietly(lab.stop)

@@ -264,8 +264,3 @@ class HostedRun:
         finally:
             if self.reaper is not None:
                 self.reaper.close()
-
-
-def hosted_error(exc: Exception) -> str:
-    """The one-line message of an error a run or the UI expects at start-up (their own words)."""
-    return str(exc)

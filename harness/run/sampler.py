@@ -87,18 +87,22 @@ class Sampler:
             "slab_bytes": memory["SUnreclaim"], "mem_available_bytes": memory["MemAvailable"],
             "files_open": _files_open(),
         }
-        # CPU by part, from /proc/PID/stat's utime and stime: userland and kernel, each side
-        for side, pids in (("server", [r["pid"] for r in rows]), ("locust", self.cluster.pids())):
-            user, system = _cpu_split(pids)
+        # CPU by part, from /proc/PID/stat's utime and stime: userland and kernel, each side; each
+        # process read once a sample, for the sides and for the hosts alike
+        server_pids, locust_pids = [r["pid"] for r in rows], self.cluster.pids()
+        times = _cpu_times([*server_pids, *locust_pids])
+        for side, pids in (("server", server_pids), ("locust", locust_pids)):
+            user = sum(times.get(pid, (0.0, 0.0))[0] for pid in pids)
+            system = sum(times.get(pid, (0.0, 0.0))[1] for pid in pids)
             point[f"{side}_cpu_s"] = round(user + system, 2)
             point[f"{side}_cpu_user_s"], point[f"{side}_cpu_system_s"] = round(user, 2), round(system, 2)
         if self.by_host:
             held: dict[str, int] = {}
             for w in status.get("workers", []):
                 held[w.get("host", "")] = held.get(w.get("host", ""), 0) + w.get("held", 0)
-            cpu: dict[str, float] = {self.netns or "": _cpu_seconds(r["pid"] for r in rows)}
+            cpu: dict[str, float] = {self.netns or "": point["server_cpu_s"]}
             for pid, host in self.cluster.host_of.items():
-                cpu[host] = round(cpu.get(host, 0.0) + _cpu_seconds([pid]), 2)
+                cpu[host] = round(cpu.get(host, 0.0) + sum(times.get(pid, (0.0, 0.0))), 2)
             point["held_by_host"], point["cpu_by_host"] = held, cpu
         self.series.append(point)
         return point
@@ -113,18 +117,13 @@ def _files_open() -> int:
         return 0
 
 
-def _cpu_split(pids) -> tuple[float, float]:
-    """User and system CPU seconds of these processes (the ones gone count nothing)."""
-    user = system = 0.0
+def _cpu_times(pids) -> dict[int, tuple[float, float]]:
+    """Each process's user and system CPU seconds (the ones gone are left out)."""
+    out = {}
     for pid in pids:
         try:
             t = psutil.Process(pid).cpu_times()
-            user += t.user
-            system += t.system
+            out[pid] = (t.user, t.system)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
-    return user, system
-
-
-def _cpu_seconds(pids) -> float:
-    return round(sum(_cpu_split(pids)), 2)
+    return out

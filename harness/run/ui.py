@@ -20,7 +20,7 @@ from harness.diagnose import process
 from harness.hosts.faults import FaultError
 from harness.hosts.layout import LayoutError
 from harness.hosts.netns import HostsError
-from harness.run.hosted import HostedError, HostedRun, check, hosted_error, layout_for
+from harness.run.hosted import HostedError, HostedRun, check, layout_for
 from harness.run.cluster import LocustCluster, scenario_args
 from harness.run.execute import LOAD_NICE, RunConfig
 from harness.run.sampler import Sampler
@@ -43,7 +43,7 @@ def run_ui(args: argparse.Namespace) -> int:
         if lab is not None:
             lab.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-        print(f"harness ui: error: {hosted_error(exc)}", file=sys.stderr)
+        print(f"harness ui: error: {exc}", file=sys.stderr)
         return 2
     host = group.host if args.target else (lab.server.address if lab else "127.0.0.1")
     workers = lab.plan.workers if lab else args.workers

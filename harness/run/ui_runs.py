@@ -45,17 +45,21 @@ class UiRuns:
         self.memory_before = 0
         self.written: list[Path] = []
         self.seen: set[int] = set()  # tests already recorded (or being recorded)
+        self.own_status: dict = {}
 
     def poll(self) -> Path | None:
         """Sample the running test; write it out once it has ended. Returns a run directory written now."""
         status = self.sampler.read_status()
         test, phase, state = status.get("test"), status.get("phase"), status.get("locust_state")
+        if self.test is not None and test == self.test:
+            self.own_status = status  # the last status of this test: START may begin the next one first
         if self.test is not None and (test != self.test or phase == "done" or (
                 state in STOPPED and time.monotonic() - self.t0 > SETTLE_S)):
             return self._write()
         if self.test is None and test and phase in ("ramp", "hold") and test not in self.seen:
             self.seen.add(test)
             self.test, self.started_at, self.t0 = test, utc_stamp(), time.monotonic()
+            self.own_status = status
             self.memory_before = meminfo()["MemAvailable"]
             if self.lab is not None:  # each test's TCP counters from its own start
                 self.lab.counters_before = self.lab.counters()
@@ -71,7 +75,8 @@ class UiRuns:
         return self._write() if self.test is not None else None
 
     def _write(self) -> Path:
-        status, series = self.sampler.status, list(self.sampler.series)
+        # this test's own last status: the master's current one may already be the next test's
+        status, series = self.own_status or self.sampler.status, list(self.sampler.series)
         connections = status.get("target_connections") or max((p["locust_open"] for p in series), default=0) or 1
         cfg = replace(self.base, connections=int(connections))
         limits = read_limits()
