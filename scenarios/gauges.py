@@ -92,6 +92,7 @@ class Board:
     runner: object = None  # the master's runner: its state goes into the status
     target: int = 0  # the shape's target for the current test
     ui_results: str = ""  # where harness ui writes each test's run directory (ui-runs.json)
+    status_file: str = ""  # --status-file: written every REPORT_INTERVAL_S and as each phase begins
     test: int = 0  # each START (or headless run) is a new test; workers' reports carry its number
     _before: dict = field(default_factory=dict)  # at the ramp's start: kernel counters, target processes
     _refusals_base: dict = field(default_factory=dict)  # the servers' refusal counters as the test began
@@ -117,12 +118,15 @@ class Board:
         self._refusals_base = self._all_refusals()
 
     def set_phase(self, runner, phase: str) -> None:
-        """The shape's phase; workers are told whether it is ramping."""
+        """The shape's phase; workers are told whether it is ramping. The status file says it at
+        once: a one-second hold must not fall between two of its periodic writes."""
         if phase != self.phase:
             if phase == "ramp":
                 self._note_start()
             self.phase = phase
             runner.send_message(PHASE_MESSAGE, {"ramping": phase == "ramp", "test": self.test})
+            if self.status_file:
+                write_status(self.status_file)
 
     def live_workers(self) -> list[dict]:
         now = time.time()
@@ -267,7 +271,7 @@ def start_master(runner, server_gauges: str | None, port: int | None, status_fil
     """On the master (or local runner): collect reports, poll the kernel every KERNEL_INTERVAL_S
     (ss is slow at 100k connections), write the status file every REPORT_INTERVAL_S."""
     runner.register_message(MESSAGE, BOARD.on_message)
-    BOARD.port, BOARD.runner, BOARD.netns = port, runner, netns or None
+    BOARD.port, BOARD.runner, BOARD.netns, BOARD.status_file = port, runner, netns or None, status_file or ""
     if host:
         BOARD.host = host
     if server_gauges:

@@ -26,6 +26,11 @@ locustfile, so they apply in every Locust process of a run and nowhere else.
 - `Runner.monitor_cpu_and_memory` opens /proc/self/stat every few seconds (psutil); at the
   machine's file-table limit (`--connections max`, ENFILE) that open fails and the greenlet dies
   with a CRITICAL log. The monitor now skips that reading and tries again at its next interval.
+- A shape test that ends by itself calls `MasterRunner.stop()` from its own greenlet, and stop()
+  waits for the workers' user counts in one-second sleeps before that greenlet lets go of
+  `runner.shape_greenlet`. The web UI already shows STOPPED (the workers reported), but a START
+  in that second is dropped ("There is an ongoing shape test running. Editing is disabled"). Once
+  the runner is stopped, START now waits (at most SHAPE_END_WAIT_S) for the ending shape greenlet.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ import functools
 import gevent
 from gevent.lock import RLock
 from locust import argument_parser, runners
-from locust.runners import MasterRunner, Runner
+from locust.runners import STATE_STOPPED, MasterRunner, Runner
 
 runners.HEARTBEAT_LIVENESS = 30
+SHAPE_END_WAIT_S = 5.0
 
 if not hasattr(argument_parser.default_args_dict, "cache_info"):
     argument_parser.default_args_dict = functools.cache(argument_parser.default_args_dict)
@@ -80,3 +86,17 @@ def _monitor_through_enfile(self) -> None:
 
 
 Runner.monitor_cpu_and_memory = _monitor_through_enfile
+
+
+_start_shape = Runner.start_shape
+
+
+def _start_shape_after_the_last(self) -> None:
+    ending = self.shape_greenlet
+    if ending is not None and self.state == STATE_STOPPED and ending is not gevent.getcurrent():
+        ending.join(timeout=SHAPE_END_WAIT_S)
+    _start_shape(self)
+
+
+if Runner.start_shape is _start_shape:
+    Runner.start_shape = _start_shape_after_the_last

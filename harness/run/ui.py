@@ -80,19 +80,16 @@ def run_ui(args: argparse.Namespace) -> int:
                   + (f" on {', '.join(lab.plan.clients)}" if lab else ""), flush=True)
         print(f"web UI: http://127.0.0.1:{args.web_port}  (the Connections tab shows the harness's gauges; "
               f"Ctrl-C stops everything; logs in {workdir})", flush=True)
-        next_poll = time.monotonic()
         while not stopping:
             dead = cluster.dead()
             if "master" in dead:
                 print(f"the Locust master exited (code {dead['master']}); see {workdir / 'master.log'}",
                       file=sys.stderr)
                 return 1
-            if time.monotonic() >= next_poll:
-                next_poll += 1.0
-                written = runs.poll()
-                if written:
-                    print(f"run written: {written / 'run.json'} (report: {written / 'report' / 'report.html'})",
-                          flush=True)
+            written = runs.poll()
+            if written:
+                print(f"run written: {written / 'run.json'} (report: {written / 'report' / 'report.html'})",
+                      flush=True)
             time.sleep(0.2)
         return 0
     finally:

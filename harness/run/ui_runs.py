@@ -29,10 +29,13 @@ from harness.run.sampler import Sampler
 STOPPED = ("stopped", "stopping")  # Locust's own states once STOP was pressed
 SETTLE_S = 2.0  # the status of a test's first second may still show the last test's Locust state
 INDEX = "ui-runs.json"
+SAMPLE_EVERY_S = 1.0
 
 
 class UiRuns:
-    """Follows the master's tests through its status file; `poll()` about once a second."""
+    """Follows the master's tests through its status file; `poll()` several times a second (it reads
+    the status file each time and samples once a second, or at once when the test's phase changes,
+    so a one-second hold is sampled while it holds)."""
 
     def __init__(self, sampler: Sampler, base: RunConfig, out: Path, host: str, target: dict | None = None,
                  lab=None) -> None:
@@ -46,6 +49,8 @@ class UiRuns:
         self.written: list[Path] = []
         self.seen: set[int] = set()  # tests already recorded (or being recorded)
         self.own_status: dict = {}
+        self.phase: str | None = None  # the recorded test's phase at its last sample
+        self.next_sample = 0.0
 
     def poll(self) -> Path | None:
         """Sample the running test; write it out once it has ended. Returns a run directory written now."""
@@ -65,7 +70,9 @@ class UiRuns:
                 self.lab.counters_before = self.lab.counters()
             self.sampler.series.clear()
             self.sampler.t0 = self.t0
-        if self.test is not None:
+            self.phase = None
+        if self.test is not None and (phase != self.phase or time.monotonic() >= self.next_sample):
+            self.phase, self.next_sample = phase, time.monotonic() + SAMPLE_EVERY_S
             self.sampler.sample()
         return None
 
