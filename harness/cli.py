@@ -217,11 +217,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.report:
         from harness.report.page import build
         print(f"report: {build([run_dir], Path(run_dir) / 'report')}", file=sys.stderr if args.json else sys.stdout)
-    unplanned = [f for f in doc["faults"] if not f.get("injected")]  # --link-down's is the run's own doing
+    # --link-down's is the run's own doing; a target shedding held connections is the limit found
+    unplanned = [f for f in doc["faults"] if not f.get("injected") and not f.get("limit")]
+    for fault in doc["faults"]:
+        if not fault.get("injected"):
+            print(f"fault at {fault['t']:.1f} s: {fault['what']}; {fault['connections_lost']:,} connections lost"
+                  + (" (where the ramp stopped)" if fault.get("limit") else ""), file=sys.stderr)
     if unplanned:
-        for fault in unplanned:
-            print(f"fault at {fault['t']:.1f} s: {fault['what']}; {fault['connections_lost']:,} connections lost",
-                  file=sys.stderr)
         return 1
     return 130 if doc["stopped_by"] == "interrupted" else 0
 

@@ -11,7 +11,8 @@ unstarted gevent.Greenlet with its link and the same state in the user's __dict_
 
 Theory of operation, per connection (`phase` on the Conn). A request and its reply are those of
 the run's protocol (`scenarios.protocols`: echo by default; "echo" below is any request):
-  CONNECTING --writable, SO_ERROR 0--> ECHOING (first echo sent) --every echo answered--> IDLE
+  CONNECTING --writable, SO_ERROR 0 (or at once: the first send succeeds)--> ECHOING (first echo
+  sent) --every echo answered--> IDLE
   IDLE --due in the echo schedule--> ECHOING --every echo answered--> IDLE
   any phase --error, EOF, a wrong reply or timeout--> closed (user idle; the failure is fired,
   with what the target said word for word where it said anything)
@@ -272,8 +273,33 @@ class Driver:
         conn.sock = sock
         TALLY.open += 1
         self.by_fd[sock.fileno()] = conn
+        if self.protocol.sends and self._send_first(conn):
+            return
         self.ep.register(sock.fileno(), EPOLLOUT | EPOLLIN)
         self.inflight.append((conn.started + self.opts.echo_timeout, conn, CONNECT))
+
+    def _send_first(self, conn: Conn) -> bool:
+        """Send the first echo at once: on loopback (and a test host's veth) the kernel has run the
+        whole handshake inside connect(), so the socket is already established and the send
+        succeeds; that saves the writable event, its wake-up and an epoll_ctl per connection.
+        False (nothing sent) while the handshake is still under way: the connect is then
+        watched for writability as usual. A connect the kernel already refused fails here."""
+        sock = conn.sock
+        payload = self.protocol.request()
+        try:
+            sent = sock.send(payload)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._fail(conn, "connect", errno_name(exc.errno), conn.started)
+            return True
+        self.ep.register(sock.fileno(), EPOLLIN)
+        self._fire("connect", conn.started, 0, None)
+        now = time.perf_counter()
+        self._echo_sent(conn, payload, now, now)
+        if sent < len(payload):
+            self._fail(conn, "echo", "short-send")
+        return True
 
     def _failed_connect(self, conn: Conn, err: int | str) -> None:
         name = errno_name(err)
@@ -335,6 +361,16 @@ class Driver:
     def _send_echo(self, conn: Conn, now: float, intended: float) -> None:
         """Send one echo; its latency is recorded (from `intended`) only once the ramp is over."""
         payload = self.protocol.request()
+        self._echo_sent(conn, payload, now, intended)
+        try:
+            sent = conn.sock.send(payload)
+        except OSError as exc:
+            return self._fail(conn, "echo", errno_name(exc.errno))
+        if sent < len(payload):  # small payloads always fit a socket buffer the server keeps draining
+            return self._fail(conn, "echo", "short-send")
+
+    def _echo_sent(self, conn: Conn, payload: bytes, now: float, intended: float) -> None:
+        """The bookkeeping of one echo request: what the parser expects back, its marks, its deadline."""
         if conn.marks is None:
             conn.marks = deque()
             conn.parser = self.protocol.parser()
@@ -344,12 +380,6 @@ class Driver:
         conn.sent += 1
         self.inflight.append((now + self.opts.echo_timeout, conn, conn.sent))
         TALLY.echoes_sent += 1
-        try:
-            sent = conn.sock.send(payload)
-        except OSError as exc:
-            return self._fail(conn, "echo", errno_name(exc.errno))
-        if sent < len(payload):  # small payloads always fit a socket buffer the server keeps draining
-            return self._fail(conn, "echo", "short-send")
 
     def _fail(self, conn: Conn, name: str, failure: str, started: float | None = None) -> None:
         if started is None:

@@ -63,9 +63,10 @@ class StepRampShape(LoadTestShape):
     def _seen(self) -> ramp.Seen:
         totals = BOARD.totals()
         failures = totals["connects_failed"]
+        lost = totals["connects_ok"] > totals["held"]
         return ramp.Seen(user_count=self.runner.user_count, open=totals["open"], connects_ok=totals["connects_ok"],
-                         failures=failures, server_refusals=BOARD.server_refusals() if failures else {},
-                         max_users=totals["max_users"],
+                         failures=failures, server_refusals=BOARD.server_refusals() if failures or lost else {},
+                         max_users=totals["max_users"], held=totals["held"], closed=totals["echo_failed"],
                          mem_available=_mem_available()
                          if getattr(self.runner.environment.parsed_options, "memory_floor", 0) else 0)
 

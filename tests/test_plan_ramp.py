@@ -53,6 +53,18 @@ def test_failing_connects_end_the_ramp_named_by_the_servers_errno_first():
     assert state.stopped_by == "EADDRNOTAVAIL"
 
 
+def test_verified_connections_closed_by_the_far_end_end_the_ramp_named_by_how_they_closed():
+    # nginx at worker_connections answers every connection, then closes idle ones to take new ones:
+    # no connect fails, held stays below the target, and without this the ramp ran to its time bound
+    seen = Seen(user_count=400, open=180, connects_ok=400, held=180, closed={"EOF": 220})
+    state, _ = tick(State(dispatched=400), 4, SETTINGS, seen)
+    assert state.phase == "hold" and state.stopped_by == "EOF" and state.held_users == 400
+    state, _ = tick(State(dispatched=400), 4, SETTINGS, Seen(connects_ok=400, held=399))
+    assert state.stopped_by == "closed"  # one closed, before its worker reported how
+    state, _ = tick(State(dispatched=400), 4, SETTINGS, Seen(connects_ok=400, held=400, open=400))
+    assert state.phase == "ramp"  # all still held: ramp on
+
+
 def test_the_time_bound_ends_the_ramp():
     state, decision = tick(State(dispatched=400), 60, SETTINGS, Seen(connects_ok=400, open=400, user_count=400))
     assert state.stopped_by == "timeout" and decision == (400, 100.0)

@@ -179,6 +179,10 @@ def target_own_limit(ev: dict) -> dict | None:
     procs = _accepting(ev.get("processes") or [])
     closes = sum(ev.get("connects_failed", {}).get(k, 0) for k in ("EOF", "ECONNRESET", "error-reply",
                                                                     "unexpected-reply", "bad-response"))
+    shed = 0  # the ramp stopped because the target closed connections it had answered
+    if ev.get("stopped_by") in ("EOF", "ECONNRESET"):
+        shed = sum(ev.get("echo_failed", {}).get(k, 0) for k in ("EOF", "ECONNRESET"))
+        closes += shed
     if not words and not (procs and closes):
         return None
     lines = []
@@ -206,8 +210,10 @@ def target_own_limit(ev: dict) -> dict | None:
                             "raise the target's fd limit (ulimit -n, systemd LimitNOFILE=)", lines, process=p,
                             predicted_cap=predicted_cap(ev.get("processes") or []))
     return _verdict("target's own connection limit",
-                    "the target's own connection limit, not the fd limit: it accepted and then refused new "
-                    "connections" + (f" with {words.strip()!r}" if words else " (closed them)")
+                    "the target's own connection limit, not the fd limit: "
+                    + ("it closed connections it had answered to take new ones" if shed and not words else
+                       "it accepted and then refused new connections"
+                       + (f" with {words.strip()!r}" if words else " (closed them)"))
                     + (" while its fds were below its limit" if procs else ""),
                     fix, lines, predicted_cap=predicted_cap(ev.get("processes") or []))
 

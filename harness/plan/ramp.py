@@ -8,8 +8,11 @@ of piling up connects that time out. It never asks for fewer users than it alrea
 master's user count is what workers reported, a step behind, and a target below it made Locust
 stop and restart ~170k users of a million. The ramp ends when the target is reached ("target"),
 when connects start failing (the servers' own errno where they refused any, e.g. EMFILE or
-FD_SETSIZE, else the client's failure name, e.g. EADDRNOTAVAIL: the run found a cap), or at the
-time bound ("timeout"); then the users reached are held for `hold_seconds`, and the test stops.
+FD_SETSIZE, else the client's failure name, e.g. EADDRNOTAVAIL: the run found a cap), when
+connections already verified are closed (a server sheds held connections to take new ones, as
+nginx closes idle keep-alive connections at worker_connections: named by how they closed, e.g.
+EOF), or at the time bound ("timeout"); then the users reached are held for `hold_seconds`, and
+the test stops.
 
 `scenarios.shape.StepRampShape` feeds it Locust's and the gauges' numbers; tests feed it numbers.
 """
@@ -51,6 +54,8 @@ class Seen:
     failures: dict[str, int] = field(default_factory=dict)  # failed connects by name
     server_refusals: dict[str, int] = field(default_factory=dict)  # by errno
     max_users: int = 0  # what the workers' fd limits allow in all (0: not reported yet)
+    held: int | None = None  # verified connections still open (None: not counted)
+    closed: dict[str, int] = field(default_factory=dict)  # echo failures by name: how held ones closed
     mem_available: int = 0  # this machine's MemAvailable in bytes (0: not read)
 
 
@@ -73,6 +78,9 @@ def tick(state: State, now: float, settings: Settings, seen: Seen) -> tuple[Stat
         if seen.failures:
             refused = seen.server_refusals or seen.failures
             return _hold(state, max(refused, key=refused.get), now, settings)
+        if seen.held is not None and seen.connects_ok > seen.held:  # verified, then closed by the far end
+            closed = seen.server_refusals or seen.closed or {"closed": seen.connects_ok - seen.held}
+            return _hold(state, max(closed, key=closed.get), now, settings)
         if seen.user_count >= target and min(seen.open, seen.connects_ok) >= target:
             return _hold(state, "target", now, settings)
         if now >= settings.max_seconds:

@@ -395,8 +395,15 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         if failed_teardown and error is None:
             error = "teardown: " + "; ".join(failed_teardown)
         _move(scratch / "servers.log", run_dir / "logs" / "servers.log")
-        if faults and not stop_reason:
-            stop_reason.append("interrupted")  # the run went on, but not as planned: marked
+        # the run went on, but not as planned: marked. The first held connections the target
+        # closed are where the ramp stopped when the shape stopped by them (EOF, ECONNRESET: the
+        # target sheds connections to take new ones), not an interruption; any later ones are.
+        drops = [f for f in faults if f.get("kind") == "target-drop"]
+        found = drops[:1] if sampler.status.get("stopped_by") in ("EOF", "ECONNRESET") else []
+        for fault in found:
+            fault["limit"] = True  # the limit the run found: no failure of the run's own
+        if any(f not in found for f in faults) and not stop_reason:
+            stop_reason.append("interrupted")
         stopped_by = stop_reason[0] if stop_reason else None
         diagnosis = _quietly(lambda: rules.diagnose(run_evidence(
             config=asdict(cfg), plan=plan.as_dict(), limits=prepared.limits, series=sampler.series,
@@ -480,8 +487,8 @@ def _target_drops(sampler: Sampler, seen: dict) -> list[dict]:
         return []
     new = {k: v - seen["failed"].get(k, 0) for k, v in failed.items() if v > seen["failed"].get(k, 0)}
     how = ", ".join(f"{k} {v:,}" for k, v in new.items()) or "closed"
-    fault = _fault(sampler, f"the target closed {lost - seen['lost']:,} held connection(s) ({how})",
-                   lost - seen["lost"])
+    fault = {**_fault(sampler, f"the target closed {lost - seen['lost']:,} held connection(s) ({how})",
+                      lost - seen["lost"]), "kind": "target-drop"}
     seen.update(lost=lost, failed=dict(failed))
     return [fault]
 
