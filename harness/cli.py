@@ -131,7 +131,7 @@ def bench_hold(args: argparse.Namespace) -> dict:
 
 def bench_connect(args: argparse.Namespace) -> dict:
     from harness.bench.connect import bench_connect
-    return bench_connect(args.connections, args.repeats, Path(args.out))
+    return bench_connect(args.connections, args.repeats, Path(args.out), held=args.held)
 
 
 BENCHES = {"echo": bench_echo, "memory": bench_memory, "hold": bench_hold, "idle": bench_idle,
@@ -571,6 +571,8 @@ def _add_bench_parsers(bench: argparse.ArgumentParser, idle_points: tuple[int, .
     p = kind("connect", "the kernel's own CPU per loopback connection (a C helper) beside the harness's ramp, "
              "and their ratio", 18_000, "connections per measurement (each side keeps them: under the fd limit)")
     p.add_argument("--repeats", type=_positive, default=3, help="runs of the C helper; the median is the figure")
+    p.add_argument("--held", type=_count, default=0,
+                   help="also measure the floor beside this many connections held by the helper (0: not)")
     p = kind("hold", "N echo-verified connections held on one port, counted three ways", 100_000, "connections held")
     p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
     p.add_argument("--processes", type=_positive, default=None, help="server processes (default: planned)")

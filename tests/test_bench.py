@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from hdrh.histogram import HdrHistogram
 
@@ -110,3 +111,34 @@ def test_the_kernels_own_cost_of_a_connection_is_measured_by_the_c_helper():
     assert row["connections"] == 500 and row["sources"] == 4
     assert floor["median_us"] == row["us_per_connection"] > 0
     assert row["client_system_us"] > row["client_user_us"]
+
+
+def test_the_floor_beside_held_connections_is_measured_and_the_holders_end_with_it():
+    """`--held`: the helper's holders keep their connections while the floor is measured again,
+    the machine's other CPU is read meanwhile, and every holder is gone afterwards."""
+    from harness.bench.connect import helper, kernel_cost_beside
+
+    def holders() -> list[int]:
+        return [p.pid for p in psutil.process_iter(["exe"]) if p.info["exe"] == str(helper())]
+
+    def established() -> int:
+        return sum(1 for c in psutil.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED)
+
+    before = established()
+    beside = kernel_cost_beside(3_000, 500, repeats=1, quiet=0.3)
+    assert beside["held"] == 3_000 and beside["median_us"] > 0 and beside["repeats"][0]["connections"] == 500
+    assert beside["background"]["cores"] >= 0 and beside["background"]["seconds"] >= 0.3
+    assert beside["background"]["busiest"]["name"]  # some process on the machine is named as the busiest
+    assert holders() == []
+    assert established() < before + 3_000  # the held connections were reset with their holders
+
+
+def test_held_is_refused_past_the_file_table_and_memory_naming_the_largest_that_fits():
+    from harness.bench.connect import held_error
+
+    limits = {"file_max": 100_000, "file_nr": 0, "mem_available": 8 << 30}
+    assert held_error(40_000, 1_000, limits) is None
+    assert held_error(60_000, 1_000, limits) == ("--held 60,000: 122,000 files for both ends, and fs.file-max leaves "
+                                                 "99,000; use --held 48,500 or less")
+    error = held_error(1_100_000, 0, {**limits, "file_max": 10**8})
+    assert error.startswith("--held 1,100,000: ~7.3 GiB of kernel memory") and "use --held 1,048,576 or less" in error

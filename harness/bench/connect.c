@@ -5,12 +5,17 @@
  * addresses 127.0.0.2 .. 127.0.0.SOURCES+1 in turn) and keeps them too. Each side's user and
  * system CPU over its loop (getrusage) is printed as one JSON line: almost all of it is the
  * kernel's handshake and socket work, which is the floor under any load generator's cost.
+ *
+ * connect_cost N SOURCES hold: the same, then both keep their connections until this process is
+ * ended (SIGTERM) or its parent ends (PR_SET_PDEATHSIG): connections a measurement is taken beside.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -33,11 +38,13 @@ static void raise_fd_limit(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: connect_cost N SOURCES\n");
+    if (argc != 3 && !(argc == 4 && strcmp(argv[3], "hold") == 0)) {
+        fprintf(stderr, "usage: connect_cost N SOURCES [hold]\n");
         return 2;
     }
-    int n = atoi(argv[1]), sources = atoi(argv[2]);
+    int n = atoi(argv[1]), sources = atoi(argv[2]), hold = argc == 4;
+    pid_t parent = getppid();
+    if (hold && (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)) return 1; /* never outlive the harness */
     raise_fd_limit();
     int lsock = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = 0};
@@ -52,6 +59,7 @@ int main(int argc, char **argv) {
     if (pipe(report) || pipe(go)) return 1;
     pid_t child = fork();
     if (child == 0) { /* the acceptor */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL)) _exit(1); /* never outlive the connector */
         struct rusage a, b;
         getrusage(RUSAGE_SELF, &a);
         for (int i = 0; i < n; i++)
@@ -73,6 +81,8 @@ int main(int argc, char **argv) {
         struct sockaddr_in src = {.sin_family = AF_INET, .sin_port = 0};
         src.sin_addr.s_addr = htonl(0x7f000002 + (i % sources));
         setsockopt(s, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (hold) /* ended by a signal: each close is a reset, so no TIME_WAIT is left behind */
+            setsockopt(s, SOL_SOCKET, SO_LINGER, &(struct linger){.l_onoff = 1, .l_linger = 0}, sizeof(struct linger));
         if (s < 0 || bind(s, (struct sockaddr *)&src, sizeof src) || connect(s, (struct sockaddr *)&addr, sizeof addr)) {
             perror("connect");
             kill(child, SIGKILL); /* the acceptor would wait in accept() for good */
@@ -88,11 +98,13 @@ int main(int argc, char **argv) {
         return 1;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    if (write(go[1], "x", 1) != 1) return 1;
-    waitpid(child, NULL, 0);
     printf("{\"connections\": %d, \"sources\": %d, \"client_user_us\": %ld, \"client_system_us\": %ld, "
            "\"server_user_us\": %ld, \"server_system_us\": %ld, \"wall_s\": %.4f}\n",
            n, sources, usec(b.ru_utime) - usec(a.ru_utime), usec(b.ru_stime) - usec(a.ru_stime), server[0], server[1],
            (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+    fflush(stdout);
+    if (hold) pause(); /* until SIGTERM: the acceptor then reads EOF on its pipe and ends too */
+    if (write(go[1], "x", 1) != 1) return 1;
+    waitpid(child, NULL, 0);
     return 0;
 }

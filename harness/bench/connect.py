@@ -4,7 +4,10 @@ connection, both measured in one invocation.
 1. The floor: `connect.c`, compiled here with the system's C compiler, connects N times to a forked
    acceptor (blocking, IP_BIND_ADDRESS_NO_PORT, several source addresses) and both keep every
    connection; each side's user and system CPU over its loop, per connection. Repeated; the
-   median is the figure.
+   median is the figure. With `--held H`, measured again beside H connections the same helper
+   holds (in processes of HOLDER_CONNECTIONS each): what the kernel's own cost becomes late in a
+   big ramp, and what the rest of the machine spends meanwhile (`background`: the CPU of every
+   process but the holders over a quiet window, and the busiest of them by name).
 2. The harness: `harness run --backend selectors --connections N` (Locust master and workers, the
    server processes), its CPU per connection over the ramp by part (`run.json`
    `cpu_per_connection`).
@@ -15,16 +18,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
+
+from harness.plan.limits import read_limits
 from harness.results.rundoc import cpu_between
 
 SOURCE = Path(__file__).with_name("connect.c")
 CACHE = Path(tempfile.gettempdir()) / "harness-build"
 SOURCES = 4
+HOLDER_CONNECTIONS = 18_000  # per holder: its connector and its acceptor each keep one fd a connection
+HOLD_BYTES_PER_CONNECTION = 7 * 1024  # kernel memory of a held loopback connection, both ends (6.2 KB measured)
+MEMORY_RESERVE = 1 << 30
+QUIET_S = 5.0  # the window over which the machine's background CPU is read while only holding
 
 
 class BenchError(RuntimeError):
@@ -67,6 +80,67 @@ def kernel_cost(connections: int, repeats: int = 3) -> dict:
     return {"repeats": rows, "median_us": statistics.median(r["us_per_connection"] for r in rows)}
 
 
+def held_error(held: int, connections: int, limits: dict) -> str | None:
+    """Why `--held` cannot be held beside the measurement here (files, memory), or None."""
+    total = held + connections
+    files_free = limits["file_max"] - limits["file_nr"] - 1_000
+    if 2 * total > files_free:
+        return (f"--held {held:,}: {2 * total:,} files for both ends, and fs.file-max leaves {files_free:,}; "
+                f"use --held {max(0, files_free // 2 - connections):,} or less")
+    memory = limits["mem_available"] - MEMORY_RESERVE
+    if total * HOLD_BYTES_PER_CONNECTION > memory:
+        return (f"--held {held:,}: ~{total * HOLD_BYTES_PER_CONNECTION / 2**30:.1f} GiB of kernel memory, and "
+                f"MemAvailable less a 1 GiB reserve is {max(0, memory) / 2**30:.1f} GiB; use --held "
+                f"{max(0, memory // HOLD_BYTES_PER_CONNECTION - connections):,} or less")
+    return None
+
+
+def kernel_cost_beside(held: int, connections: int, repeats: int, quiet: float = QUIET_S) -> dict:
+    """The floor again, with `held` connections kept open by holders of the same helper; and the
+    CPU the rest of the machine spends while they only hold."""
+    holders: list[subprocess.Popen] = []
+    try:
+        remaining = held
+        while remaining > 0:
+            n = min(HOLDER_CONNECTIONS, remaining)
+            holders.append(subprocess.Popen([str(helper()), str(n), str(SOURCES), "hold"], stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True))
+            remaining -= n
+            done = held - remaining
+            if len(holders) % 10 == 0 or remaining == 0:
+                print(f"  holding {done:,}/{held:,}", file=sys.stderr, flush=True)
+        for h in holders:  # each prints its JSON line once all its connections are up
+            if not h.stdout.readline():
+                raise BenchError(f"a holder of the helper failed: {h.stderr.read().strip()[:300]}")
+        background = _background(quiet, {h.pid for h in holders})
+        floor = kernel_cost(connections, repeats)
+    finally:
+        for h in holders:
+            h.terminate()
+        for h in holders:
+            h.wait(30)
+    return {"held": held, **floor, "background": background}
+
+
+def _background(seconds: float, ours: set[int]) -> dict:
+    """CPU used by every process but ours over `seconds` of holding, in cores, and the busiest."""
+    def times() -> dict[int, tuple[str, float]]:
+        out = {}
+        for p in psutil.process_iter(["pid", "name", "cpu_times"]):
+            ct = p.info["cpu_times"]
+            if ct is not None and p.info["pid"] not in ours and p.info["pid"] != os.getpid():
+                out[p.info["pid"]] = (p.info["name"], ct.user + ct.system)
+        return out
+
+    before, t0 = times(), time.monotonic()
+    time.sleep(seconds)  # the window measured: nothing to wait for but time
+    after, dt = times(), time.monotonic() - t0
+    used = {pid: (name, c - before[pid][1]) for pid, (name, c) in after.items() if pid in before}
+    busiest = max(used.items(), key=lambda kv: kv[1][1], default=(0, ("", 0.0)))
+    return {"seconds": round(dt, 2), "cores": round(sum(c for _, c in used.values()) / dt, 3),
+            "busiest": {"pid": busiest[0], "name": busiest[1][0], "cores": round(busiest[1][1] / dt, 3)}}
+
+
 def harness_cost(connections: int, out: Path) -> dict:
     """One `harness run` of the same N; its CPU per connection over the whole ramp, by part."""
     from harness.run.execute import RunConfig, execute, prepare
@@ -81,8 +155,17 @@ def harness_cost(connections: int, out: Path) -> dict:
             "parts_us": parts, "us_per_connection": total, "mismatched": doc["echo"]["mismatched"]}
 
 
-def bench_connect(connections: int, repeats: int, out: Path) -> dict:
+def bench_connect(connections: int, repeats: int, out: Path, held: int = 0) -> dict:
+    if held:
+        error = held_error(held, connections, read_limits())
+        if error:
+            raise BenchError(error)
     floor = kernel_cost(connections, repeats)
+    beside = kernel_cost_beside(held, connections, repeats) if held else None
     ours = harness_cost(connections, out)
-    return {"connections": connections, "kernel": floor, "harness": ours,
-            "ratio": round(ours["us_per_connection"] / floor["median_us"], 1) if floor["median_us"] else None}
+    doc = {"connections": connections, "kernel": floor, "harness": ours,
+           "ratio": round(ours["us_per_connection"] / floor["median_us"], 1) if floor["median_us"] else None}
+    if beside is not None:
+        doc["kernel_beside_held"] = beside
+        doc["held_over_empty"] = round(beside["median_us"] / floor["median_us"], 2) if floor["median_us"] else None
+    return doc
