@@ -62,6 +62,7 @@ def kernel_cost(connections: int, repeats: int = 3) -> dict:
     """The C helper's CPU per connection, both sides, each repeat and the median (µs)."""
     rows = []
     for _ in range(repeats):
+        busy_before, t0 = _busy_seconds(), time.monotonic()
         try:
             done = subprocess.run([str(helper()), str(connections), str(SOURCES)], capture_output=True, text=True,
                                   timeout=120)
@@ -76,8 +77,19 @@ def kernel_cost(connections: int, repeats: int = 3) -> dict:
         row["kernel_share"] = round((row["client_system_us"] + row["server_system_us"])
                                     / max(1, row["us_per_connection"] * n), 3)
         row["rate_per_s"] = round(n / row["wall_s"])
+        # what the rest of the machine ran meanwhile: all CPU time less the helper's own, in cores
+        # (the figure rises where another process competes for the same sockets and cores)
+        others = _busy_seconds() - busy_before - row["us_per_connection"] * n / 1e6
+        row["others_cores"] = round(max(0.0, others) / (time.monotonic() - t0), 2)
         rows.append(row)
     return {"repeats": rows, "median_us": statistics.median(r["us_per_connection"] for r in rows)}
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (every CPU, /proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def held_error(held: int, connections: int, limits: dict) -> str | None:
