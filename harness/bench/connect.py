@@ -77,8 +77,9 @@ def kernel_cost(connections: int, repeats: int = 3) -> dict:
         row["kernel_share"] = round((row["client_system_us"] + row["server_system_us"])
                                     / max(1, row["us_per_connection"] * n), 3)
         row["rate_per_s"] = round(n / row["wall_s"])
-        # what the rest of the machine ran meanwhile: all CPU time less the helper's own, in cores
-        # (the figure rises where another process competes for the same sockets and cores)
+        # what the rest of the machine ran meanwhile, in cores: all CPU time less the helper's own
+        # rusage (so it includes the connections' softirq time, which the kernel charges to no
+        # process); it rises where another process competes for the same sockets and cores
         others = _busy_seconds() - busy_before - row["us_per_connection"] * n / 1e6
         row["others_cores"] = round(max(0.0, others) / (time.monotonic() - t0), 2)
         rows.append(row)
