@@ -87,6 +87,7 @@ class Board:
     netns: str | None = None  # the test host the servers run in (--server-netns), where the kernel counts
     peak_kernel: int = 0
     stopped_by: str | None = None
+    shed: bool = False  # the ramp stopped because the target closed connections it had answered
     phase: str = "idle"
     host: str = "127.0.0.1"
     runner: object = None  # the master's runner: its state goes into the status
@@ -114,7 +115,7 @@ class Board:
         SERIES.reset()
         # keep what each worker holds and may hold (the first tick needs it); not its counts
         self.workers = {node: {**report, **STALE_COUNTS} for node, report in self.workers.items()}
-        self.stopped_by, self.phase, self._before, self.peak_kernel = None, "idle", {}, 0
+        self.stopped_by, self.shed, self.phase, self._before, self.peak_kernel = None, False, "idle", {}, 0
         self._refusals_base = self._all_refusals()
 
     def set_phase(self, runner, phase: str) -> None:
@@ -254,7 +255,7 @@ class Board:
     def snapshot(self) -> dict:
         workers = [{k: v for k, v in r.items() if k != "latency"} for r in self.live_workers()]
         return {"test": self.test, "locust_state": getattr(self.runner, "state", None), "target_connections": self.target,
-                "phase": self.phase, "stopped_by": self.stopped_by, "totals": self.totals(),
+                "phase": self.phase, "stopped_by": self.stopped_by, "shed": self.shed, "totals": self.totals(),
                 "workers": sorted(workers, key=lambda r: r["worker_index"]), "echo_latency": self.echo_latency(),
                 "servers": self.servers(), "server_refusals": self.server_refusals(),
                 "kernel_established": self.kernel_established, "peak_kernel_established": self.peak_kernel,
@@ -292,7 +293,12 @@ def start_master(runner, server_gauges: str | None, port: int | None, status_fil
 
 
 def write_status(path: str) -> None:
+    """The master's status, replaced whole. At the machine's file-table limit (ENFILE, where a ramp
+    to `--connections max` stops) the open fails: this write is skipped, the next one comes."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(BOARD.snapshot(), f)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(BOARD.snapshot(), f)
+        os.replace(tmp, path)
+    except OSError:
+        pass

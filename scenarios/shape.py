@@ -74,6 +74,6 @@ class StepRampShape(LoadTestShape):
         BOARD.set_phase(self.runner, self.state.phase)
         self.state, decision = ramp.tick(self.state, self.get_run_time(), self._settings(), self._seen())
         if self.state.stopped_by is not None:
-            BOARD.stopped_by = self.state.stopped_by
+            BOARD.stopped_by, BOARD.shed = self.state.stopped_by, self.state.shed
         BOARD.set_phase(self.runner, self.state.phase)
         return decision

@@ -104,7 +104,9 @@ class EchoUser(User):
         if self.sock is None:
             return None  # connect failed: stay idle; the load shape decides what happens next
         if TALLY.ramping and self._verified:
-            return None
+            # no echo while ramping, but a close by the target is seen (it may shed held
+            # connections to take new ones: the ramp stops on that, as in the driver mode)
+            return self._watch(0.0)
         if not self.protocol.sends:
             return self._watch(0.0)
         request = self.protocol.request()

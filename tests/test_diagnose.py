@@ -63,6 +63,20 @@ def test_words_below_the_fd_limit_are_the_targets_own_limit():
     assert "while its fds were below its limit" in d["summary"]
 
 
+def test_a_target_that_closes_answered_connections_to_take_new_ones_is_its_own_limit():
+    nginx = [proc(6, "nginx", 101, 4096, gained=90), proc(7, "nginx", 97, 4096, gained=86)]
+    # nginx at worker_connections: every connect answered, 220 of them closed afterwards
+    d = rules.diagnose(evidence(echo_failed={"EOF": 220}, processes=nginx, held=180))
+    assert d["limit"] == "target's own connection limit" and "worker_connections" in d["fix"]
+    assert "it closed connections it had answered to take new ones" in d["summary"]
+    # a first echo that fails is a failed connect and an echo failure: the older wording, counted once
+    d = rules.diagnose(evidence(connects_failed={"EOF": 54}, echo_failed={"EOF": 54}, processes=nginx, held=180))
+    assert "it accepted and then refused new connections (closed them)" in d["summary"]
+    # closes of answered connections in a run stopped for another reason do not make this limit
+    d = rules.diagnose(evidence(stopped_by="timeout", echo_failed={"EOF": 220}, processes=nginx, held=180))
+    assert d["limit"] != "target's own connection limit"
+
+
 def test_redis_at_its_fd_limit_less_its_reserve_is_the_fd_limit():
     redis = [proc(5, "redis-server", 233, 256, before=9)]
     d = rules.diagnose(evidence(connects_failed={"error-reply": 100}, processes=redis, held=224,

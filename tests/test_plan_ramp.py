@@ -48,7 +48,7 @@ def test_target_reached_holds_for_hold_seconds_then_stops():
 def test_failing_connects_end_the_ramp_named_by_the_servers_errno_first():
     seen = Seen(connects_ok=246, failures={"EOF": 54}, server_refusals={"EMFILE": 54})
     state, _ = tick(State(dispatched=300), 4, SETTINGS, seen)
-    assert state.phase == "hold" and state.stopped_by == "EMFILE" and state.held_users == 300
+    assert state.phase == "hold" and state.stopped_by == "EMFILE" and state.held_users == 300 and not state.shed
     state, _ = tick(State(dispatched=300), 4, SETTINGS, Seen(failures={"EADDRNOTAVAIL": 3, "timeout": 1}))
     assert state.stopped_by == "EADDRNOTAVAIL"
 
@@ -58,7 +58,7 @@ def test_verified_connections_closed_by_the_far_end_end_the_ramp_named_by_how_th
     # no connect fails, held stays below the target, and without this the ramp ran to its time bound
     seen = Seen(user_count=400, open=180, connects_ok=400, held=180, closed={"EOF": 220})
     state, _ = tick(State(dispatched=400), 4, SETTINGS, seen)
-    assert state.phase == "hold" and state.stopped_by == "EOF" and state.held_users == 400
+    assert state.phase == "hold" and state.stopped_by == "EOF" and state.held_users == 400 and state.shed
     state, _ = tick(State(dispatched=400), 4, SETTINGS, Seen(connects_ok=400, held=399))
     assert state.stopped_by == "closed"  # one closed, before its worker reported how
     state, _ = tick(State(dispatched=400), 4, SETTINGS, Seen(connects_ok=400, held=400, open=400))

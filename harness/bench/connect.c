@@ -60,6 +60,7 @@ int main(int argc, char **argv) {
     pid_t child = fork();
     if (child == 0) { /* the acceptor */
         if (prctl(PR_SET_PDEATHSIG, SIGKILL)) _exit(1); /* never outlive the connector */
+        close(go[1]); /* so the connector's end is the only writer: its exit is EOF here */
         struct rusage a, b;
         getrusage(RUSAGE_SELF, &a);
         for (int i = 0; i < n; i++)
@@ -71,6 +72,7 @@ int main(int argc, char **argv) {
         if (read(go[0], &c, 1) < 0) _exit(1); /* hold every connection until the connector is done */
         _exit(0);
     }
+    close(go[0]);
     struct rusage a, b;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);

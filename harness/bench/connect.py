@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -61,10 +62,11 @@ def helper() -> Path:
 def kernel_cost(connections: int, repeats: int = 3) -> dict:
     """The C helper's CPU per connection, both sides, each repeat and the median (µs)."""
     rows = []
+    binary = str(helper())  # built (once) before anything is timed
     for _ in range(repeats):
-        busy_before, t0 = _busy_seconds(), time.monotonic()
+        busy_before, children_before, t0 = _busy_seconds(), _children_seconds(), time.monotonic()
         try:
-            done = subprocess.run([str(helper()), str(connections), str(SOURCES)], capture_output=True, text=True,
+            done = subprocess.run([binary, str(connections), str(SOURCES)], capture_output=True, text=True,
                                   timeout=120)
         except subprocess.TimeoutExpired:
             raise BenchError(f"connect_cost did not finish {connections:,} connections in 120 s") from None
@@ -77,10 +79,11 @@ def kernel_cost(connections: int, repeats: int = 3) -> dict:
         row["kernel_share"] = round((row["client_system_us"] + row["server_system_us"])
                                     / max(1, row["us_per_connection"] * n), 3)
         row["rate_per_s"] = round(n / row["wall_s"])
-        # what the rest of the machine ran meanwhile, in cores: all CPU time less the helper's own
-        # rusage (so it includes the connections' softirq time, which the kernel charges to no
-        # process); it rises where another process competes for the same sockets and cores
-        others = _busy_seconds() - busy_before - row["us_per_connection"] * n / 1e6
+        # what the rest of the machine ran meanwhile, in cores: all CPU time less the helper's
+        # whole (both processes, start to exit: RUSAGE_CHILDREN), so it includes the connections'
+        # softirq time, which the kernel charges to no process; it rises where another process
+        # competes for the same sockets and cores
+        others = _busy_seconds() - busy_before - (_children_seconds() - children_before)
         row["others_cores"] = round(max(0.0, others) / (time.monotonic() - t0), 2)
         rows.append(row)
     return {"repeats": rows, "median_us": statistics.median(r["us_per_connection"] for r in rows)}
@@ -91,6 +94,12 @@ def _busy_seconds() -> float:
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_seconds() -> float:
+    """CPU seconds of this process's waited-for children (the helper, and its acceptor)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def held_error(held: int, connections: int, limits: dict) -> str | None:
@@ -131,7 +140,11 @@ def kernel_cost_beside(held: int, connections: int, repeats: int, quiet: float =
         for h in holders:
             h.terminate()
         for h in holders:
-            h.wait(30)
+            try:
+                h.wait(30)
+            except subprocess.TimeoutExpired:  # never seen: SIGTERM ends the helper at once
+                h.kill()
+                h.wait()
     return {"held": held, **floor, "background": background}
 
 

@@ -177,12 +177,14 @@ def target_fd_limit(ev: dict) -> dict | None:
 def target_own_limit(ev: dict) -> dict | None:
     name, words = _words(ev)
     procs = _accepting(ev.get("processes") or [])
-    closes = sum(ev.get("connects_failed", {}).get(k, 0) for k in ("EOF", "ECONNRESET", "error-reply",
-                                                                    "unexpected-reply", "bad-response"))
-    shed = 0  # the ramp stopped because the target closed connections it had answered
-    if ev.get("stopped_by") in ("EOF", "ECONNRESET"):
-        shed = sum(ev.get("echo_failed", {}).get(k, 0) for k in ("EOF", "ECONNRESET"))
-        closes += shed
+    failed, echo = ev.get("connects_failed", {}), ev.get("echo_failed", {})
+    refused = sum(failed.get(k, 0) for k in ("EOF", "ECONNRESET", "error-reply", "unexpected-reply", "bad-response"))
+    # connections it had answered, then closed: an echo failure that was no failed connect (a
+    # first echo that fails counts as both)
+    shed = sum(max(0, echo.get(k, 0) - failed.get(k, 0)) for k in ("EOF", "ECONNRESET"))
+    if ev.get("stopped_by") not in ("EOF", "ECONNRESET"):
+        shed = 0  # closes later in a run that stopped for another reason are not why it stopped
+    closes = refused + shed
     if not words and not (procs and closes):
         return None
     lines = []
@@ -211,7 +213,7 @@ def target_own_limit(ev: dict) -> dict | None:
                             predicted_cap=predicted_cap(ev.get("processes") or []))
     return _verdict("target's own connection limit",
                     "the target's own connection limit, not the fd limit: "
-                    + ("it closed connections it had answered to take new ones" if shed and not words else
+                    + ("it closed connections it had answered to take new ones" if shed and not refused and not words else
                        "it accepted and then refused new connections"
                        + (f" with {words.strip()!r}" if words else " (closed them)"))
                     + (" while its fds were below its limit" if procs else ""),

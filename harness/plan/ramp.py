@@ -66,6 +66,7 @@ class State:
     held_users: int = 0
     hold_started: float = 0.0
     stopped_by: str | None = None
+    shed: bool = False  # stopped because the far end closed connections it had answered
 
 
 Decision = tuple[int, float] | None  # (users, spawn rate) for Locust, or None: stop the test
@@ -80,7 +81,7 @@ def tick(state: State, now: float, settings: Settings, seen: Seen) -> tuple[Stat
             return _hold(state, max(refused, key=refused.get), now, settings)
         if seen.held is not None and seen.connects_ok > seen.held:  # verified, then closed by the far end
             closed = seen.server_refusals or seen.closed or {"closed": seen.connects_ok - seen.held}
-            return _hold(state, max(closed, key=closed.get), now, settings)
+            return _hold(replace(state, shed=True), max(closed, key=closed.get), now, settings)
         if seen.user_count >= target and min(seen.open, seen.connects_ok) >= target:
             return _hold(state, "target", now, settings)
         if now >= settings.max_seconds:

@@ -43,8 +43,9 @@ def _stat(name: str, values: list[float]) -> Figure:
 def figures(run: dict) -> list[Figure]:
     series, hold = run["series"], hold_samples(run["series"], run["peak_connections"], held_key(run))
     first = series[0] if series else None
+    counted = [p for p in series if p.get("kernel_counted", True)]  # a point between counts repeats the last
     rates = [(b["kernel_established"] - a["kernel_established"]) / max(1e-6, b["t"] - a["t"])
-             for a, b in zip(series, series[1:]) if b["kernel_established"] > a["kernel_established"]]
+             for a, b in zip(counted, counted[1:]) if b["kernel_established"] > a["kernel_established"]]
     out = [Figure("peak connections (kernel)", run["peak_connections"], None, 1),
            Figure("echoes mismatched", run["echo"]["mismatched"], None, 1),
            _stat("connect rate, connections/s", rates)]

@@ -17,6 +17,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from harness.report import plots
+from harness.results.rundoc import held_key
 from harness.results.store import write_bytes_atomic
 from harness.results.schema import load_result
 
@@ -96,7 +97,8 @@ def verdict(run: dict) -> str:
                  f"(fd limit {run['server_fd_limit']:,} − {run.get('server_held_fds', 0)} held = {cap:,})")
     else:
         text += f": stopped by {run['stopped_by']}"
-    crossed = next((p["t"] for p in run["series"] if p["kernel_established"] > plots.PORT_NUMBERS), None)
+    # the count taken every second (the kernel's may be tens of seconds apart while ramping)
+    crossed = next((p["t"] for p in run["series"] if p[held_key(run)] > plots.PORT_NUMBERS), None)
     if crossed is not None:
         text += f"; 65,535 crossed at {int(crossed) // 60}:{int(crossed) % 60:02d}"
     return text

@@ -47,6 +47,9 @@ from servers.gauges import ROLE_ACCEPTOR
 from servers.supervisor import ConfigError, ServerGroup, StartError
 
 WORKER_EXIT_GRACE_S = 3.0
+# After a ramp stopped because the target shed held connections, the users already asked for (up to
+# LEAD_STEPS steps) still arrive and it sheds for those too; worker reports come once a second.
+SHED_SETTLE_S = 4.0
 DEFAULT_RAMP_RATE = 10_000.0  # the shape slows down by itself where the machine cannot keep up
 # The ramp's default time bound: 240 s, or long enough for the target at this many connections a
 # second (a million here ramped at ~4,000/s; 240 s stopped it 7,505 short).
@@ -395,11 +398,11 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         if failed_teardown and error is None:
             error = "teardown: " + "; ".join(failed_teardown)
         _move(scratch / "servers.log", run_dir / "logs" / "servers.log")
-        # the run went on, but not as planned: marked. The first held connections the target
-        # closed are where the ramp stopped when the shape stopped by them (EOF, ECONNRESET: the
-        # target sheds connections to take new ones), not an interruption; any later ones are.
-        drops = [f for f in faults if f.get("kind") == "target-drop"]
-        found = drops[:1] if sampler.status.get("stopped_by") in ("EOF", "ECONNRESET") else []
+        # the run went on, but not as planned: marked. Where the shape stopped because the target
+        # closed connections it had answered (it sheds them to take new ones), those closes are
+        # the limit the run found, not an interruption: the ones seen while ramping and in the
+        # first SHED_SETTLE_S of the hold, while the users already asked for still arrive.
+        found = _shedding(faults, sampler) if sampler.status.get("shed") else []
         for fault in found:
             fault["limit"] = True  # the limit the run found: no failure of the run's own
         if any(f not in found for f in faults) and not stop_reason:
@@ -488,9 +491,16 @@ def _target_drops(sampler: Sampler, seen: dict) -> list[dict]:
     new = {k: v - seen["failed"].get(k, 0) for k, v in failed.items() if v > seen["failed"].get(k, 0)}
     how = ", ".join(f"{k} {v:,}" for k, v in new.items()) or "closed"
     fault = {**_fault(sampler, f"the target closed {lost - seen['lost']:,} held connection(s) ({how})",
-                      lost - seen["lost"]), "kind": "target-drop"}
+                      lost - seen["lost"]), "kind": "target-drop", "phase": status["phase"]}
     seen.update(lost=lost, failed=dict(failed))
     return [fault]
+
+
+def _shedding(faults: list[dict], sampler: Sampler) -> list[dict]:
+    """The target-drop faults that are the target shedding load as the ramp stopped."""
+    hold_at = next((p["t"] for p in sampler.series if p["phase"] == "hold"), None)
+    return [f for f in faults if f.get("kind") == "target-drop"
+            and (f.get("phase") == "ramp" or (hold_at is not None and f["t"] <= hold_at + SHED_SETTLE_S))]
 
 
 def _rate(series: list[dict], key: str) -> float:
