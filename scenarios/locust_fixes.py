@@ -85,7 +85,8 @@ def _monitor_through_enfile(self) -> None:
             gevent.sleep(runners.CPU_MONITOR_INTERVAL)
 
 
-Runner.monitor_cpu_and_memory = _monitor_through_enfile
+if Runner.monitor_cpu_and_memory is _monitor:
+    Runner.monitor_cpu_and_memory = _monitor_through_enfile
 
 
 _start_shape = Runner.start_shape

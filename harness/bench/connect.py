@@ -90,10 +90,10 @@ def kernel_cost(connections: int, repeats: int = 3) -> dict:
 
 
 def _busy_seconds() -> float:
-    """CPU seconds the whole machine has spent busy (every CPU, /proc/stat: all but idle and iowait)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds the whole machine has spent busy (every CPU: all but idle and iowait; guest
+    time is already inside user time)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
 
 
 def _children_seconds() -> float:
@@ -121,11 +121,12 @@ def kernel_cost_beside(held: int, connections: int, repeats: int, quiet: float =
     """The floor again, with `held` connections kept open by holders of the same helper; and the
     CPU the rest of the machine spends while they only hold."""
     holders: list[subprocess.Popen] = []
+    binary = str(helper())
     try:
         remaining = held
         while remaining > 0:
             n = min(HOLDER_CONNECTIONS, remaining)
-            holders.append(subprocess.Popen([str(helper()), str(n), str(SOURCES), "hold"], stdout=subprocess.PIPE,
+            holders.append(subprocess.Popen([binary, str(n), str(SOURCES), "hold"], stdout=subprocess.PIPE,
                                             stderr=subprocess.PIPE, text=True))
             remaining -= n
             done = held - remaining

@@ -311,16 +311,16 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
             _quietly(lab.stop)
         _restore(previous)
         raise
+    server_netns = lab.server.name if lab else None
+    host = target.host if target else (lab.server.address if lab else "127.0.0.1")
     try:
-        run_dir, cluster, sampler, kernel_before = _set_up(prepared, group, lab, started_at, t0)
+        run_dir, cluster, sampler, kernel_before = _set_up(prepared, group, lab, host, server_netns, started_at, t0)
     except BaseException:  # nothing ran yet, but the servers and the hosts are up: take them down
         group.stop()
         if lab is not None:
             _quietly(lab.stop)
         _restore(previous)
         raise
-    server_netns = lab.server.name if lab else None
-    host = target.host if target else (lab.server.address if lab else "127.0.0.1")
     display = RunProgress(cfg.connections, "starting") if progress else None
     master_code = None
     error = None
@@ -427,12 +427,10 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
     return doc, run_dir
 
 
-def _set_up(prepared: Prepared, group, lab, started_at: str, t0: float):
+def _set_up(prepared: Prepared, group, lab, host: str, server_netns: str | None, started_at: str, t0: float):
     """The run directory, the Locust cluster (not yet started), the sampler and the kernel's
     counters before the load: what a run needs once its servers (and hosts) are up."""
     cfg, target = prepared.config, prepared.target
-    server_netns = lab.server.name if lab else None
-    host = target.host if target else (lab.server.address if lab else "127.0.0.1")
     label = f"target-{target.port}" if target else (f"{cfg.backend}-hosts" if lab else cfg.backend)
     run_dir = Path(cfg.out) / run_dir_name(started_at, label, cfg.connections)
     run_dir.mkdir(parents=True)
