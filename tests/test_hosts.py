@@ -256,6 +256,9 @@ def test_the_runs_hosts_are_gone_after(tmp_path, fault):
         pids = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
     else:
+        # the progress line as the hold begins comes after the run counted the hold in the server
+        # host: what the kill then takes away comes after the peak the report shows
+        assert any("] hold: held " in line for line in proc.stderr), "no hold"
         status = _hold_status(tmp_path)
         pids = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
         victim = proc.pid if fault == "kill -9 of the run" else status["workers"][0]["pid"]

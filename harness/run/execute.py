@@ -353,14 +353,18 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
                     reported.add(name)
                     faults.append(_worker_fault(sampler, cluster.pid_of(name), dead[name]))
             for index, status in group.reap().items():
-                lost = sampler.series[-1]["server_open_by_process"][index] if sampler.series else 0
+                # its slot keeps the last numbers it published (every 0.25 s), a sample may be a second older
+                lost = group.board.read(index)["open"] if group.board is not None else 0
                 faults.append(_fault(sampler, f"server process {index} died ({proc.describe_exit(status)})", lost))
             if time.monotonic() > deadline:
                 stop_reason.append("timeout")
                 break
-            if time.monotonic() >= next_sample:
+            # a sample each second, and one as each phase begins: the hold's first count is taken
+            # then, not up to a second later (a fault may come in that second)
+            due = time.monotonic() >= next_sample
+            if due or sampler.phase_began():
                 point = sampler.sample()
-                next_sample += 1.0
+                next_sample += 1.0 if due else 0.0
                 if target is not None:
                     faults += _target_drops(sampler, drops)
                 if display:

@@ -1,7 +1,7 @@
 """The live progress display of a run: held vs target, connect rate, errors, elapsed time.
 
 On a terminal it is a rich progress bar redrawn in place; elsewhere (CI, a pipe) one plain line
-every few seconds, so logs stay readable.
+every few seconds and one as each phase begins, so logs stay readable.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class RunProgress:
         self.target = target
         self.live = self.stream.isatty()
         self._last_plain = 0.0
+        self._phase = ""  # a plain line also as each phase begins
         self._start = time.monotonic()
         if self.live:
             self._progress = Progress(
@@ -37,8 +38,8 @@ class RunProgress:
                                   errors=errs, description=phase)
             return
         now = time.monotonic()
-        if now - self._last_plain >= PLAIN_EVERY_S:
-            self._last_plain = now
+        if now - self._last_plain >= PLAIN_EVERY_S or phase != self._phase:
+            self._last_plain, self._phase = now, phase
             print(f"  [{now - self._start:5.0f}s] {phase}: held {held:,}/{self.target:,}, {rate:,.0f} conn/s, {errs}",
                   file=self.stream, flush=True)
 

@@ -41,6 +41,7 @@ class Sampler:
         self._kernel = (0, -KERNEL_EVERY_S)  # (count, when)
         self._kernel_every = KERNEL_EVERY_S
         self._phase = "starting"
+        self._status_written = 0  # the status file's mtime when last read for its phase
 
     def read_status(self) -> dict:
         try:
@@ -48,6 +49,18 @@ class Sampler:
         except (OSError, ValueError):
             pass
         return self.status
+
+    def phase_began(self) -> bool:
+        """Whether the master's status says a phase began since the last sample. The master writes
+        the status each second and as a phase begins; it is re-read only when it was written."""
+        try:
+            written = self.status_file.stat().st_mtime_ns
+        except OSError:
+            return False
+        if written == self._status_written:
+            return False
+        self._status_written = written
+        return self.read_status().get("phase", "starting") != self._phase
 
     def kernel_count(self, fresh: bool, ramping: bool = False) -> tuple[int, bool]:
         """The kernel's count of established connections on the port, and whether it was taken
