@@ -22,6 +22,7 @@ from servers.contract import ServerConfig
 from harness.clients.experiments import exhaust_ports, four_tuples, hello, serve_two_ports
 from servers.gauges import ROLE_ACCEPTOR
 from harness.clients.probe import fill
+from harness.run.check import gauges_showing
 from servers.proc import local_ports_in_use
 from servers.supervisor import ServerGroup
 
@@ -223,8 +224,7 @@ def step_fd_limit(quick: bool) -> Step:
     with ServerGroup(ServerConfig(backend="selectors", port=0, fd_limit=limit), log_file=os.devnull) as group:
         g = group.board.read(0)
         result = fill("127.0.0.1", group.port, limit + 30)
-        time.sleep(0.4)
-        after = group.board.read(0)
+        [after] = gauges_showing(group, result)
         held = len(result.held)
         result.close()
     ev = {"fd_limit": limit, "held_fds": g["base_fds"], "held": held, "refused_EMFILE": after["refused_EMFILE"],

@@ -117,13 +117,16 @@ def test_the_kernels_own_cost_of_a_connection_is_measured_by_the_c_helper():
 def test_the_floor_beside_held_connections_is_measured_and_the_holders_end_with_it():
     """`--held`: the helper's holders keep their connections while the floor is measured again,
     the machine's other CPU is read meanwhile, and every holder is gone afterwards."""
-    from harness.bench.connect import helper, kernel_cost_beside
+    from harness.bench.connect import SOURCES, helper, kernel_cost_beside
 
     def holders() -> list[int]:
         return [p.pid for p in psutil.process_iter(["exe"]) if p.info["exe"] == str(helper())]
 
+    sources = {f"127.0.0.{2 + i}" for i in range(SOURCES)}  # the helper's, and no other test's
+
     def established() -> int:
-        return sum(1 for c in psutil.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED)
+        return sum(1 for c in psutil.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED
+                   and sources & {c.laddr.ip, c.raddr.ip if c.raddr else ""})
 
     before = established()
     beside = kernel_cost_beside(3_000, 500, repeats=1, quiet=0.3)

@@ -202,7 +202,8 @@ def test_one_source_address_runs_out_of_ephemeral_ports(tmp_path, outside):
     server = outside([sys.executable, "-m", "servers", "selectors", "--port", "0", "--processes", "2",
                       "--interval", "3600"])
     code, doc, err = target_run(tmp_path, server.port, "--protocol", "echo", "--connections", "30000",
-                                "--source-addresses", "127.0.0.9", "--workers", "2", "--hold", "5")
+                                "--source-addresses", "127.0.0.9", "--workers", "2", "--hold", "5",
+                                "--echo-timeout", "30")  # 10,000-connection steps: first echoes may wait on a busy machine
     d = doc["diagnosis"]
     assert code == 0, err
     assert doc["stopped_by"] == "EADDRNOTAVAIL" and d["limit"] == "source ports"
@@ -318,9 +319,10 @@ def test_the_web_ui_loads_a_target_too(tmp_path, outside):
         wait_until(worker_reports, 30, "the Locust worker reporting to the web UI's master")
         wait_until(swarm, 30, "the web UI starting a run")
 
-        def diagnosed():
+        def diagnosed():  # and every one of the 50 users' connects reported (a report may come mid-burst)
             status = json.loads(urllib.request.urlopen(f"{base}/connections/json", timeout=5).read())
-            return status["diagnosis"] and status
+            t = status["totals"]
+            return status["diagnosis"] and t["held"] + sum(t["connects_failed"].values()) >= 50 and status
 
         status = wait_until(diagnosed, 30, "the web UI's diagnosis of the redis run")
         d = status["diagnosis"]

@@ -143,11 +143,12 @@ def _hosts(hosts: dict | None, series: list[dict]) -> dict | None:
 
 
 def held_count(target: bool):
-    """How a sample counts the connections held: the kernel's count on the port; for a target, our
-    side's count, and no more than the connections verified and still open (a handshake the kernel
-    finished into an accept queue that the target never drains is established, not held)."""
+    """How a sample counts the connections held: the kernel's count on the port, and no more than
+    the servers accepted and hold (a handshake the kernel finished into the accept queue is
+    established, not held: at a full server it waits there to be refused); for a target, our
+    side's count, and no more than the connections verified and still open."""
     if not target:
-        return lambda p: p["kernel_established"]
+        return lambda p: min(p["kernel_established"], p["server_open"])
     return lambda p: min(p["kernel_established"], p.get("locust_held", p["locust_open"]))
 
 

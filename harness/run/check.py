@@ -20,6 +20,19 @@ from servers.supervisor import ServerGroup
 CHECK_FD_LIMIT = 64
 
 
+def gauges_showing(group: ServerGroup, result, timeout: float = 5.0) -> list[dict]:
+    """The servers' gauges once they show what a `fill` saw (its refusals and the connections it
+    holds): they are published every TICK_S. After `timeout`, as they are."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = group.board.read_all()
+        open_now = sum(r["open"] for r in rows if r["role"] != ROLE_ACCEPTOR)
+        if (sum(total_refusals(rows).values()) >= result.refused and open_now == len(result.held)) \
+                or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.02)
+
+
 def check_one(config: ServerConfig, extra: int = 20) -> dict:
     """Fill one server group past its cap; report cap, held, refusals and answer times."""
     fd, log_file = tempfile.mkstemp(prefix="harness-check-", suffix=".log")
@@ -28,16 +41,8 @@ def check_one(config: ServerConfig, extra: int = 20) -> dict:
         servers = [g for g in group.board.read_all() if g["role"] != ROLE_ACCEPTOR]
         cap = sum(g["cap"] for g in servers)
         result = fill(config.host, group.port, cap + extra)
-        # The servers publish their gauges every TICK_S: wait until they show what the client saw.
-        deadline = time.monotonic() + 2.0
-        while True:
-            rows = group.board.read_all()
-            reasons = total_refusals(rows)
-            open_now = sum(r["open"] for r in rows if r["role"] != ROLE_ACCEPTOR)
-            if (sum(reasons.values()) >= result.refused and open_now == len(result.held)) \
-                    or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
+        rows = gauges_showing(group, result)
+        reasons = total_refusals(rows)
         outcome = {
             "backend": config.backend, "share": config.share, "processes": config.processes,
             "fd_limit": group.fd_limit, "held_fds": servers[0]["base_fds"], "cap": cap,
