@@ -95,7 +95,9 @@ def test_bench_echo_counts_every_echo_and_splits_the_server_cpu_it_took():
 
     row, = bench_echo(["selectors"], connections=4, size=64, seconds=0.5)["rows"]
     assert row["requests"] > 100 and row["mismatched"] == 0
-    assert row["req_per_s"] == pytest.approx(row["requests"] / 0.5, rel=0.2)
+    # the rate is over the window the client measured: the 0.5 s asked (uvloop's timers wake to the ms),
+    # or more on a busy machine
+    assert 0.49 < row["seconds"] < 2 and row["req_per_s"] == pytest.approx(row["requests"] / row["seconds"], rel=1e-9)
     assert row["server_user_us_per_req"] > 0 and row["server_system_us_per_req"] > 0
     assert row["server_us_per_req"] == pytest.approx(row["server_user_us_per_req"] + row["server_system_us_per_req"])
     assert row["client_us_per_req"] > 0

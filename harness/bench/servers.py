@@ -75,7 +75,7 @@ def bench_echo(backends: list[str], connections: int, size: int, seconds: float)
                     client.kill()
                     client.wait()
         per_req = 1e6 / max(result["requests"], 1)
-        row = {"backend": name, **{k: result[k] for k in ("req_per_s", "requests", "mismatched")},
+        row = {"backend": name, **{k: result[k] for k in ("req_per_s", "requests", "seconds", "mismatched")},
                "server_user_us_per_req": (after.user - before.user) * per_req,
                "server_system_us_per_req": (after.system - before.system) * per_req,
                "client_us_per_req": (result["client_user_s"] + result["client_system_s"]) * per_req}
