@@ -40,7 +40,8 @@ class Step:
 
 
 def ss(*args: str, flags: str = "-Htn") -> list[str]:
-    out = subprocess.run(["ss", flags, *args], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["ss", flags, *args], capture_output=True, text=True, check=True,
+                         start_new_session=True).stdout
     return [line for line in out.splitlines() if line.strip()]
 
 

@@ -131,10 +131,15 @@ def describe_exit(status: int) -> str:
     return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
+# The counts below run ss in a session of its own: a terminal's Ctrl-C goes to the harness's whole
+# process group, and an ss killed by it mid-sample would fail the sample instead of the harness
+# stopping in order.
+
+
 def local_ports_in_use(lo: int, hi: int) -> set[int]:
     """Local TCP ports in lo..hi that some socket on this machine holds, in any state (ss)."""
     out = subprocess.run(["ss", "-Htan", f"( sport >= :{lo} and sport <= :{hi} )"],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, start_new_session=True).stdout
     return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if line.strip()}
 
 
@@ -143,14 +148,14 @@ def established_on_port(port: int, netns: str | None = None) -> int:
     test host `netns` where the server runs there."""
     prefix = ["ip", "netns", "exec", netns] if netns else []
     out = subprocess.run([*prefix, "ss", "-Htn", "state", "established", f"( sport = :{port} )"],
-                         capture_output=True, check=True).stdout
+                         capture_output=True, check=True, start_new_session=True).stdout
     return out.count(b"\n")
 
 
 def established_to(host: str, port: int) -> int:
     """Established TCP connections from this machine to host:port (our side of them, ss)."""
     out = subprocess.run(["ss", "-Htn", "state", "established", "dst", f"{host}:{port}"],
-                         capture_output=True, check=True).stdout
+                         capture_output=True, check=True, start_new_session=True).stdout
     return out.count(b"\n")
 
 

@@ -46,6 +46,16 @@ def test_the_document_comes_from_the_numbers_given():
     assert doc["connects"]["failed"] == {"EOF": 54} and doc["echo"]["mismatched"] == 0
 
 
+def test_held_is_no_more_than_the_servers_accepted():
+    """At a full server the kernel also counts the clients waiting in its accept queue to be
+    refused (established, not held): the peak is what the servers accepted, and the kernel saw."""
+    queued = point(3, 246, "hold", kernel_established=260)
+    doc = document(series=[point(0, 0, "ramp"), point(1, 120, "ramp"), point(2, 246, "hold"), queued,
+                           point(4, 240, "hold", kernel_established=235)])
+    assert doc["peak_connections"] == 246
+    assert document(series=[point(0, 0, "ramp"), point(2, 240, "hold", kernel_established=230)])["peak_connections"] == 230
+
+
 def test_a_stop_reason_of_the_run_overrides_the_shapes():
     assert document(stop_reason="interrupted")["stopped_by"] == "interrupted"
     assert document(status={"stopped_by": "worker-full"})["stop_detail"].startswith("a Locust worker held all")

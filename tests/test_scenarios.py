@@ -41,8 +41,8 @@ def run_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, 
     then, the master's exit code, the Locust CSV stats rows)."""
     status_file = tmp_path / "status.json"
     cluster = headless_cluster(tmp_path, server, target, workers, hold,
-                               # the master's kernel count several times in the 2 s hold, so that
-                               # one falls after the last connection and before teardown
+                               # the master's kernel count at each status write (each second) in
+                               # the 2 s hold, so that one falls after the last connection and before teardown
                                master_args=("--max-seconds", "60", "--server-gauges", str(server.gauge_file),
                                             "--csv", str(tmp_path / "run"), "--kernel-interval", "0.5"),
                                worker_args=("--user-mode", user_mode))

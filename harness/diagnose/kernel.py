@@ -18,7 +18,8 @@ def _in(netns: str | None) -> list[str]:
 def netstat(path: str = "/proc/net/netstat", netns: str | None = None) -> dict[str, int]:
     """TcpExt counters by name (the network namespace's own; a run reads them before and after)."""
     if netns:
-        lines = subprocess.run([*_in(netns), "cat", path], capture_output=True, text=True, check=True).stdout.splitlines()
+        lines = subprocess.run([*_in(netns), "cat", path], capture_output=True, text=True, check=True,
+                               start_new_session=True).stdout.splitlines()
     else:
         with open(path) as f:
             lines = f.read().splitlines()
@@ -34,7 +35,7 @@ def listen_queue(port: int, netns: str | None = None) -> list[dict]:
     """Each listening socket on `port`: its accept queue (Recv-Q: handshakes done, not yet
     accepted) and its backlog (Send-Q of a LISTEN socket)."""
     out = subprocess.run([*_in(netns), "ss", "-Hltn", f"( sport = :{port} )"], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, start_new_session=True).stdout
     rows = []
     for line in out.splitlines():
         fields = line.split()

@@ -69,7 +69,8 @@ def add_loss(netns: str, percent: float) -> None:
 def dropped(netns: str) -> int:
     """Packets the loss rule has dropped in this host so far."""
     with proc.in_netns(netns):
-        done = subprocess.run(["nft", "list", "table", "inet", TABLE], capture_output=True, text=True)
+        done = subprocess.run(["nft", "list", "table", "inet", TABLE], capture_output=True, text=True,
+                              start_new_session=True)
     return sum(int(m) for m in re.findall(r"counter packets (\d+)", done.stdout)) if done.returncode == 0 else 0
 
 
@@ -93,7 +94,8 @@ def clear_rate(netns: str, veth: str) -> None:
 def shaped_bytes(netns: str) -> int:
     """Bytes the host's tbf has sent (0 without one)."""
     with proc.in_netns(netns):
-        done = subprocess.run(["tc", "-s", "qdisc", "show", "dev", "eth0"], capture_output=True, text=True)
+        done = subprocess.run(["tc", "-s", "qdisc", "show", "dev", "eth0"], capture_output=True, text=True,
+                              start_new_session=True)
     m = re.search(r"qdisc tbf .*?Sent (\d+) bytes", done.stdout, re.S)
     return int(m.group(1)) if m else 0
 

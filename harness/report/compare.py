@@ -46,7 +46,7 @@ def figures(run: dict) -> list[Figure]:
     counted = [p for p in series if p.get("kernel_counted", True)]  # a point between counts repeats the last
     rates = [(b["kernel_established"] - a["kernel_established"]) / max(1e-6, b["t"] - a["t"])
              for a, b in zip(counted, counted[1:]) if b["kernel_established"] > a["kernel_established"]]
-    out = [Figure("peak connections (kernel)", run["peak_connections"], None, 1),
+    out = [Figure("peak connections (kernel, accepted)", run["peak_connections"], None, 1),
            Figure("echoes mismatched", run["echo"]["mismatched"], None, 1),
            _stat("connect rate, connections/s", rates)]
     if first:

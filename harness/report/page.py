@@ -129,7 +129,7 @@ def _run_context(run: dict) -> dict:
         ("backend / share", f"{run['backend']} / {run['share']}"), ("server processes", run["server_processes"]),
         ("server fd limit (each)", run["server_fd_limit"]), ("Locust workers", run["workers"]),
         ("user mode", run["user_mode"]), ("source addresses", len(run["source_addresses"])),
-        ("target", run["target_connections"]), ("peak (kernel)", run["peak_connections"]),
+        ("target", run["target_connections"]), ("peak (kernel, accepted)", run["peak_connections"]),
         ("peak (servers)", run["peak_connections_servers"]), ("per process", run["peak_connections_by_process"]),
         ("predicted cap", run["predicted_cap"]), ("stopped by", run["stopped_by"]),
         ("ramp", f"{run.get('ramp_s', 0):.1f} s, {run.get('connect_rate_per_s', 0):,} connections/s"),

@@ -128,8 +128,8 @@ def _hosts(hosts: dict | None, series: list[dict]) -> dict | None:
     rows = []
     for h in hosts["hosts"]:
         key = "kernel_established" if h["role"] == "server" else "held"
-        counts = [{"t": p["t"], key: p[key] if h["role"] == "server" else p.get("held_by_host", {}).get(h["name"], 0)}
-                  for p in series]
+        counts = [{"t": p["t"], key: held_count(False)(p) if h["role"] == "server"
+                   else p.get("held_by_host", {}).get(h["name"], 0)} for p in series]
         peak = max((c[key] for c in counts), default=0)
         ramp_s = _ramp_seconds(counts, peak, key)  # as the run's own rate: the peak over the ramp's length
         rows.append({**h, "peak_held": peak, "peak_rate_per_s": round(peak / ramp_s) if ramp_s else 0,
@@ -187,7 +187,7 @@ def summary(doc: dict, run_dir: Path) -> str:
     by_process = doc["peak_connections_by_process"]
     target = doc.get("target")
     lines = [
-        f"held {doc['peak_connections']:,} connections on {doc['host']}:{doc['port']} (kernel count; servers "
+        f"held {doc['peak_connections']:,} connections on {doc['host']}:{doc['port']} (the kernel's count of what the servers accepted; servers "
         f"{doc['peak_connections_servers']:,} in {doc['server_processes']} process(es)"
         + (f": {', '.join(f'{n:,}' for n in by_process)}" if len(by_process) > 1 else "") + ")"
         if target is None else

@@ -361,10 +361,12 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
                 break
             # a sample each second, and one as each phase begins: the hold's first count is taken
             # then, not up to a second later (a fault may come in that second)
-            due = time.monotonic() >= next_sample
+            now = time.monotonic()
+            due = now >= next_sample
             if due or sampler.phase_began():
                 point = sampler.sample()
-                next_sample += 1.0 if due else 0.0
+                # on the second grid, and no burst of catch-up points after a wait (a worker's grace)
+                next_sample = max(next_sample + 1.0, now) if due else next_sample
                 if target is not None:
                     faults += _target_drops(sampler, drops)
                 if display:

@@ -1,4 +1,4 @@
-"""The run's sampler: one point a second of what the kernel, the servers (or the target's
+"""The run's sampler: one point a second, and one as each phase begins, of what the kernel, the servers (or the target's
 processes) and the Locust workers each count, with memory and CPU, into `run.json`'s series."""
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ KERNEL_RAMP_CPU_SHARE = 0.02
 
 
 class Sampler:
-    """One point a second: what the kernel, the servers and the workers each count."""
+    """One point a second and one as each phase begins: what the kernel, the servers and the
+    workers each count."""
 
     def __init__(self, group: ServerGroup | OutsideTarget, cluster: LocustCluster, status_file: Path,
                  t0: float, netns: str | None = None, by_host: bool = False) -> None:
@@ -41,7 +42,7 @@ class Sampler:
         self._kernel = (0, -KERNEL_EVERY_S)  # (count, when)
         self._kernel_every = KERNEL_EVERY_S
         self._phase = "starting"
-        self._status_written = 0  # the status file's mtime when last read for its phase
+        self._status_written: tuple = ()  # the status file's inode, mtime and size when last read for its phase
 
     def read_status(self) -> dict:
         try:
@@ -54,9 +55,10 @@ class Sampler:
         """Whether the master's status says a phase began since the last sample. The master writes
         the status each second and as a phase begins; it is re-read only when it was written."""
         try:
-            written = self.status_file.stat().st_mtime_ns
+            st = self.status_file.stat()
         except OSError:
             return False
+        written = (st.st_ino, st.st_mtime_ns, st.st_size)  # each write renames a new file over the last
         if written == self._status_written:
             return False
         self._status_written = written
