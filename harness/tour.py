@@ -23,7 +23,7 @@ from harness.clients.experiments import exhaust_ports, four_tuples, hello, serve
 from servers.gauges import ROLE_ACCEPTOR
 from harness.clients.probe import fill
 from harness.run.check import gauges_showing
-from servers.proc import local_ports_in_use
+from servers.proc import local_ports_in_use, run_ss
 from servers.supervisor import ServerGroup
 
 ARTICLE_PORT = 9999
@@ -40,8 +40,7 @@ class Step:
 
 
 def ss(*args: str, flags: str = "-Htn") -> list[str]:
-    out = subprocess.run(["ss", flags, *args], capture_output=True, text=True, check=True,
-                         start_new_session=True).stdout
+    out = run_ss(flags, *args).decode()
     return [line for line in out.splitlines() if line.strip()]
 
 

@@ -1,4 +1,5 @@
-"""servers.proc: what a forked server process does to the fds and objects it inherits."""
+"""servers.proc: what a forked server process does to the fds and objects it inherits, and the
+kernel's counts read through ss."""
 
 from __future__ import annotations
 
@@ -40,3 +41,29 @@ def test_inherited_garbage_never_closes_an_fd_the_child_reuses():
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "a collected parent object closed the child's fd"
     gc.collect()
+
+
+def test_a_count_survives_a_ctrl_c_to_the_harness_and_counts_the_kernels_sockets(tmp_path, monkeypatch):
+    """ss runs in a session of its own, so a Ctrl-C to the harness's group does not reach it; one
+    that came in the instant before its setsid kills it, and it runs once more. Here an ss that
+    kills itself with SIGINT the first time stands for that one; the second is the real ss."""
+    import shutil
+    import stat
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    accepted = [listener.accept()[0] for _ in clients]
+    try:
+        fake = tmp_path / "ss"
+        fake.write_text(f"#!/bin/sh\nif [ ! -e {tmp_path}/once ]; then touch {tmp_path}/once; kill -INT $$; fi\n"
+                        f"ps -o sid= -p $$ > {tmp_path}/sid\n"
+                        f'exec {shutil.which("ss")} "$@"\n')
+        fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+        monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+        assert proc.established_on_port(port) == 3
+        assert (tmp_path / "once").exists()  # the first ss was killed by the signal
+        assert int((tmp_path / "sid").read_text()) != os.getsid(0)  # the second ran in a session of its own
+    finally:
+        for s in clients + accepted + [listener]:
+            s.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import subprocess
 
+from servers.proc import run_ss
+
 COUNTERS = ("ListenOverflows", "ListenDrops", "SyncookiesSent", "TCPTimeouts", "TCPAbortOnData")
 
 
@@ -34,8 +36,7 @@ def netstat(path: str = "/proc/net/netstat", netns: str | None = None) -> dict[s
 def listen_queue(port: int, netns: str | None = None) -> list[dict]:
     """Each listening socket on `port`: its accept queue (Recv-Q: handshakes done, not yet
     accepted) and its backlog (Send-Q of a LISTEN socket)."""
-    out = subprocess.run([*_in(netns), "ss", "-Hltn", f"( sport = :{port} )"], capture_output=True, text=True,
-                         check=True, start_new_session=True).stdout
+    out = run_ss("-Hltn", f"( sport = :{port} )", netns=netns).decode()
     rows = []
     for line in out.splitlines():
         fields = line.split()
