@@ -132,16 +132,15 @@ def describe_exit(status: int) -> str:
 
 
 def run_ss(*args: str, netns: str | None = None) -> bytes:
-    """ss's output (bytes: a million lines are counted, not decoded), run in a session of its own (in the test host `netns` if given): a terminal's
-    Ctrl-C goes to the harness's whole process group, and an ss killed by it mid-sample would fail
-    the sample instead of the harness stopping in order. A signal sent in the instant between
-    fork and setsid still reaches it (1 in 300 measured, against 262 in 300 without the session):
-    then it runs once more."""
+    """ss's output (bytes: a million lines are counted, not decoded), in the test host `netns` if
+    given. It runs in a session of its own: a terminal's Ctrl-C goes to the harness's whole process
+    group, and an ss killed by it mid-sample would fail the sample instead of the harness stopping
+    in order. A signal sent in the instant between fork and setsid still reaches it (1 in 300
+    measured, against 262 in 300 without the session): then it runs once more."""
     command = [*(["ip", "netns", "exec", netns] if netns else []), "ss", *args]
-    for attempt in (1, 2):
+    done = subprocess.run(command, capture_output=True, start_new_session=True)
+    if done.returncode < 0:  # killed by a signal
         done = subprocess.run(command, capture_output=True, start_new_session=True)
-        if done.returncode >= 0 or attempt == 2:
-            break
     if done.returncode != 0:
         raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
     return done.stdout

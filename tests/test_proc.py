@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import socket
+import stat
 
 from servers import proc
 
@@ -47,9 +49,6 @@ def test_a_count_survives_a_ctrl_c_to_the_harness_and_counts_the_kernels_sockets
     """ss runs in a session of its own, so a Ctrl-C to the harness's group does not reach it; one
     that came in the instant before its setsid kills it, and it runs once more. Here an ss that
     kills itself with SIGINT the first time stands for that one; the second is the real ss."""
-    import shutil
-    import stat
-
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]

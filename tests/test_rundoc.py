@@ -53,7 +53,8 @@ def test_held_is_no_more_than_the_servers_accepted():
     doc = document(series=[point(0, 0, "ramp"), point(1, 120, "ramp"), point(2, 246, "hold"), queued,
                            point(4, 240, "hold", kernel_established=235)])
     assert doc["peak_connections"] == 246
-    assert document(series=[point(0, 0, "ramp"), point(2, 240, "hold", kernel_established=230)])["peak_connections"] == 230
+    fewer = document(series=[point(0, 0, "ramp"), point(2, 240, "hold", kernel_established=230)])
+    assert fewer["peak_connections"] == 230
 
 
 def test_a_stop_reason_of_the_run_overrides_the_shapes():

@@ -203,7 +203,8 @@ def test_one_source_address_runs_out_of_ephemeral_ports(tmp_path, outside):
                       "--interval", "3600"])
     code, doc, err = target_run(tmp_path, server.port, "--protocol", "echo", "--connections", "30000",
                                 "--source-addresses", "127.0.0.9", "--workers", "2", "--hold", "5",
-                                "--echo-timeout", "30")  # 10,000-connection steps: first echoes may wait on a busy machine
+                                # 10,000-connection steps: first echoes may wait on a busy machine
+                                "--echo-timeout", "30")
     d = doc["diagnosis"]
     assert code == 0, err
     assert doc["stopped_by"] == "EADDRNOTAVAIL" and d["limit"] == "source ports"

@@ -126,12 +126,12 @@ def _hosts(hosts: dict | None, series: list[dict]) -> dict | None:
     if not hosts:
         return None
     rows = []
+    server_held = held_count(False)
     for h in hosts["hosts"]:
-        key = "kernel_established" if h["role"] == "server" else "held"
-        counts = [{"t": p["t"], key: held_count(False)(p) if h["role"] == "server"
+        counts = [{"t": p["t"], "held": server_held(p) if h["role"] == "server"
                    else p.get("held_by_host", {}).get(h["name"], 0)} for p in series]
-        peak = max((c[key] for c in counts), default=0)
-        ramp_s = _ramp_seconds(counts, peak, key)  # as the run's own rate: the peak over the ramp's length
+        peak = max((c["held"] for c in counts), default=0)
+        ramp_s = _ramp_seconds(counts, peak, "held")  # as the run's own rate: the peak over the ramp's length
         rows.append({**h, "peak_held": peak, "peak_rate_per_s": round(peak / ramp_s) if ramp_s else 0,
                      "rss_per_conn_bytes": round(h["rss_bytes"] / peak) if peak and h["role"] == "client" else None})
     # Workers from outside the lab (harness worker --master), at their most: the last status may
@@ -187,8 +187,8 @@ def summary(doc: dict, run_dir: Path) -> str:
     by_process = doc["peak_connections_by_process"]
     target = doc.get("target")
     lines = [
-        f"held {doc['peak_connections']:,} connections on {doc['host']}:{doc['port']} (the kernel's count of what the servers accepted; servers "
-        f"{doc['peak_connections_servers']:,} in {doc['server_processes']} process(es)"
+        f"held {doc['peak_connections']:,} connections on {doc['host']}:{doc['port']} (the kernel's count of "
+        f"what the servers accepted; servers {doc['peak_connections_servers']:,} in {doc['server_processes']} process(es)"
         + (f": {', '.join(f'{n:,}' for n in by_process)}" if len(by_process) > 1 else "") + ")"
         if target is None else
         f"held {doc['peak_connections']:,} connections to {doc['host']}:{doc['port']} ({target['protocol']}; "

@@ -365,8 +365,8 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
             due = now >= next_sample
             if due or sampler.phase_began():
                 point = sampler.sample()
-                # on the second grid, and no burst of catch-up points after a wait (a worker's grace)
-                next_sample = max(next_sample + 1.0, now) if due else next_sample
+                if due:  # on the second grid, and no burst of catch-up points after a wait (a worker's grace)
+                    next_sample = max(next_sample + 1.0, now)
                 if target is not None:
                     faults += _target_drops(sampler, drops)
                 if display:

@@ -1,5 +1,6 @@
-"""The run's sampler: one point a second, and one as each phase begins, of what the kernel, the servers (or the target's
-processes) and the Locust workers each count, with memory and CPU, into `run.json`'s series."""
+"""The run's sampler: one point a second, and one as each phase begins, of what the kernel, the
+servers (or the target's processes) and the Locust workers each count, with memory and CPU, into
+`run.json`'s series."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class Sampler:
         self._kernel = (0, -KERNEL_EVERY_S)  # (count, when)
         self._kernel_every = KERNEL_EVERY_S
         self._phase = "starting"
-        self._status_written: tuple = ()  # the status file's inode, mtime and size when last read for its phase
+        self._status_written: tuple = ()  # the status file's inode, mtime and size when last read
 
     def read_status(self) -> dict:
         try:
@@ -50,6 +51,11 @@ class Sampler:
         except (OSError, ValueError):
             pass
         return self.status
+
+    @property
+    def phase(self) -> str:
+        """The master's phase at the last sample."""
+        return self._phase
 
     def phase_began(self) -> bool:
         """Whether the master's status says a phase began since the last sample. The master writes

@@ -49,7 +49,6 @@ class UiRuns:
         self.written: list[Path] = []
         self.seen: set[int] = set()  # tests already recorded (or being recorded)
         self.own_status: dict = {}
-        self.phase: str | None = None  # the recorded test's phase at its last sample
         self.next_sample = 0.0
 
     def poll(self) -> Path | None:
@@ -70,9 +69,9 @@ class UiRuns:
                 self.lab.counters_before = self.lab.counters()
             self.sampler.series.clear()
             self.sampler.t0 = self.t0
-            self.phase = None
-        if self.test is not None and (phase != self.phase or time.monotonic() >= self.next_sample):
-            self.phase, self.next_sample = phase, time.monotonic() + SAMPLE_EVERY_S
+            self.next_sample = 0.0  # its first sample now
+        if self.test is not None and (phase != self.sampler.phase or time.monotonic() >= self.next_sample):
+            self.next_sample = time.monotonic() + SAMPLE_EVERY_S
             self.sampler.sample()
         return None
 
