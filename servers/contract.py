@@ -106,10 +106,12 @@ class ServeContext:
 class IntakeWatch:
     """The part of a selector loop that the threaded, selectors and handoff loops share: tick the
     gauges every TICK_S, take new connections from the intake, and stop watching it for the pause
-    the intake asks for (at a limit), then watch it again. Create it after `ctx.ready()`."""
+    the intake asks for (at a limit), then watch it again. Create it after `ctx.ready()`;
+    `on_tick` is called after each tick."""
 
-    def __init__(self, ctx: ServeContext, sel: selectors.BaseSelector, intake: Intake, data: object = None) -> None:
-        self.ctx, self.sel, self.intake, self.data = ctx, sel, intake, data
+    def __init__(self, ctx: ServeContext, sel: selectors.BaseSelector, intake: Intake, data: object = None,
+                 on_tick: Callable[[], None] | None = None) -> None:
+        self.ctx, self.sel, self.intake, self.data, self.on_tick = ctx, sel, intake, data, on_tick
         self.resume_at = 0.0
         self.next_tick = time.monotonic() + TICK_S
         sel.register(intake, selectors.EVENT_READ, data)
@@ -119,6 +121,8 @@ class IntakeWatch:
         now = time.monotonic()
         if now >= self.next_tick:
             self.ctx.tick()
+            if self.on_tick:
+                self.on_tick()
             self.next_tick = now + TICK_S
             if self.resume_at and now >= self.resume_at:
                 self.sel.register(self.intake, selectors.EVENT_READ, self.data)

@@ -1,30 +1,43 @@
 """The `threaded` backend: one thread per connection, socketserver style.
 
-Every thread of a server process runs on one core (see `_pin_to_one_cpu`). The main thread waits in poll() on the intake and the stop signal (not in a blocking accept, so
-SIGTERM and the fd limit are handled there); each connection gets a thread doing blocking
-recv/sendall, which bounds per-connection buffering by itself: a client that does not read
-blocks its thread in sendall, and nothing more is read from it. A thread that cannot start
-(pid_max, threads-max, vm.max_map_count, memory) refuses that connection with a logged reason.
+Every thread of a server process runs on one core (see `_pin_to_one_cpu`). The main thread waits
+in poll() on the intake and the stop signal (not in a blocking accept, so SIGTERM and the fd limit
+are handled there); each connection gets a thread doing blocking recv/sendall, which bounds
+per-connection buffering by itself: a client that does not read blocks its thread in sendall, and
+nothing more is read from it. A thread that cannot start (pid_max, threads-max, vm.max_map_count,
+memory) refuses that connection with a logged reason.
 
 Threads are started with `_thread.start_new_thread`, not `threading.Thread`: `Thread.start()` waits
 until the new thread says it has started, and a new thread that runs out of memory before saying
 so (seen under RLIMIT_AS) left the accept loop waiting forever while clients queued unanswered.
-A thread that dies of MemoryError before its first line runs is counted by `_count_stillborn`.
+A new thread's connection is not passed to it: the main thread files it in a `Handover` under a
+key of the thread's own, before the thread starts, and the thread takes it as its first act. A
+thread that dies of MemoryError before that (its first frame needs memory too) leaves it there;
+when the interpreter drops that thread's callable, a weak reference to it posts a death notice
+(no Python frame needed), and the main thread refuses the connection on its next tick. Where even
+that callable is kept, the tick's sweep refuses it after `STILLBORN_S`. Passed as an argument, the
+connection had been left open for good now and then (7 in 276 fills of 400 beside two busy loops;
+each time the unraisable hook had itself raised MemoryError); 0 in 240 fills since.
 `--upper` sends the data back upper-cased, as the seed article's SocketServer demo does.
 """
 
 from __future__ import annotations
 
 import _thread
+import itertools
 import os
+import queue
 import selectors
 import socket
 import sys
 import threading
+import time
+import weakref
 
 from servers.contract import RECV_BYTES, IntakeWatch, ServeContext, StopSignal
 
 THREAD_STACK_BYTES = 256 * 1024  # the handler is shallow; a small stack leaves room for more threads
+STILLBORN_S = 10.0  # a filed connection not taken this long: its thread died (a live one runs in ms)
 
 
 def serve(ctx: ServeContext) -> None:
@@ -34,25 +47,120 @@ def serve(ctx: ServeContext) -> None:
     intake = ctx.make_intake()
     sel = selectors.DefaultSelector()
     sel.register(stop, selectors.EVENT_READ)
-    counters = ctx.counters
-    lock = threading.Lock()
-    _count_stillborn(ctx, lock)
+    handover = Handover(ctx)
+    _quiet_stillborn()
 
     def start_thread(conn: socket.socket) -> None:
         conn.setblocking(True)
-        try:
-            _thread.start_new_thread(_echo, (conn, ctx, lock))
-        except (RuntimeError, MemoryError):  # "can't start new thread", or no memory for its state
-            conn.close()
-            with lock:
-                counters.closed += 1
-            counters.refuse("threads")
+        if not handover.start(conn):
+            handover.refuse(conn, "threads")
             ctx.log.note("threads", hint="no thread could start (memory or RLIMIT_AS, "
                          "kernel.threads-max, kernel.pid_max, vm.max_map_count: see `harness limits`)")
 
     ctx.ready()
-    IntakeWatch(ctx, sel, intake).serve(stop, start_thread)
+    IntakeWatch(ctx, sel, intake, on_tick=handover.tick).serve(stop, start_thread)
     ctx.stopped()
+
+
+class _Start:
+    """What a connection's thread runs: its key in the handover. Each is dropped by the interpreter
+    when its thread ends, which a weak reference to it turns into a death notice."""
+
+    __slots__ = ("handover", "key", "__weakref__")
+
+    def __init__(self, handover: "Handover", key: int) -> None:
+        self.handover, self.key = handover, key
+
+    def __call__(self) -> None:
+        _echo(self.handover, self.key)
+
+
+class _Notice(weakref.ref):
+    """Posted to the handover's notices when a thread's `_Start` is dropped."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, start: _Start, callback) -> None:
+        super().__init__(start, callback)
+        self.key = start.key
+
+
+class Handover:
+    """The connections filed for new threads that have not taken them yet.
+
+    Whoever pops a connection from `waiting` (its thread, or the main thread on a death notice or
+    in the sweep) owns it: a dict's pop is atomic under the GIL, so filing and taking take no lock.
+    `lock` guards the counters, which every connection thread updates. Only the main thread writes
+    the log (`RateLimitedLog` is not thread-safe): a connection thread that refuses its own
+    connection posts a notice for it."""
+
+    def __init__(self, ctx: ServeContext) -> None:
+        self.ctx = ctx
+        self.lock = threading.Lock()
+        self.waiting: dict[int, tuple[socket.socket, float, _Notice]] = {}
+        self.notices: queue.SimpleQueue = queue.SimpleQueue()  # put() is C code: safe in a dying thread
+        self._keys = itertools.count()
+
+    def start(self, conn: socket.socket) -> bool:
+        """File the connection and start its thread; False if the connection is still the
+        caller's (no thread started, or none took it)."""
+        try:
+            key = next(self._keys)
+            start = _Start(self, key)
+            self.file(key, conn, time.monotonic(), _Notice(start, self.notices.put))
+        except MemoryError:
+            return False
+        try:
+            _thread.start_new_thread(start, ())
+        except (RuntimeError, MemoryError):  # "can't start new thread", no memory for its state
+            # The thread may have started (its ident, made after, found no memory): whoever pops
+            # the connection first owns it.
+            return self.waiting.pop(key, None) is None
+        return True
+
+    def file(self, key: int, conn: socket.socket, now: float, notice: "_Notice | None" = None) -> None:
+        self.waiting[key] = (conn, now, notice)
+
+    def count(self, closed: int = 0, refused: str = "") -> None:
+        self.lock.acquire()  # not `with`: its __exit__ allocates, and the lock must never stay held
+        try:
+            self.ctx.counters.closed += closed
+            if refused:
+                self.ctx.counters.refuse(refused)
+        finally:
+            self.lock.release()
+
+    def refuse(self, conn: socket.socket, reason: str) -> None:
+        self.count(closed=1, refused=reason)  # counted first: closing cannot then lose the count
+        conn.close()
+
+    def tick(self, now: float | None = None) -> None:
+        """The main thread's, every tick: refuse the connections of the threads that died before
+        taking them (their death notices), and of those not taken in STILLBORN_S (a thread whose
+        callable the interpreter kept); log the refusals connection threads posted."""
+        try:
+            now = time.monotonic() if now is None else now
+            refused = 0
+            while True:
+                try:
+                    notice = self.notices.get_nowait()
+                except queue.Empty:
+                    break
+                refused += notice is None or self._refuse_waiting(notice.key)
+            if self.waiting:
+                for key, (_, filed, _) in list(self.waiting.items()):
+                    if now - filed > STILLBORN_S:
+                        refused += self._refuse_waiting(key)
+            if refused:
+                _note_out_of_memory(self.ctx, refused)
+        except (MemoryError, RuntimeError):
+            pass  # the next tick tries again: the main loop must not die of it
+
+    def _refuse_waiting(self, key: int) -> bool:
+        entry = self.waiting.pop(key, None)
+        if entry:
+            self.refuse(entry[0], "ENOMEM")
+        return entry is not None
 
 
 def _pin_to_one_cpu(index: int) -> None:
@@ -65,41 +173,43 @@ def _pin_to_one_cpu(index: int) -> None:
     os.sched_setaffinity(0, {allowed[index % len(allowed)]})
 
 
-def _count_stillborn(ctx: ServeContext, lock: threading.Lock) -> None:
-    """A connection thread can die of MemoryError before `_echo`'s own handler is entered (its
-    first frame needs memory too). Python then reports it through sys.unraisablehook and frees the
-    thread's arguments, closing the connection: count that as the refusal it is, quietly."""
+def _quiet_stillborn() -> None:
+    """A thread that dies of MemoryError before its first line is reported to sys.unraisablehook:
+    say nothing there (the main thread counts and logs it on the death notice); a traceback for
+    each would flood stderr, and out of memory the hook may itself fail."""
     previous = sys.unraisablehook
 
     def hook(unraisable) -> None:
-        if unraisable.object is _echo and issubclass(unraisable.exc_type, MemoryError):
-            with lock:
-                ctx.counters.closed += 1
-                _refuse_out_of_memory(ctx)
+        if isinstance(unraisable.object, _Start) and issubclass(unraisable.exc_type, MemoryError):
             return
         previous(unraisable)
 
     sys.unraisablehook = hook
 
 
-def _refuse_out_of_memory(ctx: ServeContext) -> None:
-    ctx.counters.refuse("ENOMEM")
-    ctx.log.note("ENOMEM", hint="a connection's thread ran out of memory (memory or RLIMIT_AS)")
+def _note_out_of_memory(ctx: ServeContext, count: int) -> None:
+    ctx.log.note("ENOMEM", count, hint="a connection's thread ran out of memory (memory or RLIMIT_AS)")
 
 
-def _echo(conn: socket.socket, ctx: ServeContext, lock: threading.Lock) -> None:
-    counters, upper = ctx.counters, ctx.config.upper
+def _echo(handover: Handover, key: int) -> None:
+    entry = handover.waiting.pop(key, None)  # the thread's first act: the connection is its own now
+    if entry is None:
+        return  # refused by the main thread before this thread ran
+    conn = entry[0]
     try:
+        counters, upper, lock = handover.ctx.counters, handover.ctx.config.upper, handover.lock
         while data := conn.recv(RECV_BYTES):
             conn.sendall(data.upper() if upper else data)
-            with lock:
+            lock.acquire()
+            try:
                 counters.bytes_echoed += len(data)
+            finally:
+                lock.release()
     except OSError:
         pass
     except MemoryError:  # the thread started but cannot allocate (memory, RLIMIT_AS): refuse it
-        with lock:        # as quietly as a failed start, not with a traceback per connection
-            _refuse_out_of_memory(ctx)
+        handover.count(refused="ENOMEM")  # as quietly as a failed start, not with a traceback
+        handover.notices.put(None)  # the main thread logs it
     finally:
+        handover.count(closed=1)
         conn.close()
-        with lock:
-            counters.closed += 1
