@@ -106,12 +106,13 @@ class ServeContext:
 class IntakeWatch:
     """The part of a selector loop that the threaded, selectors and handoff loops share: tick the
     gauges every TICK_S, take new connections from the intake, and stop watching it for the pause
-    the intake asks for (at a limit), then watch it again. Create it after `ctx.ready()`;
-    `on_tick` is called after each tick."""
+    the intake asks for (at a limit), then watch it again. Create it after `ctx.ready()`.
+    `housekeeping`, if given, runs on every pass of the loop and returns how soon it wants the next
+    pass (None: at the next tick)."""
 
     def __init__(self, ctx: ServeContext, sel: selectors.BaseSelector, intake: Intake, data: object = None,
-                 on_tick: Callable[[], None] | None = None) -> None:
-        self.ctx, self.sel, self.intake, self.data, self.on_tick = ctx, sel, intake, data, on_tick
+                 housekeeping: Callable[[], float | None] | None = None) -> None:
+        self.ctx, self.sel, self.intake, self.data, self.housekeeping = ctx, sel, intake, data, housekeeping
         self.resume_at = 0.0
         self.next_tick = time.monotonic() + TICK_S
         sel.register(intake, selectors.EVENT_READ, data)
@@ -121,13 +122,13 @@ class IntakeWatch:
         now = time.monotonic()
         if now >= self.next_tick:
             self.ctx.tick()
-            if self.on_tick:
-                self.on_tick()
             self.next_tick = now + TICK_S
             if self.resume_at and now >= self.resume_at:
                 self.sel.register(self.intake, selectors.EVENT_READ, self.data)
                 self.resume_at = 0.0
-        return max(0.0, self.next_tick - now)
+        wait = self.next_tick - now
+        soon = self.housekeeping() if self.housekeeping else None
+        return max(0.0, wait if soon is None else min(wait, soon))
 
     def take(self) -> list[socket.socket]:
         """The new connections ready now (the intake was readable)."""

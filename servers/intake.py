@@ -29,7 +29,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import sys
 import time
 from typing import Callable
 
@@ -77,7 +76,7 @@ class RateLimitedLog:
         total = sum(self.pending.values())
         line = f"{self.who}: refused {total} connection(s) ({counts}); {self.status()}{hints}\n"
         try:
-            os.write(sys.stderr.fileno(), line.encode())
+            os.write(2, line.encode())  # fd 2 itself: sys.stderr may be None (servers.backends.threaded)
         except OSError:
             pass
         self.pending.clear()

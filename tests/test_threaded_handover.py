@@ -69,21 +69,42 @@ class _DiesBeforeTaking(threaded._Start):
         raise MemoryError
 
 
-def test_a_thread_that_dies_before_taking_its_connection_has_it_refused_at_the_next_tick(
+def test_a_thread_that_dies_before_taking_its_connection_has_it_refused_at_the_next_pass(
         handover, pair, capfd):
     client, server = pair
-    previous = sys.unraisablehook
-    try:
-        threaded._quiet_stillborn()
+    with threaded._interpreter_reports_quiet():
         start = _DiesBeforeTaking(handover, 7)
         handover.file(7, server, time.monotonic(), threaded._Notice(start, handover.notices.put))
         _thread.start_new_thread(start, ())
         del start  # the interpreter drops the thread's callable as the thread ends: the death notice
         handover.notices.put(handover.notices.get(timeout=5))
-    finally:
-        sys.unraisablehook = previous
     assert 7 in handover.waiting and _refused(handover) == (0, 0)  # the main thread's to refuse
-    handover.tick()  # a tick now, long before the sweep would
+    assert handover.tick() is None  # a pass now, long before the sweep would; nothing left waiting
     assert client.recv(1) == b""
     assert handover.waiting == {} and _refused(handover) == (1, 1)
-    assert "MemoryError" not in capfd.readouterr().err  # the hook kept it quiet
+    # the interpreter said nothing of the thread's death: the one line is the server's own
+    assert capfd.readouterr().err.splitlines() == [
+        "threaded[test]: refused 1 connection(s) (ENOMEM x1); status; a connection's thread ran out of memory "
+        "(memory or RLIMIT_AS)"]
+
+
+def test_the_interpreters_own_report_cannot_fail_into_stderr(handover, capfd):
+    """The hook itself raising (as it does when no frame can be allocated for it) leaves stderr
+    empty: the report's last resort writes only to a sys.stderr that is not None."""
+    def hook_that_cannot_run(unraisable) -> None:
+        raise MemoryError
+
+    with threaded._interpreter_reports_quiet():
+        sys.unraisablehook = hook_that_cannot_run
+        start = _DiesBeforeTaking(handover, 8)
+        notice = threaded._Notice(start, handover.notices.put)
+        _thread.start_new_thread(start, ())
+        del start
+        assert handover.notices.get(timeout=5) is notice  # posted after the report, as the thread ends
+    assert capfd.readouterr().err == ""
+
+
+def test_a_filed_connection_keeps_the_main_thread_looking_until_it_is_taken(handover, pair):
+    client, server = pair
+    handover.file(99, server, now=time.monotonic())
+    assert handover.tick() == threaded.WAITING_POLL_S

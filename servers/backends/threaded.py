@@ -14,11 +14,10 @@ A new thread's connection is not passed to it: the main thread files it in a `Ha
 key of the thread's own, before the thread starts, and the thread takes it as its first act. A
 thread that dies of MemoryError before that (its first frame needs memory too) leaves it there;
 when the interpreter drops that thread's callable, a weak reference to it posts a death notice
-(no Python frame needed), and the main thread refuses the connection on its next tick. Where even
-that callable is kept, the tick's sweep refuses it after `STILLBORN_S`. Passed as an argument, the
-connection had been left open for good now and then (7 in 276 fills of 400 beside two busy loops;
-in the 5 whose server stderr was read, the unraisable hook had just raised MemoryError itself);
-0 in 240 fills since.
+(no Python frame needed), and the main thread refuses the connection within `WAITING_POLL_S`. Where even
+that callable is kept, the tick's sweep refuses it after `STILLBORN_S`. (A connection passed as
+the thread's argument would stay open for good when the thread died before its first line.)
+The interpreter's own reports of those deaths are kept off stderr (`_interpreter_reports_quiet`).
 `--upper` sends the data back upper-cased, as the seed article's SocketServer demo does.
 """
 
@@ -33,12 +32,17 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import weakref
+from contextlib import contextmanager
 
 from servers.contract import RECV_BYTES, IntakeWatch, ServeContext, StopSignal
 
 THREAD_STACK_BYTES = 256 * 1024  # the handler is shallow; a small stack leaves room for more threads
 STILLBORN_S = 10.0  # a filed connection not taken this long: its thread died (a live one runs in ms)
+# While a filed connection is not taken yet, the main thread looks for death notices this often:
+# a client whose thread died is answered within this, not at the next tick.
+WAITING_POLL_S = 0.01
 
 
 def serve(ctx: ServeContext) -> None:
@@ -49,7 +53,6 @@ def serve(ctx: ServeContext) -> None:
     sel = selectors.DefaultSelector()
     sel.register(stop, selectors.EVENT_READ)
     handover = Handover(ctx)
-    _quiet_stillborn()
 
     def start_thread(conn: socket.socket) -> None:
         conn.setblocking(True)
@@ -59,7 +62,8 @@ def serve(ctx: ServeContext) -> None:
                          "kernel.threads-max, kernel.pid_max, vm.max_map_count: see `harness limits`)")
 
     ctx.ready()
-    IntakeWatch(ctx, sel, intake, on_tick=handover.tick).serve(stop, start_thread)
+    with _interpreter_reports_quiet():
+        IntakeWatch(ctx, sel, intake, housekeeping=handover.tick).serve(stop, start_thread)
     ctx.stopped()
 
 
@@ -135,10 +139,11 @@ class Handover:
         self.count(closed=1, refused=reason)  # counted first: closing cannot then lose the count
         conn.close()
 
-    def tick(self, now: float | None = None) -> None:
-        """The main thread's, every tick: refuse the connections of the threads that died before
-        taking them (their death notices), and of those not taken in STILLBORN_S (a thread whose
-        callable the interpreter kept); log the refusals connection threads posted."""
+    def tick(self, now: float | None = None) -> float | None:
+        """The main thread's, on every pass of its loop: refuse the connections of the threads that
+        died before taking them (their death notices), and of those not taken in STILLBORN_S (a
+        thread whose callable the interpreter kept); log the refusals connection threads posted.
+        Returns how soon to look again: WAITING_POLL_S while a filed connection is not taken."""
         try:
             now = time.monotonic() if now is None else now
             refused = 0
@@ -155,7 +160,8 @@ class Handover:
             if refused:
                 _note_out_of_memory(self.ctx, refused)
         except (MemoryError, RuntimeError):
-            pass  # the next tick tries again: the main loop must not die of it
+            pass  # the next pass tries again: the main loop must not die of it
+        return WAITING_POLL_S if self.waiting else None
 
     def _refuse_waiting(self, key: int) -> bool:
         entry = self.waiting.pop(key, None)
@@ -174,18 +180,33 @@ def _pin_to_one_cpu(index: int) -> None:
     os.sched_setaffinity(0, {allowed[index % len(allowed)]})
 
 
-def _quiet_stillborn() -> None:
-    """A thread that dies of MemoryError before its first line is reported to sys.unraisablehook:
-    say nothing there (the main thread counts and logs it on the death notice); a traceback for
-    each would flood stderr, and out of memory the hook may itself fail."""
-    previous = sys.unraisablehook
+@contextmanager
+def _interpreter_reports_quiet():
+    """While connections are served, what the interpreter reports by itself cannot flood stderr.
+
+    A thread that dies of MemoryError before its first line (its first frame needs memory too) is
+    reported through sys.unraisablehook; a Python hook needs a frame of its own to run, so out of
+    memory the hook fails too, and the interpreter then prints that failure, once per thread. Every
+    path of that report ends in C code that writes to `sys.stderr` and says nothing when it is None
+    (CPython's `write_unraisable_exc`), so sys.stderr is None here: a stillborn thread is silent by
+    construction, and counted and logged by the main thread from its death notice. The hook still
+    writes any other unraisable report (a bug) to fd 2 when it can run; the server's own log
+    (`RateLimitedLog`) writes to fd 2 as well."""
+    saved_stderr, saved_hook = sys.stderr, sys.unraisablehook
 
     def hook(unraisable) -> None:
         if isinstance(unraisable.object, _Start) and issubclass(unraisable.exc_type, MemoryError):
             return
-        previous(unraisable)
+        text = "".join(traceback.format_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
+        os.write(2, f"{unraisable.err_msg or 'Exception ignored in'}: {unraisable.object!r}\n{text}".encode())
 
-    sys.unraisablehook = hook
+    sys.stdout.flush()
+    saved_stderr.flush()
+    sys.stderr, sys.unraisablehook = None, hook
+    try:
+        yield
+    finally:
+        sys.stderr, sys.unraisablehook = saved_stderr, saved_hook
 
 
 def _note_out_of_memory(ctx: ServeContext, count: int) -> None:
