@@ -14,27 +14,27 @@ import math
 import sys
 from pathlib import Path
 
-from scenarios.protocols import PROTOCOLS
-from scenarios.tally import ECHO_MODES, USER_MODES
-from servers.contract import SELECTORS, SHARE_MODES
-from servers.registry import BACKENDS
+from harness.core.protocols import PROTOCOLS
+from harness.core.words import ECHO_MODES, USER_MODES
+from harness.core.backends import SELECTORS, SHARE_MODES
+from harness.core.backends import BACKENDS
 
 
 def cmd_limits(args: argparse.Namespace) -> int:
-    from harness.plan import core
-    from harness.plan.describe import format_limits
-    from harness.plan.limits import read_limits
+    from harness.core import planning
+    from harness.core.describe import format_limits
+    from harness.system.limits import read_limits
 
     limits = read_limits()
     if args.target:
         return _limits_of_target(args, limits)
     if args.hosts:
         return _limits_of_hosts(args)
-    error = core.fd_limit_error("--fd-limit", args.fd_limit, limits)
+    error = planning.fd_limit_error("--fd-limit", args.fd_limit, limits)
     if error:
         print(f"harness limits: error: {error}", file=sys.stderr)
         return 2
-    plan = core.plan(limits, args.connections, backend=args.backend, fd_limit=args.fd_limit)
+    plan = planning.plan(limits, args.connections, backend=args.backend, fd_limit=args.fd_limit)
     if args.json:
         print(json.dumps({"limits": limits, "plan": plan.as_dict()}, indent=2))
     else:
@@ -73,19 +73,20 @@ def _limits_of_hosts(args: argparse.Namespace) -> int:
 
 
 def _limits_of_target(args: argparse.Namespace, limits: dict) -> int:
-    from harness.diagnose import process, rules
-    from harness.plan import core
-    from harness.plan.describe import format_target
-    from harness.run.target import TargetError, is_local, parse_target
+    from harness.system import listeners
+    from harness.core import diagnose
+    from harness.core import planning
+    from harness.core.describe import format_target
+    from harness.run.outside import TargetError, is_local, parse_target
 
     try:
         host, port = parse_target(args.target)
     except TargetError as exc:
         print(f"harness limits: error: {exc}", file=sys.stderr)
         return 2
-    procs = process.listeners(port) if is_local(host) else []
-    predicted = rules.predicted_cap(procs) if procs else None
-    plan = core.plan_target(limits, args.connections, local=is_local(host), target_room=predicted)
+    procs = listeners.listeners(port) if is_local(host) else []
+    predicted = diagnose.predicted_cap(procs) if procs else None
+    plan = planning.plan_target(limits, args.connections, local=is_local(host), target_room=predicted)
     if args.json:
         print(json.dumps({"target": {"host": host, "port": port}, "processes": procs, "predicted_cap": predicted,
                           "plan": plan.as_dict()}, indent=2))
@@ -196,8 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 2
         if not (args.hosts or args.server_host or args.worker_hosts):
             return cmd_proof(args)
-        from harness.plan.core import proof_target
-        from harness.plan.limits import read_limits
+        from harness.core.planning import proof_target
+        from harness.system.limits import read_limits
 
         args.connections = proof_target(read_limits(), args.backend)[0]  # the proof's target, across hosts
     try:
@@ -211,7 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # before execute() took over Ctrl-C: nothing was started or written
         print("harness run: interrupted before anything started", file=sys.stderr)
         return 130
-    from harness.results.rundoc import summary
+    from harness.core.rundoc import summary
 
     print(json.dumps(doc, indent=2) if args.json else summary(doc, Path(run_dir)))
     if args.report:
@@ -229,14 +230,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from harness.plan import core
-    from harness.plan.limits import read_limits
+    from harness.core import planning
+    from harness.system.limits import read_limits
     from harness.run.execute import RunError
     from harness.run.sweep import sweep, table
 
     limits = read_limits()
     for limit in args.fd_limits:
-        error = core.fd_limit_error("--fd-limits", limit, limits)
+        error = planning.fd_limit_error("--fd-limits", limit, limits)
         if error:
             print(f"harness sweep: error: {error}", file=sys.stderr)
             return 2
@@ -254,7 +255,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import time
 
     from harness.report.page import ReportError, build
-    from harness.results.schema import SchemaError
+    from harness.core.schema import SchemaError
 
     start = time.monotonic()
     out = Path(args.out) if args.out else Path(args.paths[0]).with_suffix("") / "report"
@@ -269,7 +270,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.report.compare import compare
-    from harness.results.schema import SchemaError, load
+    from harness.core.schema import SchemaError, load
 
     try:
         a, b = load(args.run_a), load(args.run_b)
@@ -282,7 +283,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_hosts(args: argparse.Namespace) -> int:
     from harness.hosts import netns
-    from harness.hosts.layout import LayoutError
+    from harness.core.lab_layout import LayoutError
 
     try:
         if args.action == "up":
@@ -324,16 +325,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from harness.plan.tune import sysctl_lines
-    from harness.run import tune
+    from harness.core.tuning import sysctl_lines
+    from harness.system import sysctl
 
     try:
         if args.restore:
-            restored = tune.restore()
+            restored = sysctl.restore()
             print("\n".join(f"restored {k} = {v}" for k, v in restored.items()) or "nothing to restore (no harness "
                   "tune --apply is in effect)")
             return 0
-        rows = tune.rows(args.connections)
+        rows = sysctl.rows(args.connections)
         for r in rows:
             state = "BINDS" if r.binds else "ok"
             print(f"{r.name}: {r.current if r.current is not None else '-'} → needs "
@@ -342,11 +343,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print("\n".join(["", f"for {args.connections:,} connections:", *lines]) if lines else
               f"\nnothing binds for {args.connections:,} connections here")
         if args.apply and lines:
-            done = tune.apply(args.connections)
-            print(f"applied {len(done)} (previous values saved in {tune.STATE}; harness tune --restore puts them back)")
+            done = sysctl.apply(args.connections)
+            print(f"applied {len(done)} (previous values saved in {sysctl.STATE}; harness tune --restore puts them back)")
         elif lines:
             print("(nothing was changed: --apply writes these as root, and --restore puts them back)")
-    except tune.TuneError as exc:
+    except sysctl.TuneError as exc:
         print(f"harness tune: error: {exc}", file=sys.stderr)
         return 2
     return 0

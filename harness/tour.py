@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from harness.results.store import utc_stamp, write_json_atomic
-from servers.contract import ServerConfig
+from harness.system.files import utc_stamp, write_json_atomic
+from harness.core.backends import ServerConfig
 from harness.clients.experiments import exhaust_ports, four_tuples, hello, serve_two_ports
 from servers.gauges import ROLE_ACCEPTOR
 from harness.clients.probe import fill
 from harness.run.check import gauges_showing
-from servers.proc import local_ports_in_use, run_ss
+from harness.system.ss import local_ports_in_use, run_ss
 from servers.supervisor import ServerGroup
 
 ARTICLE_PORT = 9999

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.plan.core import PORT_NUMBERS
+from harness.core.planning import PORT_NUMBERS
 
 MAX_POINTS = 300
 SCRIPT = Path(__file__).resolve().parent / "static" / "connections-chart.js"

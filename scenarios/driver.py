@@ -45,9 +45,11 @@ import gevent
 from gevent import GreenletExit, monkey
 from gevent.event import Event
 
-from scenarios import protocols
-from scenarios.tally import TALLY, TCPError
-from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET, errno_name
+from harness.core import protocols
+from scenarios.tally import TALLY
+from harness.core.words import TCPError
+from harness.system.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
+from harness.core.words import errno_name
 
 _epoll = monkey.get_original("select", "epoll")
 _socket = monkey.get_original("socket", "socket")  # no gevent wrapper: 0.18 KB a socket, not 0.53

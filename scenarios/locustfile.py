@@ -13,15 +13,19 @@ import socket
 from locust import events
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
-from harness.plan.core import source_address, sources_for, users_per_client
-from harness.plan.limits import read_limits
-from scenarios import gauges, locust_fixes, webui  # noqa: F401  (locust_fixes patches on import)
+from harness.core.planning import source_address, sources_for, users_per_client
+from harness.system.limits import read_limits
+from scenarios import board  # noqa: F401  (locust_fixes patches on import)
+from scenarios import locust_fixes, webui
 from scenarios.shape import StepRampShape  # noqa: F401  (Locust picks shapes up from this module)
-from scenarios.targets import source_error, target_error
-from scenarios.protocols import PROTOCOLS
-from scenarios.tally import ECHO_MODES, TALLY, USER_MODES, parse_host
+from harness.core.addresses import source_error, target_error
+from harness.core.protocols import PROTOCOLS
+from harness.core.words import ECHO_MODES, USER_MODES
+from harness.core.addresses import split_host_port
+from harness.hosts.netns import lab_addresses
+from scenarios.tally import TALLY
 from scenarios.users import EchoUser  # noqa: F401  (Locust picks users up from this module)
-from servers.proc import die_with_parent
+from harness.system.procctl import die_with_parent
 
 
 @events.init_command_line_parser.add_listener
@@ -94,7 +98,7 @@ def configure_user_process(opts, worker_index: int) -> None:
     else:
         TALLY.sources = [a.strip() for a in opts.source_addresses.split(",") if a.strip()]
     for address in TALLY.sources:
-        error = source_error(address, opts.allow_non_loopback, opts.test_hosts)
+        error = source_error(address, opts.allow_non_loopback, lab_addresses() if opts.test_hosts else None)
         if error:
             raise SystemExit(error)
 
@@ -105,21 +109,22 @@ def on_init(environment, runner, web_ui=None, **kwargs) -> None:
     if opts is None:
         return
     if environment.host:
-        error = target_error(parse_host(environment.host)[0], opts.allow_non_loopback, opts.test_hosts)
+        host = split_host_port(environment.host, "--host", "tcp://127.0.0.1:9999")[0]
+        error = target_error(host, opts.allow_non_loopback, lab_addresses() if opts.test_hosts else None)
         if error:
             raise SystemExit(error)
     if isinstance(runner, WorkerRunner) and getattr(opts, "processes", None):
         die_with_parent()  # forked by `locust --worker --processes`: end with the forker
     if isinstance(runner, (WorkerRunner, LocalRunner)):
         configure_user_process(opts, getattr(runner, "worker_index", 0))
-        gauges.start_reporting(runner)
+        board.start_reporting(runner)
     if isinstance(runner, (MasterRunner, LocalRunner)):
-        host, port = parse_host(environment.host) if environment.host else (None, None)
-        gauges.start_master(runner, opts.server_gauges or None, port, opts.status_file or None,
+        host, port = split_host_port(environment.host, "--host") if environment.host else (None, None)
+        board.start_master(runner, opts.server_gauges or None, port, opts.status_file or None,
                             opts.kernel_interval, host, opts.server_netns)
-        gauges.BOARD.ui_results = opts.ui_results
+        board.BOARD.ui_results = opts.ui_results
     if isinstance(runner, (MasterRunner, LocalRunner)):
-        environment.events.reset_stats.add_listener(gauges.BOARD.reset_stats)
+        environment.events.reset_stats.add_listener(board.BOARD.reset_stats)
     if isinstance(runner, (MasterRunner, LocalRunner)) and environment.shape_class is not None:
         # test_stopping, not test_stop: the master fires test_stop only once its workers report no
         # users, seconds later, and by then a new test may have started

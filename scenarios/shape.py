@@ -9,9 +9,9 @@ from dataclasses import replace
 
 from locust import LoadTestShape
 
-from harness.plan import ramp
-from harness.plan.limits import meminfo
-from scenarios.gauges import BOARD
+from harness.core import ramp
+from harness.system.limits import meminfo
+from scenarios.board import BOARD
 
 
 def _mem_available() -> int:

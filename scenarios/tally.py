@@ -1,51 +1,16 @@
-"""The vocabulary the Locust side and the harness share, with no locust import: what a process's
-users hold (`WorkerTally`, one `TALLY` per process), failure names, the worker's fd reserve, the
-user and echo modes, and the target's address syntax. The harness reads run results in these
-words, so it imports them from here instead of declaring them again.
-"""
+"""What a Locust process's users hold and have done (`WorkerTally`, one `TALLY` per process):
+plain counters the users and the driver update, and `scenarios.reporting` sends to the master."""
 
 from __future__ import annotations
 
 import errno
-import socket
 
 from hdrh.histogram import HdrHistogram
 
-from scenarios.protocols import evidence_text
-from servers.wire import ShortRead, errno_name
-
-USER_MODES = ("driver", "greenlet")
-ECHO_MODES = ("closed", "open")
-# fds a Locust worker needs for itself (zmq, logging, /proc reads of its CPU monitor): users per
-# worker stay this far below its fd limit, so Locust's own monitor never meets EMFILE.
-WORKER_FD_RESERVE = 100
-WORKER_FULL_DETAIL = (f"a Locust worker held all the users its fd limit allows (its limit less a reserve of "
-                      f"{WORKER_FD_RESERVE} for Locust); use more --workers or a higher --worker-fd-limit")
-
-
-class TCPError(Exception):
-    """A failure named by one short word, so Locust groups failures by that word alone."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-    __str__ = __repr__
-
-
-def error_name(exc: BaseException) -> str:
-    if isinstance(exc, TCPError):
-        return exc.name
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return "timeout"
-    if isinstance(exc, ShortRead):
-        return "EOF"
-    if isinstance(exc, OSError) and exc.errno:
-        return errno_name(exc.errno)
-    return type(exc).__name__
+from harness.core.addresses import AddressError, split_host_port, target_error
+from harness.core.protocols import evidence_text
+from harness.core.words import LATENCY_DIGITS, LATENCY_MAX_US, WORKER_FULL, TCPError
+from harness.hosts.netns import lab_addresses
 
 
 class WorkerTally:
@@ -98,13 +63,12 @@ class WorkerTally:
         not load it: no packet is sent to a target outside the rule of `scenarios.targets`."""
         known = self._targets.get(host)
         if known is None:
-            from scenarios.targets import target_error
-
             try:
-                name, port = parse_host(host)
-            except ValueError:  # no --host, or the web form's Host emptied: nothing to connect to
+                name, port = split_host_port(host or "", "--host", "tcp://127.0.0.1:9999")
+            except AddressError:  # no --host, or the web form's Host emptied: nothing to connect to
                 raise TCPError("no-target") from None
-            known = self._targets[host] = (name, port, target_error(name, self.allow_non_loopback, self.test_hosts))
+            labs = lab_addresses() if self.test_hosts else None
+            known = self._targets[host] = (name, port, target_error(name, self.allow_non_loopback, labs))
         if known[2]:
             raise TCPError("target-refused")
         return known[0], known[1]
@@ -132,23 +96,8 @@ class WorkerTally:
             self.evidence[failure] = evidence_text(data)
 
 
-LATENCY_MAX_US = 600_000_000  # 10 minutes: longer than any echo timeout
-
-
 def new_latency_histogram() -> HdrHistogram:
-    return HdrHistogram(1, LATENCY_MAX_US, 3)
+    return HdrHistogram(1, LATENCY_MAX_US, LATENCY_DIGITS)
 
 
-# A connect refused by the worker itself: it holds max_users already (Locust's master may hand a
-# worker more than its share when it moves users off workers it thinks are missing).
-WORKER_FULL = "worker-full"
 TALLY = WorkerTally()
-
-
-def parse_host(host: str | None) -> tuple[str, int]:
-    """'tcp://127.0.0.1:9999', '127.0.0.1:9999' -> ('127.0.0.1', 9999)."""
-    if not host:
-        raise ValueError("no target: pass --host tcp://127.0.0.1:PORT")
-    address = host.split("://", 1)[-1].rstrip("/")
-    name, _, port = address.rpartition(":")
-    return name, int(port)

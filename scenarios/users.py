@@ -16,10 +16,11 @@ import time
 
 from locust import User, task
 
-from scenarios import protocols
+from harness.core import protocols
 from scenarios.driver import driver
-from scenarios.tally import TALLY, TCPError, error_name
-from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
+from scenarios.tally import TALLY
+from harness.core.words import TCPError, error_name
+from harness.system.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
 
 _user_numbers = itertools.count()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from flask import Response, jsonify, request, send_from_directory
 
 from scenarios.chart import SCRIPT
-from scenarios.gauges import BOARD, SERIES
+from scenarios.board import BOARD, SERIES
 
 TAB = "connections"
 COLUMNS = [("what", "What"), ("name", "Name"), ("open", "Open"), ("limit", "Limit"), ("detail", "Detail")]

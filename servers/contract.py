@@ -21,35 +21,13 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import Callable
-
-from servers import proc
+from harness.system import procfs
 from servers.gauges import SERVING, STOPPED, Counters, Slot
 from servers.intake import Intake, RateLimitedLog
 
 TICK_S = 0.25
 RECV_BYTES = 64 * 1024
 MAX_PENDING = 64 * 1024  # per connection: stop reading above this much unsent echo
-SHARE_MODES = ("reuseport", "fork", "handoff")
-# A forked server process's own memory before its first connection (USS of an asyncio server,
-# measured here: 9.0 MiB), and what a machine keeps free however many processes it runs.
-SERVER_PROCESS_BYTES = 9 << 20
-MEMORY_RESERVE_BYTES = 1 << 30
-SELECTORS = ("epoll", "poll", "select")
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    backend: str
-    host: str = "127.0.0.1"
-    port: int = 9999
-    processes: int = 1
-    share: str = "reuseport"
-    fd_limit: int | None = None  # soft RLIMIT_NOFILE of every server process; None = the hard limit
-    selector: str = "epoll"
-    backlog: int = 4096
-    upper: bool = False  # threaded only: send back the upper-cased data (the seed article's demo)
-    nice: int = 0  # added to each server process's nice value (a run lowers its load below its control)
-    netns: str | None = None  # a test host's network namespace to serve in (None: this one)
 
 
 class ServeContext:
@@ -72,7 +50,7 @@ class ServeContext:
         self.counters = Counters()
         self.cap = 0
         self.fd_soft, self.fd_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        self._rss = proc.RssReader()
+        self._rss = procfs.RssReader()
         self.log = RateLimitedLog(f"{config.backend}[pid {os.getpid()}]", self.status)
 
     def make_intake(self, fd_ceiling: int | None = None) -> Intake:
@@ -82,7 +60,7 @@ class ServeContext:
 
     def ready(self) -> None:
         """Record the fds held before serving and the resulting cap, then mark the slot serving."""
-        base = proc.count_open_fds()
+        base = procfs.count_open_fds()
         ceiling = min(self.fd_soft, getattr(self, "fd_ceiling", None) or self.fd_soft)
         self.cap = ceiling - base
         self.slot.set(fd_soft=self.fd_soft, fd_hard=self.fd_hard, base_fds=base, cap=self.cap,

@@ -15,8 +15,10 @@ import signal
 import sys
 import time
 
-from servers import proc, registry
-from servers.contract import SELECTORS, SHARE_MODES, ServerConfig
+from harness.system import procctl
+
+from servers import registry
+from harness.core.backends import SELECTORS, SHARE_MODES, ServerConfig
 from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, total_refusals
 from servers.supervisor import ConfigError, ServerGroup, StartError
 
@@ -47,7 +49,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def snapshot(board: GaugeBoard) -> list[dict]:
-    """Every slot's gauges plus the fds in use, counted by the kernel in /proc."""
+    """Every slot's gauges plus the fds in use, counted by the kernel in /procctl."""
     rows = board.read_all()
     for row in rows:
         try:
@@ -113,7 +115,7 @@ def _show_gauges(group: ServerGroup, interval: float, as_json: bool, stopping: l
     while not stopping:
         time.sleep(min(0.1, max(0.0, next_line - time.monotonic())))
         for index, status in group.reap().items():
-            print(f"server process {index} exited ({proc.describe_exit(status)}); the others keep serving",
+            print(f"server process {index} exited ({procctl.describe_exit(status)}); the others keep serving",
                   file=sys.stderr, flush=True)
         now = time.monotonic()
         if now >= next_line:

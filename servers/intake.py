@@ -46,7 +46,6 @@ ACCEPT_ERRORS: dict[int, tuple[str, str]] = {
     errno.EPERM: ("other", SKIP),
 }
 BACKOFF_S, BACKOFF_MAX_S, YIELD_S = 0.05, 1.0, 0.05
-FD_SETSIZE = 1024  # select()'s fixed fd_set size in glibc
 
 
 class RateLimitedLog:

@@ -25,11 +25,13 @@ import tempfile
 import time
 import traceback
 
-from servers import proc, registry
-from servers.contract import (MEMORY_RESERVE_BYTES, SELECTORS, SERVER_PROCESS_BYTES, SHARE_MODES, ServeContext,
-                              ServerConfig)
+from harness.system import procctl
+
+from servers import registry
+from harness.core.backends import MEMORY_RESERVE_BYTES, SELECTORS, SERVER_PROCESS_BYTES, SHARE_MODES, ServerConfig
+from servers.contract import ServeContext
 from servers.gauges import ROLE_ACCEPTOR, SERVING, STARTING, GaugeBoard
-from servers.wire import EchoError, echo_once
+from harness.system.wire import EchoError, echo_once
 
 START_DEADLINE_S = 15.0
 READY_PAYLOAD = b"HARNESS-READY-0123456789"  # the same after --upper: readiness is transform-blind
@@ -63,15 +65,15 @@ def validate(config: ServerConfig) -> None:
         raise ConfigError("--upper is a transform of the threaded backend only; use `harness serve threaded --upper`")
     if config.processes < 1:
         raise ConfigError(f"--processes {config.processes} must be at least 1")
-    error = proc.processes_error(config.processes, SERVER_PROCESS_BYTES, MEMORY_RESERVE_BYTES)
+    error = procctl.processes_error(config.processes, SERVER_PROCESS_BYTES, MEMORY_RESERVE_BYTES)
     if error:
         raise ConfigError(error)
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"port {config.port} is not a TCP port; use 0-65535 (0 picks a free one)")
     if config.fd_limit is not None:
         try:
-            proc.check_fd_limit(config.fd_limit)
-        except proc.FdLimitError as exc:
+            procctl.check_fd_limit(config.fd_limit)
+        except procctl.FdLimitError as exc:
             raise ConfigError(str(exc)) from None
 
 
@@ -119,7 +121,7 @@ class ServerGroup:
         try:
             # In a test host, the sockets are made and the processes forked inside its namespace,
             # and the readiness echo goes there too; the supervisor itself comes back out.
-            with proc.in_netns(self.config.netns):
+            with procctl.in_netns(self.config.netns):
                 self._start()
                 self._wait_ready()
         except BaseException:
@@ -178,7 +180,7 @@ class ServerGroup:
             # kills until the backend installs its own stop handler.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
-            proc.die_with_parent(signal.SIGTERM, parent)
+            procctl.die_with_parent(signal.SIGTERM, parent)
             code = self._child(index, inherited, make_source, siblings, handoff, acceptor, keep)
         except BaseException:
             traceback.print_exc()
@@ -188,9 +190,9 @@ class ServerGroup:
             os._exit(code)
 
     def _child(self, index, inherited, make_source, siblings, handoff, acceptor, keep) -> int:
-        proc.drop_capability(proc.CAP_SYS_ADMIN)  # fs.file-max binds a server as it binds anyone's
+        procctl.drop_capability(procctl.CAP_SYS_ADMIN)  # fs.file-max binds a server as it binds anyone's
         if self.config.nice:
-            proc.lower_priority(self.config.nice)
+            procctl.lower_priority(self.config.nice)
         if self.log_file:
             fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(fd, 2)
@@ -198,11 +200,11 @@ class ServerGroup:
         for s in inherited:
             if s not in keep:
                 s.close()
-        proc.close_fds_except({s.fileno() for s in keep})
+        procctl.close_fds_except({s.fileno() for s in keep})
         # The inherited mapping's own fd is gone now: map the board afresh (one fd, held from here).
         # The old object stays referenced: freeing it would close its fd number, now reused.
         self._inherited_board, self.board = self.board, GaugeBoard.open(self.gauges_path, writable=True)
-        proc.set_fd_limit(self.fd_limit)
+        procctl.set_fd_limit(self.fd_limit)
         slot = self.board.slot(index)
         slot.set(pid=os.getpid(), index=index, port=self.port, state=STARTING,
                  role=ROLE_ACCEPTOR if acceptor is not None else 0)
@@ -216,7 +218,7 @@ class ServerGroup:
             from servers.handoff import run_acceptor
             run_acceptor(ctx, acceptor, self.board)
         else:
-            registry.get(self.config.backend).load().serve(ctx)
+            registry.load(self.config.backend).serve(ctx)
         return 0
 
     def _wait_ready(self) -> None:
@@ -226,7 +228,7 @@ class ServerGroup:
             if self.exited:
                 index, status = next(iter(self.exited.items()))
                 raise StartError(f"server process {index} exited during start-up "
-                                 f"({proc.describe_exit(status)}){self._log_tail()}")
+                                 f"({procctl.describe_exit(status)}){self._log_tail()}")
             if all(g["state"] == SERVING for g in self.board.read_all()):
                 break
             if time.monotonic() > deadline:
@@ -270,13 +272,13 @@ class ServerGroup:
     def stop(self, grace: float = STOP_GRACE_S) -> None:
         """SIGTERM every server process, wait up to `grace` s, then SIGKILL what is left."""
         for pid in self.pids.values():
-            proc.send_signal(pid, signal.SIGTERM)
+            procctl.send_signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while self.pids and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.01)
         for pid in self.pids.values():
-            proc.send_signal(pid, signal.SIGKILL)
+            procctl.send_signal(pid, signal.SIGKILL)
         while self.pids:
             self.reap()
             time.sleep(0.01)

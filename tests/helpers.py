@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import psutil
+from harness.core import words
 
-from servers import wire
+from harness.system import wire
 from servers.gauges import ROLE_ACCEPTOR, GaugeBoard
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +99,7 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
     """`size` bytes, or fewer if the server closes first: the test compares them with what it sent."""
     try:
         return wire.recv_exactly(sock, size)
-    except wire.ShortRead as short:
+    except words.ShortRead as short:
         return short.data
 
 

@@ -129,12 +129,12 @@ def test_limits_json_reads_the_kernel():
 
 
 def test_limits_text_gives_the_plans_numbers():
-    from harness.plan import core
-    from harness.plan.limits import read_limits
+    from harness.core import planning
+    from harness.system.limits import read_limits
 
     result = run("limits", "--connections", "100000", "--fd-limit", "4096")
     assert result.returncode == 0, result.stderr
-    p = core.plan(read_limits(), 100_000, fd_limit=4096)
+    p = planning.plan(read_limits(), 100_000, fd_limit=4096)
     lines = {line.split("  ")[1].strip(): line.strip() for line in result.stdout.splitlines() if line.startswith("  ")
              and len(line.split("  ")) > 2}
     assert lines["per server process"].endswith(f"{p.per_process:,} connections = fd limit 4,096 − {p.held_fds} fds held")
@@ -167,8 +167,8 @@ def test_bad_flags_are_one_line_naming_the_flag_and_exit_2(args, message):
 def test_a_server_that_cannot_start_is_one_line_with_its_own_error(tmp_path):
     """A backend that raises while it starts (as a user's own backend might): `harness run` says
     what the server said and where its log is, instead of a traceback pointing at a log file."""
-    code = ("import sys; from servers import registry; "
-            "registry.BACKENDS['broken'] = registry.Backend('broken', 'tests.fixtures.broken_backend', 10, 'x'); "
+    code = ("import sys; "
+            "from harness.core import backends; backends.BACKENDS['broken'] = backends.Backend('broken', 'tests.fixtures.broken_backend', 10, 'x'); "
             "from harness.cli import main; "
             f"sys.exit(main(['run', '--backend', 'broken', '--connections', '10', '--port', '0', '--out', '{tmp_path}']))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

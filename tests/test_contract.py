@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from servers.contract import SHARE_MODES
+from harness.core.backends import SHARE_MODES
 from harness.clients.probe import fill
-from servers.registry import BACKENDS
+from harness.core.backends import BACKENDS
 from tests.helpers import ServerProcess, connect, echo, process_alive, recv_exactly, served_or_answered
 
 FD_LIMIT = 256

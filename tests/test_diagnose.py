@@ -1,5 +1,5 @@
 """`harness.diagnose`: the rules over hand-written evidence (pure), and the readers of the kernel
-and of processes over real sockets and this test's own process."""
+and of processes over real sockets and this test's own listeners."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import os
 import resource
 import socket
 
-from harness.diagnose import kernel, process, rules
+from harness.system import listeners
+
+from harness.core import diagnose
+from harness.core.evidence import counter_deltas
+
+from harness.system import kernel
 from tests.test_plan_core import THIS_MACHINE
 
 
@@ -27,29 +32,29 @@ def proc(pid: int, name: str, fds: int, soft: int | None, before: int = 10, ppid
 
 
 def test_the_harness_servers_at_their_fd_limit():
-    d = rules.diagnose(evidence(server_refused={"EMFILE": 54}, connects_failed={"EOF": 54},
+    d = diagnose.diagnose(evidence(server_refused={"EMFILE": 54}, connects_failed={"EOF": 54},
                                 servers=[{"pid": 9, "cap": 246, "open": 246, "fd_soft": 256, "base_fds": 10}]))
     assert d["limit"] == "server fd limit" and "--fd-limit" in d["fix"]
     assert "holding 246 of a cap of 246 each (fd limit 256 − 10 held)" in d["evidence"][1]
 
 
 def test_select_and_threads_are_named_for_what_they_are():
-    assert rules.diagnose(evidence(server_refused={"FD_SETSIZE": 3}))["fix"] == "use --selector epoll (or poll)"
-    assert rules.diagnose(evidence(server_refused={"threads": 3}))["limit"] == "threads"
+    assert diagnose.diagnose(evidence(server_refused={"FD_SETSIZE": 3}))["fix"] == "use --selector epoll (or poll)"
+    assert diagnose.diagnose(evidence(server_refused={"threads": 3}))["limit"] == "threads"
 
 
 def test_the_client_sides_limits_come_before_the_targets():
-    d = rules.diagnose(evidence(connects_failed={"EADDRNOTAVAIL": 3, "EOF": 1}, held=28_230, sources=["127.0.0.9"]))
+    d = diagnose.diagnose(evidence(connects_failed={"EADDRNOTAVAIL": 3, "EOF": 1}, held=28_230, sources=["127.0.0.9"]))
     assert d["limit"] == "source ports" and "1 source address(es)" in d["summary"]
-    d = rules.diagnose(evidence(connects_failed={"worker-full": 10}))
+    d = diagnose.diagnose(evidence(connects_failed={"worker-full": 10}))
     assert d["limit"] == "Locust workers' fd limit" and "--workers" in d["fix"]
-    assert rules.diagnose(evidence(connects_failed={"ENFILE": 1}))["limit"] == "fs.file-max"
+    assert diagnose.diagnose(evidence(connects_failed={"ENFILE": 1}))["limit"] == "fs.file-max"
 
 
 def test_a_target_process_at_its_fd_limit_names_its_pid_and_numbers():
     nginx = [proc(800, "nginx", 12, 1024), proc(812, "nginx", 1024, 1024, ppid=800, gained=1000),
              proc(813, "nginx", 1020, 1024, ppid=800, gained=1000)]
-    d = rules.diagnose(evidence(connects_failed={"timeout": 5}, processes=nginx, held=2024))
+    d = diagnose.diagnose(evidence(connects_failed={"timeout": 5}, processes=nginx, held=2024))
     assert d["limit"] == "target fd limit" and d["process"]["pid"] == 812
     assert d["summary"] == "nginx (2 processes) holds 1,024 of its 1,024 fds in pid 812: the target's fd limit"
     assert d["predicted_cap"] == 2 * (1024 - 10)  # the master (the others' parent) takes none
@@ -57,7 +62,7 @@ def test_a_target_process_at_its_fd_limit_names_its_pid_and_numbers():
 
 def test_words_below_the_fd_limit_are_the_targets_own_limit():
     redis = [proc(5, "redis-server", 209, 20_000)]
-    d = rules.diagnose(evidence(connects_failed={"error-reply": 100}, processes=redis, held=200,
+    d = diagnose.diagnose(evidence(connects_failed={"error-reply": 100}, processes=redis, held=200,
                                 evidence={"error-reply": "-ERR max number of clients reached\r\n"}))
     assert d["limit"] == "target's own connection limit" and "redis: --maxclients N" in d["fix"]
     assert "while its fds were below its limit" in d["summary"]
@@ -66,37 +71,37 @@ def test_words_below_the_fd_limit_are_the_targets_own_limit():
 def test_a_target_that_closes_answered_connections_to_take_new_ones_is_its_own_limit():
     nginx = [proc(6, "nginx", 101, 4096, gained=90), proc(7, "nginx", 97, 4096, gained=86)]
     # nginx at worker_connections: every connect answered, 220 of them closed afterwards
-    d = rules.diagnose(evidence(echo_failed={"EOF": 220}, processes=nginx, held=180))
+    d = diagnose.diagnose(evidence(echo_failed={"EOF": 220}, processes=nginx, held=180))
     assert d["limit"] == "target's own connection limit" and "worker_connections" in d["fix"]
     assert "it closed connections it had answered to take new ones" in d["summary"]
     # a first echo that fails is a failed connect and an echo failure: the older wording, counted once
-    d = rules.diagnose(evidence(connects_failed={"EOF": 54}, echo_failed={"EOF": 54}, processes=nginx, held=180))
+    d = diagnose.diagnose(evidence(connects_failed={"EOF": 54}, echo_failed={"EOF": 54}, processes=nginx, held=180))
     assert "it accepted and then refused new connections (closed them)" in d["summary"]
     # closes of answered connections in a run stopped for another reason do not make this limit
-    d = rules.diagnose(evidence(stopped_by="timeout", echo_failed={"EOF": 220}, processes=nginx, held=180))
+    d = diagnose.diagnose(evidence(stopped_by="timeout", echo_failed={"EOF": 220}, processes=nginx, held=180))
     assert d["limit"] != "target's own connection limit"
 
 
 def test_redis_at_its_fd_limit_less_its_reserve_is_the_fd_limit():
     redis = [proc(5, "redis-server", 233, 256, before=9)]
-    d = rules.diagnose(evidence(connects_failed={"error-reply": 100}, processes=redis, held=224,
+    d = diagnose.diagnose(evidence(connects_failed={"error-reply": 100}, processes=redis, held=224,
                                 evidence={"error-reply": "-ERR max number of clients reached\r\n"}))
     assert d["limit"] == "target fd limit" and d["predicted_cap"] == 224
 
 
 def test_protected_mode_is_quoted_with_its_fix():
-    d = rules.diagnose(evidence(connects_failed={"error-reply": 20}, held=0,
+    d = diagnose.diagnose(evidence(connects_failed={"error-reply": 20}, held=0,
                                 evidence={"error-reply": "-DENIED Redis is running in protected mode because"}))
     assert d["limit"] == "target refuses these clients" and "--protected-mode no" in d["fix"]
 
 
 def test_an_accept_queue_that_overflowed():
-    d = rules.diagnose(evidence(connects_failed={"timeout": 80}, held=0,
+    d = diagnose.diagnose(evidence(connects_failed={"timeout": 80}, held=0,
                                 kernel_deltas={"ListenOverflows": 37, "ListenDrops": 37, "SyncookiesSent": 0},
                                 kernel_after={"listen": [{"queued": 17, "backlog": 16, "local": "127.0.0.1:80"}]}))
     assert d["limit"] == "accept queue"
     # machine-wide counters alone (another server's overflow) are not this target's queue
-    alone = rules.diagnose(evidence(connects_failed={"timeout": 80}, held=0, kernel_deltas={"ListenOverflows": 37},
+    alone = diagnose.diagnose(evidence(connects_failed={"timeout": 80}, held=0, kernel_deltas={"ListenOverflows": 37},
                                     kernel_after={"listen": [{"queued": 0, "backlog": 16, "local": "127.0.0.1:80"}]}))
     assert alone["limit"] == "timeouts"
     assert d["evidence"][:2] == ["TcpExt ListenOverflows +37, ListenDrops +37 during the run (/proc/net/netstat)",
@@ -104,7 +109,7 @@ def test_an_accept_queue_that_overflowed():
 
 
 def test_a_run_at_its_target_gets_the_next_limit_and_its_distance():
-    d = rules.diagnose(evidence(stopped_by="target", held=1000, processes=[proc(5, "redis-server", 1009, 4096)],
+    d = diagnose.diagnose(evidence(stopped_by="target", held=1000, processes=[proc(5, "redis-server", 1009, 4096)],
                                 workers=[{"open": 1000, "max_users": 19_900}]))
     assert d["limit"] == "target" and d["next"] == {"limit": "target fd limit", "room": 4096 - 1009}
 
@@ -112,7 +117,7 @@ def test_a_run_at_its_target_gets_the_next_limit_and_its_distance():
 def test_kernel_pressure_is_added_to_any_verdict():
     after = {"listen": [], "tcp_memory": {"pages": 400_000, "low": 1, "pressure": 383_868, "high": 575_802},
              "conntrack": {"count": 262_000, "max": 262_144}}
-    d = rules.diagnose(evidence(connects_failed={"timeout": 1}, kernel_after=after))
+    d = diagnose.diagnose(evidence(connects_failed={"timeout": 1}, kernel_after=after))
     assert any("tcp_mem pressure" in line for line in d["evidence"])
     assert any("nf_conntrack_max 262,144" in line for line in d["evidence"])
 
@@ -123,14 +128,14 @@ def test_the_listening_socket_is_found_in_this_process_with_its_limits():
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         port = listener.getsockname()[1]
-        [me] = [p for p in process.listeners(port) if p["pid"] == os.getpid()]
-        assert process.listening_inodes(port) and me["fd_soft"] == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        [me] = [p for p in listeners.listeners(port) if p["pid"] == os.getpid()]
+        assert listeners.listening_inodes(port) and me["fd_soft"] == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         assert me["fds"] == len(os.listdir("/proc/self/fd")) and me["threads"] >= 1  # both count the listing fd
         [queue] = kernel.listen_queue(port)
         assert queue["backlog"] == 8 and queue["queued"] == 0
         with socket.create_connection(("127.0.0.1", port)):  # handshake done, never accepted
             assert wait_for_queue(port) == 1
-    assert process.listeners(port) == []
+    assert listeners.listeners(port) == []
 
 
 def wait_for_queue(port: int) -> int:
@@ -143,4 +148,4 @@ def test_the_kernel_counters_are_read_and_subtracted():
     before = kernel.snapshot(1)
     assert set(before["netstat"]) == set(kernel.COUNTERS) and before["tcp_memory"]["high"] > 0
     after = {**before, "netstat": {**before["netstat"], "ListenOverflows": before["netstat"]["ListenOverflows"] + 3}}
-    assert kernel.deltas(before, after)["ListenOverflows"] == 3
+    assert counter_deltas(before, after)["ListenOverflows"] == 3

@@ -17,12 +17,14 @@ import uuid
 import psutil
 import pytest
 
-from harness.hosts import layout, netns
-from harness.hosts.layout import LayoutError
-from harness.results.schema import load
+from harness.core import lab_layout
+
+from harness.hosts import netns
+from harness.core.lab_layout import LayoutError
+from harness.core.schema import load
 from harness.run.cluster import free_port
-from scenarios.targets import source_error, target_error
-from servers import proc
+from harness.core.addresses import source_error, target_error
+from harness.system import procctl
 from tests.helpers import ROOT, process_alive, wait_status, wait_until
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
@@ -53,20 +55,20 @@ def _start(tmp_path, *args: str, session: bool = False) -> subprocess.Popen:
 
 # -- the address plan (pure) -------------------------------------------------------------------
 def test_every_lab_and_host_address_is_in_198_18_0_0_15_and_labs_do_not_overlap():
-    nets = [layout.lab_network(i) for i in range(layout.LABS)]
-    assert all(n.subnet_of(layout.TEST_NET) for n in nets)
+    nets = [lab_layout.lab_network(i) for i in range(lab_layout.LABS)]
+    assert all(n.subnet_of(lab_layout.TEST_NET) for n in nets)
     assert not any(a.overlaps(b) for i, a in enumerate(nets) for b in nets[i + 1:])
-    for lab in (0, layout.LABS - 1):
-        addresses = [layout.host_address(lab, h, k) for h in (1, layout.HOSTS_PER_LAB) for k in (0, 252)]
-        assert all(ipaddress.ip_address(a) in layout.lab_network(lab) for a in addresses)
-        assert layout.bridge_address(lab) not in addresses
-    assert layout.is_test_address("198.19.255.254") and not layout.is_test_address("198.20.0.1")
+    for lab in (0, lab_layout.LABS - 1):
+        addresses = [lab_layout.host_address(lab, h, k) for h in (1, lab_layout.HOSTS_PER_LAB) for k in (0, 252)]
+        assert all(ipaddress.ip_address(a) in lab_layout.lab_network(lab) for a in addresses)
+        assert lab_layout.bridge_address(lab) not in addresses
+    assert lab_layout.is_test_address("198.19.255.254") and not lab_layout.is_test_address("198.20.0.1")
     with pytest.raises(LayoutError, match="253 addresses"):
-        layout.host_address(0, 1, 253)
+        lab_layout.host_address(0, 1, 253)
     with pytest.raises(LayoutError, match="1 to 31"):
-        layout.check_count(32)
+        lab_layout.check_count(32)
     with pytest.raises(LayoutError, match="--prefix"):
-        layout.check_prefix("Bad-Name")
+        lab_layout.check_prefix("Bad-Name")
 
 
 def test_addresses_outside_the_harness_labs_are_refused():
@@ -75,11 +77,11 @@ def test_addresses_outside_the_harness_labs_are_refused():
     lab_addresses = netns.lab_addresses()
     unused = next(a for a in ("198.19.255.254", "198.19.255.253", "198.19.255.252") if a not in lab_addresses)
     for outside in ("10.0.0.1", "198.20.0.1", "8.8.8.8", "198.17.255.255", unused):
-        assert "test host" in target_error(outside, False, test_hosts=True)  # a worker of a test-host run refuses it
-        assert source_error(outside, False, test_hosts=True)
+        assert "test host" in target_error(outside, False, netns.lab_addresses())  # a worker of a test-host run refuses it
+        assert source_error(outside, False, netns.lab_addresses())
     assert "not on loopback" in target_error("198.18.1.1", False)  # only a run that says it loads test hosts
     assert source_error("0.0.0.0", False) is None  # the kernel picks by the route
-    assert target_error("127.0.0.1", False, test_hosts=True) is None
+    assert target_error("127.0.0.1", False, netns.lab_addresses()) is None
 
 
 @pytest.mark.parametrize("args, words", [
@@ -132,19 +134,19 @@ def test_hosts_up_is_idempotent_sets_each_hosts_sysctls_and_down_removes_only_it
         [lab] = json.loads(_harness("hosts", "status", "--prefix", prefix, "--json").stdout)
         assert [h["name"] for h in lab["hosts"]] == [f"{prefix}-1", f"{prefix}-2"]
         for h in lab["hosts"]:
-            assert len(h["addresses"]) == 2 and all(layout.is_test_address(a) for a in h["addresses"])
+            assert len(h["addresses"]) == 2 and all(lab_layout.is_test_address(a) for a in h["addresses"])
             assert h["ip_local_port_range"] == "1024 65535" and h["somaxconn"] == "65535"
         # the host's range is its own: the machine's is unchanged
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
             assert f.read().split() == machine_range
         # an address of a made lab is a target a test-host run may load; the same address is
         # refused once the lab is gone (below)
-        assert target_error(lab["hosts"][0]["addresses"][0], False, test_hosts=True) is None
+        assert target_error(lab["hosts"][0]["addresses"][0], False, netns.lab_addresses()) is None
         # a host reaches another across the bridge, from its own address
         a, b = lab["hosts"]
-        with proc.in_netns(b["name"]):
+        with procctl.in_netns(b["name"]):
             listener = socket.create_server((b["addresses"][1], 0))
-        with proc.in_netns(a["name"]):
+        with procctl.in_netns(a["name"]):
             client = socket.create_connection(listener.getsockname(), timeout=5,
                                               source_address=(a["addresses"][1], 0))
         peer = listener.accept()[0].getpeername()
@@ -154,7 +156,7 @@ def test_hosts_up_is_idempotent_sets_each_hosts_sysctls_and_down_removes_only_it
         down = _harness("hosts", "down", "--prefix", prefix)
         assert down.returncode == 0 and f"bridge {prefix}-br" in down.stdout
         assert _left(prefix) == [] and len(_left(other)) == 3  # the other lab is untouched
-        assert target_error(lab["hosts"][0]["addresses"][0], False, test_hosts=True) is not None
+        assert target_error(lab["hosts"][0]["addresses"][0], False, netns.lab_addresses()) is not None
         assert "no test hosts" in _harness("hosts", "down", "--prefix", prefix).stdout
     finally:
         netns.down(prefix)
@@ -194,7 +196,7 @@ def test_a_run_across_two_worker_hosts_and_a_worker_joining_from_a_third(tmp_pat
         for c in clients:
             assert c["workers"] >= 1 and c["mismatched"] == 0 and c["echoes_verified"] > c["peak_held"]
             assert abs(c["peak_held"] - share * c["workers"]) <= c["workers"]
-            assert all(a.startswith(str(layout.lab_network(lab.lab).network_address).rsplit(".", 2)[0])
+            assert all(a.startswith(str(lab_layout.lab_network(lab.lab).network_address).rsplit(".", 2)[0])
                        for a in c["addresses"])
             assert c["tcp"]["ActiveOpens"] >= c["peak_held"]
         assert sum(c["peak_held"] for c in clients) + doc["hosts"]["outside_held"] == 2000

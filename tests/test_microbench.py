@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from servers.registry import BACKENDS
+from harness.core.backends import BACKENDS
 from tests.helpers import connect, recv_exactly
 
 pytestmark = pytest.mark.bench

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.plan import core
-from harness.plan.core import plan
-from servers.registry import BACKENDS
+from harness.core import planning
+from harness.core.planning import plan
+from harness.core.backends import BACKENDS
 
 THIS_MACHINE = {
     "nofile_soft": 20000, "nofile_hard": 20000, "nr_open": 1048576, "file_max": 2466165,
@@ -25,7 +25,7 @@ def test_this_machine_needs_six_processes_six_workers_and_twelve_addresses_for_1
     p = plan(THIS_MACHINE, 100_000, backend="asyncio")
     assert p.per_process == 20000 - BACKENDS["asyncio"].held_fds
     assert p.server_processes == 6  # 100,000 / (19,990 × 0.85)
-    assert p.workers == 6 and p.users_per_worker == 20000 - core.CLIENT_FD_RESERVE  # 100,000 / 19,900
+    assert p.workers == 6 and p.users_per_worker == 20000 - planning.CLIENT_FD_RESERVE  # 100,000 / 19,900
     # each worker binds addresses for every user its fd limit allows: ceil(19,900 / 14,116) = 2
     assert p.per_source == 14116 and p.sources_per_worker == 2 and p.source_addresses == 12
     assert p.binding == "target" and not p.problems and p.error is None
@@ -53,20 +53,20 @@ def test_a_4096_hard_limit_is_planned_from_and_lowers_the_proof():
     p = plan(HARD_4096, 100_000, backend="asyncio")
     assert p.fd_limit == 4096 and p.per_process == 4086
     assert p.server_processes == 29 and p.workers == 26  # ceil(1e5 / int(4086 × 0.85)), ceil(1e5 / 3996)
-    target, why = core.proof_target(HARD_4096, "asyncio")
+    target, why = planning.proof_target(HARD_4096, "asyncio")
     assert target == int(32 / (1 / 3473 + 1 / 3996)) == 59_459
     assert "hard fd limit 4,096" in why and "32 processes" in why
 
 
 @pytest.mark.parametrize("limits, target", [(THIS_MACHINE, 100_000), (BIG_SERVER, 100_000), (LAPTOP, 14_262)])
 def test_proof_target(limits, target):
-    assert core.proof_target(limits, "asyncio")[0] == target
+    assert planning.proof_target(limits, "asyncio")[0] == target
 
 
 def test_memory_is_the_binding_limit_when_it_is_smaller_and_a_run_is_refused():
     p = plan({**THIS_MACHINE, "mem_available": 2 << 30}, 1_000_000)
     # what is left above the reserve that is always kept free, at the measured cost a connection
-    assert p.binding == "memory" and p.predicted_cap == ((2 << 30) - core.MEMORY_RESERVE_BYTES) // core.BYTES_PER_CONNECTION
+    assert p.binding == "memory" and p.predicted_cap == ((2 << 30) - planning.MEMORY_RESERVE_BYTES) // planning.BYTES_PER_CONNECTION
     assert "memory cap" in p.problems[0]
     assert p.error.endswith("on this machine; lower --connections")
 
@@ -85,9 +85,9 @@ def test_too_few_workers_are_refused_with_the_number_needed():
 
 def test_select_is_capped_at_fd_setsize():
     p = plan(THIS_MACHINE, 5000, backend="selectors", selector="select", processes=1)
-    held = core.held_fds("selectors", "select")
+    held = planning.held_fds("selectors", "select")
     assert held == BACKENDS["selectors"].held_fds - 1  # no epoll fd
-    assert p.per_process == core.FD_SETSIZE - held and p.binding == "FD_SETSIZE" and p.predicted_cap == p.per_process
+    assert p.per_process == planning.FD_SETSIZE - held and p.binding == "FD_SETSIZE" and p.predicted_cap == p.per_process
 
 
 @pytest.mark.parametrize("processes", [1, 3])
@@ -102,28 +102,28 @@ def test_threads_cap_the_threaded_backend():
 
 
 def test_fd_limit_flags_are_checked_against_the_hard_limit():
-    assert core.fd_limit_error("--fd-limit", None, THIS_MACHINE) is None
-    assert core.fd_limit_error("--fd-limit", 20000, THIS_MACHINE) is None
-    assert core.fd_limit_error("--fd-limit", 20001, THIS_MACHINE) == (
+    assert planning.fd_limit_error("--fd-limit", None, THIS_MACHINE) is None
+    assert planning.fd_limit_error("--fd-limit", 20000, THIS_MACHINE) is None
+    assert planning.fd_limit_error("--fd-limit", 20001, THIS_MACHINE) == (
         "--fd-limit 20001 exceeds the hard limit 20000 of this process; lower --fd-limit "
         "or raise the hard limit (ulimit -Hn, needs CAP_SYS_RESOURCE)")
-    assert core.fd_limit_error("--worker-fd-limit", 63, THIS_MACHINE) == "--worker-fd-limit 63 is too small; use at least 64"
+    assert planning.fd_limit_error("--worker-fd-limit", 63, THIS_MACHINE) == "--worker-fd-limit 63 is too small; use at least 64"
 
 
 def test_lean_clients_split_like_workers_and_bind_their_own_addresses():
-    assert core.client_split(100_000, THIS_MACHINE) == [16_667] * 4 + [16_666] * 2
-    assert core.client_split(10, THIS_MACHINE, clients=3) == [4, 3, 3]
-    assert [core.source_address(0, k) for k in range(2)] == ["127.0.1.2", "127.0.1.3"]
-    assert core.source_address(5, 0) == "127.0.6.2"
-    assert core.source_address(253, 0) == "127.0.254.2" and core.source_address(254, 0) == "127.1.0.2"
+    assert planning.client_split(100_000, THIS_MACHINE) == [16_667] * 4 + [16_666] * 2
+    assert planning.client_split(10, THIS_MACHINE, clients=3) == [4, 3, 3]
+    assert [planning.source_address(0, k) for k in range(2)] == ["127.0.1.2", "127.0.1.3"]
+    assert planning.source_address(5, 0) == "127.0.6.2"
+    assert planning.source_address(253, 0) == "127.0.254.2" and planning.source_address(254, 0) == "127.1.0.2"
     with pytest.raises(ValueError, match="past the 253"):
-        core.source_address(0, 253)
+        planning.source_address(0, 253)
 
 
 def test_a_worker_fd_limit_below_the_reserve_is_refused_not_divided_by():
     p = plan(THIS_MACHINE, 10, worker_fd_limit=80)
     assert p.workers == 0 and p.error.endswith("raise --worker-fd-limit to at least 128 (or the hard limit)")
-    assert core.sources_for(16_667, THIS_MACHINE) == 2 and core.sources_for(0, THIS_MACHINE) == 1
+    assert planning.sources_for(16_667, THIS_MACHINE) == 2 and planning.sources_for(0, THIS_MACHINE) == 1
 
 
 def test_processes_and_workers_the_memory_cannot_hold_are_refused_with_what_fits():
@@ -139,13 +139,13 @@ def test_processes_and_workers_the_memory_cannot_hold_are_refused_with_what_fits
 def test_connections_max_plans_for_the_machines_first_own_limit_and_may_meet_it():
     """fs.file-max here; memory where the file table is unbounded (LONG_MAX by default on recent
     kernels), with the processes' own memory counted; threads for the threaded backend."""
-    assert core.machine_cap(THIS_MACHINE)[1] == "fs.file-max"
+    assert planning.machine_cap(THIS_MACHINE)[1] == "fs.file-max"
     unbounded = {**THIS_MACHINE, "file_max": 2 ** 62}
-    cap, name = core.machine_cap(unbounded, "selectors")
-    assert name == "memory" and cap < (unbounded["mem_available"] - core.MEMORY_RESERVE_BYTES) // core.BYTES_PER_CONNECTION
+    cap, name = planning.machine_cap(unbounded, "selectors")
+    assert name == "memory" and cap < (unbounded["mem_available"] - planning.MEMORY_RESERVE_BYTES) // planning.BYTES_PER_CONNECTION
     p = plan(unbounded, cap, backend="selectors", fill=True)
     assert p.error is None  # the processes fit beside the connections
-    cap, name = core.machine_cap(THIS_MACHINE, "threaded")
+    cap, name = planning.machine_cap(THIS_MACHINE, "threaded")
     assert name == "threads" and plan(THIS_MACHINE, cap + 1000, backend="threaded", fill=True).error is None
     assert plan(THIS_MACHINE, 5_000_000, fill=False).error  # a plain run may not go looking for them
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.plan.fits import fit
+from harness.core.fits import fit
 
 
 def test_a_cap_of_limit_minus_held_fds_fits_slope_one():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.plan.ramp import LEAD_STEPS, Seen, Settings, State, tick
+from harness.core.ramp import LEAD_STEPS, Seen, Settings, State, tick
 
 SETTINGS = Settings(target=1000, ramp_rate=100, step_seconds=1.0, max_seconds=60, hold_seconds=5)
 

@@ -8,8 +8,9 @@ import os
 import shutil
 import socket
 import stat
+from harness.system import ss
 
-from servers import proc
+from harness.system import procctl
 
 
 def test_inherited_garbage_never_closes_an_fd_the_child_reuses():
@@ -26,7 +27,7 @@ def test_inherited_garbage_never_closes_an_fd_the_child_reuses():
         if pid == 0:
             code = 3
             try:
-                proc.close_fds_except(set())
+                procctl.close_fds_except(set())
                 mine = [os.open("/dev/null", os.O_RDONLY)]
                 while mine[-1] < number:  # the child's own fds take the freed numbers, as a server's do
                     mine.append(os.open("/dev/null", os.O_RDONLY))
@@ -60,7 +61,7 @@ def test_a_count_survives_a_ctrl_c_to_the_harness_and_counts_the_kernels_sockets
                         f'exec {shutil.which("ss")} "$@"\n')
         fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
         monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-        assert proc.established_on_port(port) == 3
+        assert ss.established_on_port(port) == 3
         assert (tmp_path / "once").exists()  # the first ss was killed by the signal
         assert int((tmp_path / "sid").read_text()) != os.getsid(0)  # the second ran in a session of its own
     finally:

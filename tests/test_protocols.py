@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scenarios import protocols
-from scenarios.protocols import EVIDENCE_BYTES, make
+from harness.core import protocols
+from harness.core.protocols import EVIDENCE_BYTES, make
 
 
 def feed_in_chunks(parser, data: bytes, cuts: list[int]) -> tuple[int, str | None]:

@@ -13,10 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.plan.core import held_fds
-from harness.results.schema import SCHEMA, SchemaError, load, validate
-from servers.intake import FD_SETSIZE
-from servers.registry import BACKENDS
+from harness.core.planning import held_fds
+from harness.core.schema import SCHEMA, SchemaError, load, validate
+from harness.core.backends import FD_SETSIZE
+from harness.core.backends import BACKENDS
 from tests.helpers import ROOT, process_alive
 
 HARNESS = [sys.executable, "-m", "harness.cli"]

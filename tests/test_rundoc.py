@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.plan.core import plan
-from harness.results.rundoc import build_document, steady_state
-from harness.results.schema import validate
+from harness.core.planning import plan
+from harness.core.rundoc import build_document, steady_state
+from harness.core.schema import validate
 from tests.test_plan_core import THIS_MACHINE
 
 CONFIG = {"backend": "asyncio", "share": "reuseport", "selector": "epoll", "user_mode": "driver",
@@ -69,7 +69,7 @@ def test_steady_state_leaves_out_ramp_and_teardown():
 
 
 def test_cpu_per_connection_is_each_parts_cpu_over_the_connections_made_per_band():
-    from harness.results.rundoc import cpu_per_connection
+    from harness.core.rundoc import cpu_per_connection
 
     def point(t, held, su, ss, lu, ls, phase="ramp"):
         return {"t": t, "phase": phase, "server_open": held, "server_cpu_user_s": su, "server_cpu_system_s": ss,

@@ -17,8 +17,8 @@ import time
 import pytest
 
 from harness.run.cluster import LocustCluster
-from servers.proc import established_on_port
-from servers.registry import BACKENDS
+from harness.system.ss import established_on_port
+from harness.core.backends import BACKENDS
 from tests.helpers import ROOT, ServerProcess, process_alive, wait_status
 
 

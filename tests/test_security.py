@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from scenarios.targets import target_error
+from harness.core.addresses import target_error
 from tests.helpers import ROOT
 
 SOURCES = [p for d in ("harness", "servers", "scenarios") for p in (ROOT / d).rglob("*.py")]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from servers.registry import BACKENDS
+from harness.core.backends import BACKENDS
 from tests.helpers import ServerProcess, connect, echo, process_alive, recv_exactly
 
 

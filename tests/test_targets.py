@@ -19,7 +19,7 @@ import pytest
 from markupsafe import escape  # what the report's template escapes with
 
 from harness.report.page import build
-from servers.proc import die_with_parent
+from harness.system.procctl import die_with_parent
 from tests.helpers import ROOT, wait_status, wait_until
 
 HARNESS = [sys.executable, "-m", "harness.cli", "run"]
@@ -275,7 +275,7 @@ def test_greenlet_users_speak_the_same_protocols_and_keep_the_same_evidence(tmp_
 
 
 def test_the_hold_protocol_holds_with_no_payload_and_notices_the_servers_close(tmp_path):
-    from servers.registry import BACKENDS
+    from harness.core.backends import BACKENDS
 
     result = subprocess.run([*HARNESS, "--backend", "selectors", "--connections", "300", "--fd-limit", "256",
                              "--protocol", "hold", "--processes", "1", "--workers", "1", "--hold", "1", "--port", "0",

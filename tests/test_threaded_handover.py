@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from servers.backends import threaded
-from servers.contract import ServerConfig
+from harness.core.backends import ServerConfig
 from servers.gauges import Counters
 from servers.intake import RateLimitedLog
 

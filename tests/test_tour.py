@@ -14,7 +14,7 @@ import pytest
 
 from harness import tour
 from harness.report.page import build
-from servers.registry import BACKENDS
+from harness.core.backends import BACKENDS
 from tests.helpers import ROOT, wait_until
 
 

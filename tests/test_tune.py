@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.plan.tune import needed, sysctl_lines
+from harness.core.tuning import needed, sysctl_lines
 from tests.helpers import ROOT
 
 LIMITS = {"file_nr": 5_000, "file_max": 2_470_878, "nr_open": 1_048_576, "nofile_hard": 20_000,
@@ -41,7 +41,7 @@ def _in_own_netns(script: str, tmp_path, *prefix: str) -> subprocess.CompletedPr
     harness = f"{sys.executable} -m harness.cli"
     return subprocess.run([*prefix, "unshare", "--net", "sh", "-ec", script.replace("{harness}", harness)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60,
-                          env={"HARNESS_TUNE_STATE": str(tmp_path / "tune.json"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+                          env={"HARNESS_TUNE_STATE": str(tmp_path / "sysctl.json"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 
 
 def test_apply_writes_only_what_binds_saves_it_first_and_restore_puts_it_back(tmp_path):
@@ -71,7 +71,7 @@ def test_apply_as_a_user_who_may_not_write_sysctls_is_one_line_and_exit_2():
         setpriv --reuid=65534 --regid=65534 --clear-groups {harness} tune --connections 1000 --apply
     """, tmp_path)
     assert done.returncode == 2, done.stderr
-    assert not (tmp_path / "tune.json").exists()  # nothing changed, nothing to restore
+    assert not (tmp_path / "sysctl.json").exists()  # nothing changed, nothing to restore
     assert done.stderr.strip().splitlines() == [
         "harness tune: error: writing net.core.somaxconn needs root (CAP_SYS_ADMIN or CAP_NET_ADMIN); run harness "
         "tune --apply as root, or type the sysctl -w lines above"]
@@ -80,13 +80,13 @@ def test_apply_as_a_user_who_may_not_write_sysctls_is_one_line_and_exit_2():
 
 def test_a_state_file_that_cannot_be_read_is_never_overwritten(tmp_path, monkeypatch):
     """It holds the machine's own values: a second --apply must not replace them with {}."""
-    from harness.run import tune
+    from harness.system import sysctl_state
 
-    state = tmp_path / "tune.json"
+    state = tmp_path / "sysctl.json"
     state.write_text("{not json")
-    monkeypatch.setattr(tune, "STATE", state)
+    monkeypatch.setattr(sysctl_state, "STATE", state)
     import pytest
 
-    with pytest.raises(tune.TuneError, match="cannot be read"):
-        tune.saved()
+    with pytest.raises(sysctl_state.TuneError, match="cannot be read"):
+        sysctl_state.saved()
     assert state.read_text() == "{not json"

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from harness.results.schema import load
+from harness.core.schema import load
 from tests.helpers import ROOT, process_alive
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import psutil
 
-from harness.plan.limits import read_limits
-from harness.results.rundoc import cpu_between
+from harness.system.limits import read_limits
+from harness.core.rundoc import cpu_between
 
 SOURCE = Path(__file__).with_name("connect.c")
 CACHE = Path(tempfile.gettempdir()) / "harness-build"

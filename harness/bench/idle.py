@@ -22,10 +22,10 @@ import subprocess
 import time
 from collections import Counter
 
-from harness.plan import core
-from harness.plan.limits import read_limits
+from harness.core import planning
+from harness.system.limits import read_limits
 from harness.bench.servers import CLIENT, read_event, server_rows, start_holders
-from servers.contract import SELECTORS, ServerConfig
+from harness.core.backends import SELECTORS, ServerConfig
 from servers.gauges import refusals
 from servers.supervisor import ServerGroup
 
@@ -39,7 +39,7 @@ def variants(backends: list[str]) -> list[tuple[str, str]]:
 def bench_idle(backends: list[str], idle_points=IDLE_POINTS, active: int = 100, per_second: float = 50.0,
                seconds: float = 5.0, repeats: int = 3) -> dict:
     limits = read_limits()
-    processes = core.plan(limits, max(idle_points) + active, backend="selectors").server_processes
+    processes = planning.plan(limits, max(idle_points) + active, backend="selectors").server_processes
     print(f"  {processes} server process(es) for every variant (planned for {max(idle_points):,} idle + {active} "
           f"active); {active} active connections × {per_second:g} echoes/s; at each point {repeats} windows of "
           f"{seconds:g} s, each percentile the median of the windows", flush=True)

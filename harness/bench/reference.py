@@ -24,7 +24,7 @@ import time
 import psutil
 
 from harness.run.cluster import free_port
-from servers.contract import ServerConfig
+from harness.core.backends import ServerConfig
 from servers.supervisor import ServerGroup
 
 INSTALL_HINT = ("install Debian's redis-server and redis-tools "

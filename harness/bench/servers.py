@@ -18,12 +18,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from harness.plan import core
-from harness.plan.limits import meminfo, read_limits
-from harness.results.store import machine, utc_stamp, write_json_atomic
-from servers.contract import ServerConfig
+from harness.core import planning
+from harness.system.limits import meminfo, read_limits
+from harness.system.files import machine, utc_stamp, write_json_atomic
+from harness.core.backends import ServerConfig
 from servers.gauges import ROLE_ACCEPTOR
-from servers.proc import established_on_port
+from harness.system.ss import established_on_port
 from servers.supervisor import ServerGroup
 
 CLIENT = [sys.executable, "-m", "harness.clients.instruments"]
@@ -142,12 +142,12 @@ def bench_memory(backends: list[str], connections: int, steps: int = 5) -> dict:
 def start_holders(port: int, count: int, limits: dict, clients: int | None = None,
                   first_client: int = 0) -> tuple[list[subprocess.Popen], list[str]]:
     """Hold-client processes for `count` connections to `port`. Each holds at most its own fd
-    limit's worth (`core.client_split`), from source addresses of its own (client i binds
+    limit's worth (`planning.client_split`), from source addresses of its own (client i binds
     127.0.i+1.2 …, counting from `first_client`), each under half the ephemeral range. They print
     a "held" event, then hold until a line on stdin."""
     procs, addresses = [], []
-    for i, n in enumerate(core.client_split(count, limits, clients)):
-        mine = [core.source_address(first_client + i, k) for k in range(core.sources_for(n, limits))]
+    for i, n in enumerate(planning.client_split(count, limits, clients)):
+        mine = [planning.source_address(first_client + i, k) for k in range(planning.sources_for(n, limits))]
         addresses += mine
         procs.append(subprocess.Popen([*CLIENT, "hold", "--port", str(port), "--count", str(n),
                                        "--sources", ",".join(mine)], stdin=subprocess.PIPE,
@@ -158,7 +158,7 @@ def start_holders(port: int, count: int, limits: dict, clients: int | None = Non
 def bench_hold(backend: str, connections: int, processes: int | None, share: str, clients: int | None,
                hold_s: float = 5.0) -> dict:
     limits = read_limits()
-    plan = core.plan(limits, connections, backend=backend, processes=processes)
+    plan = planning.plan(limits, connections, backend=backend, processes=processes)
     for reason in plan.server_reasons:  # the lean clients are planned below, not as Locust workers
         print(f"  plan: {reason}", flush=True)
     with ServerGroup(ServerConfig(backend=backend, port=0, processes=plan.server_processes, share=share)) as group:

@@ -13,9 +13,11 @@ import selectors
 import signal
 import socket
 from dataclasses import dataclass, field
+from harness.system import ss
 
-from servers import proc
-from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET, errno_name
+from harness.system import procctl
+from harness.system.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
+from harness.core.words import errno_name
 
 IP_LOCAL_PORT_RANGE = getattr(socket, "IP_LOCAL_PORT_RANGE", 51)  # Linux 6.3+: a per-socket range
 
@@ -90,7 +92,7 @@ def exhaust_ports(dst: tuple[str, int], source: str, lo: int, hi: int, extra_sou
             except OSError as exc:
                 refused = _errno_name(exc)
                 break
-        held_by_others = sorted(proc.local_ports_in_use(lo, hi) - set(ports))
+        held_by_others = sorted(ss.local_ports_in_use(lo, hi) - set(ports))
         try:
             other = open_one(extra_source).getsockname()
             lifted = {"local": list(other), "result": "connected"}
@@ -135,7 +137,7 @@ def serve_two_ports(host: str = "127.0.0.1") -> TwoPorts:
         return TwoPorts(pid, ports)
     code = 0
     try:
-        proc.die_with_parent()
+        procctl.die_with_parent()
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         sel = selectors.DefaultSelector()
         for s in listeners:

@@ -28,8 +28,9 @@ import socket
 import sys
 import time
 
-from scenarios import protocols
-from servers.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET, errno_name
+from harness.core import protocols
+from harness.system.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
+from harness.core.words import errno_name
 
 
 def emit(**fields) -> None:

@@ -10,7 +10,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from servers.wire import EchoError, ShortRead, recv_exactly
+from harness.system.wire import EchoError, recv_exactly
+from harness.core.words import ShortRead
 
 
 @dataclass

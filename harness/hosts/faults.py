@@ -16,7 +16,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from servers import proc
+from harness.system import procctl
 
 TABLE = "harness_faults"
 LOSS_SCALE = 10_000  # numgen's modulus: loss in steps of 0.01%
@@ -52,7 +52,7 @@ def parse_rate(text: str) -> str:
 
 
 def _run(cmd: list[str], netns: str | None = None, stdin: str | None = None) -> None:
-    with proc.in_netns(netns):
+    with procctl.in_netns(netns):
         done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, start_new_session=True)
     if done.returncode:
         raise FaultError(f"`{' '.join(cmd)}` in {netns or 'this host'} failed: {done.stderr.strip()}")
@@ -68,14 +68,14 @@ def add_loss(netns: str, percent: float) -> None:
 
 def dropped(netns: str) -> int:
     """Packets the loss rule has dropped in this host so far."""
-    with proc.in_netns(netns):
+    with procctl.in_netns(netns):
         done = subprocess.run(["nft", "list", "table", "inet", TABLE], capture_output=True, text=True,
                               start_new_session=True)
     return sum(int(m) for m in re.findall(r"counter packets (\d+)", done.stdout)) if done.returncode == 0 else 0
 
 
 def remove_loss(netns: str) -> None:
-    with proc.in_netns(netns):
+    with procctl.in_netns(netns):
         subprocess.run(["nft", "delete", "table", "inet", TABLE], capture_output=True, start_new_session=True)
 
 
@@ -86,14 +86,14 @@ def set_rate(netns: str, veth: str, rate: str) -> None:
 
 
 def clear_rate(netns: str, veth: str) -> None:
-    with proc.in_netns(netns):
+    with procctl.in_netns(netns):
         subprocess.run(["tc", "qdisc", "del", "dev", "eth0", "root"], capture_output=True, start_new_session=True)
     subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], capture_output=True, start_new_session=True)
 
 
 def shaped_bytes(netns: str) -> int:
     """Bytes the host's tbf has sent (0 without one)."""
-    with proc.in_netns(netns):
+    with procctl.in_netns(netns):
         done = subprocess.run(["tc", "-s", "qdisc", "show", "dev", "eth0"], capture_output=True, text=True,
                               start_new_session=True)
     m = re.search(r"qdisc tbf .*?Sent (\d+) bytes", done.stdout, re.S)
@@ -106,7 +106,7 @@ def set_link(veth: str, up: bool) -> None:
 
 def tcp_counters(netns: str | None) -> dict[str, int]:
     """The host's TCP counters (its own namespace's /proc/net/snmp and netstat)."""
-    with proc.in_netns(netns):
+    with procctl.in_netns(netns):
         snmp = Path("/proc/net/snmp").read_text().splitlines()
         netstat = Path("/proc/net/netstat").read_text().splitlines()
     out: dict[str, int] = {}

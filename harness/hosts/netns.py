@@ -24,10 +24,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.hosts import layout
-from harness.hosts.layout import Host, Lab, LayoutError
-from harness.results.store import write_json_atomic
-from servers import proc
+from harness.core import lab_layout
+from harness.core.lab_layout import Host, Lab, LayoutError
+from harness.system.files import write_json_atomic
+from harness.system import procctl
 
 STATE_DIR = Path(os.environ.get("HARNESS_HOSTS_STATE", "/run/harness-hosts"))
 CAP_NET_ADMIN = 12
@@ -117,15 +117,15 @@ def _save(lab: Lab) -> None:
 def _free_lab() -> int:
     used = {lab.lab for lab in labs()}
     assigned = _ip("-4", "-o", "addr", "show").stdout
-    for index in range(layout.LABS):
-        net = layout.lab_network(index)
+    for index in range(lab_layout.LABS):
+        net = lab_layout.lab_network(index)
         if index not in used and f" {net.network_address + 1}/" not in assigned:
             return index
-    raise HostsError(f"all {layout.LABS} labs of 198.18.0.0/15 are in use; remove one with harness hosts down --prefix P")
+    raise HostsError(f"all {lab_layout.LABS} labs of 198.18.0.0/15 are in use; remove one with harness hosts down --prefix P")
 
 
 def exists(netns: str) -> bool:
-    return os.path.exists(os.path.join(proc.NETNS_DIR, netns))
+    return os.path.exists(os.path.join(procctl.NETNS_DIR, netns))
 
 
 def _link_exists(name: str, netns: str | None = None) -> bool:
@@ -134,8 +134,8 @@ def _link_exists(name: str, netns: str | None = None) -> bool:
 
 def up(count: int, prefix: str = DEFAULT_PREFIX, addresses: int = 1, owner: int = 0) -> Lab:
     """Hosts PREFIX-1 .. PREFIX-count, each with at least `addresses` addresses (made where missing)."""
-    layout.check_prefix(prefix)
-    layout.check_count(count)
+    lab_layout.check_prefix(prefix)
+    lab_layout.check_count(count)
     require_net_admin()
     with _locked():
         lab = load(prefix)
@@ -147,10 +147,10 @@ def up(count: int, prefix: str = DEFAULT_PREFIX, addresses: int = 1, owner: int 
         _save(lab)  # before anything is made: down finds it even if up dies half-way
         if not _link_exists(lab.bridge):
             _ip("link", "add", lab.bridge, "type", "bridge")
-            _ip("addr", "add", f"{lab.bridge_address}/{layout.LAB_PREFIXLEN}", "dev", lab.bridge)
+            _ip("addr", "add", f"{lab.bridge_address}/{lab_layout.LAB_PREFIXLEN}", "dev", lab.bridge)
         _ip("link", "set", lab.bridge, "up")
         for index in range(1, count + 1):
-            name = layout.host_name(prefix, index)
+            name = lab_layout.host_name(prefix, index)
             host = next((h for h in lab.hosts if h.name == name), None)
             if host is None:
                 host = Host(name, index)
@@ -165,10 +165,10 @@ def up(count: int, prefix: str = DEFAULT_PREFIX, addresses: int = 1, owner: int 
 def _refuse_foreign(prefix: str, count: int, known: set[str] | None = None) -> None:
     """Names the lab would make that exist already and are not in its state file are someone
     else's: `down` would remove them, so `up` refuses to take them over."""
-    names = [layout.host_name(prefix, i) for i in range(1, count + 1)]
+    names = [lab_layout.host_name(prefix, i) for i in range(1, count + 1)]
     taken = [n for n in names if n not in (known or set()) and (exists(n) or _link_exists(n))]
-    if known is None and _link_exists(layout.bridge_name(prefix)):
-        taken.insert(0, layout.bridge_name(prefix))
+    if known is None and _link_exists(lab_layout.bridge_name(prefix)):
+        taken.insert(0, lab_layout.bridge_name(prefix))
     if taken:
         raise HostsError(f"{', '.join(taken)} exist(s) already and the harness did not make them; choose another "
                          "--prefix")
@@ -182,21 +182,21 @@ def _make_host(lab: Lab, host: Host) -> None:
     _ip("link", "set", host.name, "master", lab.bridge, "up")
     _ip("link", "set", "lo", "up", netns=host.name)
     _ip("link", "set", "eth0", "up", netns=host.name)
-    lo, hi = layout.HOST_PORT_RANGE
-    with proc.in_netns(host.name):  # a namespace's own sysctls, written from inside it
+    lo, hi = lab_layout.HOST_PORT_RANGE
+    with procctl.in_netns(host.name):  # a namespace's own sysctls, written from inside it
         Path("/proc/sys/net/ipv4/ip_local_port_range").write_text(f"{lo} {hi}")
-        Path("/proc/sys/net/core/somaxconn").write_text(str(layout.HOST_SOMAXCONN))
+        Path("/proc/sys/net/core/somaxconn").write_text(str(lab_layout.HOST_SOMAXCONN))
 
 
 def _add_addresses(lab: Lab, host: Host, count: int) -> None:
     for k in range(len(host.addresses), count):
-        address = layout.host_address(lab.lab, host.index, k)
+        address = lab_layout.host_address(lab.lab, host.index, k)
         host.addresses.append(address)
         _save(lab)
     present = _ip("-4", "-o", "addr", "show", "dev", "eth0", netns=host.name).stdout
     for address in host.addresses:
         if f" {address}/" not in present:
-            _ip("addr", "add", f"{address}/{layout.LAB_PREFIXLEN}", "dev", "eth0", netns=host.name)
+            _ip("addr", "add", f"{address}/{lab_layout.LAB_PREFIXLEN}", "dev", "eth0", netns=host.name)
 
 
 def ensure_addresses(lab: Lab, name: str, count: int) -> Host:
@@ -214,7 +214,7 @@ def down(prefix: str = DEFAULT_PREFIX, end_processes: bool = False, grace: float
     `down` waits up to `grace` s for them to end (a run's own end with it), then names the ones
     left. `end_processes` (the reaper of a run that made the lab, where everything inside is that
     run's) sends them SIGKILL, by PID, first."""
-    layout.check_prefix(prefix)
+    lab_layout.check_prefix(prefix)
     if load(prefix) is None:
         return []
     require_net_admin()
@@ -250,7 +250,7 @@ def _wait_empty(names: list[str], grace: float, end_processes: bool) -> dict[str
     if end_processes:
         for name in names:
             for pid in pids_in(name):
-                proc.send_signal(pid, signal.SIGKILL)
+                procctl.send_signal(pid, signal.SIGKILL)
     deadline = time.monotonic() + grace
     while True:
         left = {n: pids for n in names if (pids := [p for p in pids_in(n) if _running(p)])}
@@ -268,7 +268,7 @@ def _running(pid: int) -> bool:
 
 
 def sysctl_in(netns: str, name: str) -> str:
-    with proc.in_netns(netns):
+    with procctl.in_netns(netns):
         return Path("/proc/sys/" + name.replace(".", "/")).read_text().split("\n")[0].replace("\t", " ")
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.results.rundoc import held_key, hold_samples
+from harness.core.rundoc import held_key, hold_samples
 
 MIN_SAMPLES = 3
 LIMIT_KEYS = ("nofile_soft", "nofile_hard", "nr_open", "file_max", "ip_local_port_range", "somaxconn", "pid_max")

@@ -17,9 +17,9 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from harness.report import plots
-from harness.results.rundoc import held_key
-from harness.results.store import write_bytes_atomic
-from harness.results.schema import load_result
+from harness.core.rundoc import held_key
+from harness.system.files import write_bytes_atomic
+from harness.core.schema import load_result
 
 PNG_DPI = 90
 # The page is a Jinja2 template (Flask's, installed with Locust), every value autoescaped.

@@ -11,10 +11,10 @@ import os
 import tempfile
 import time
 
-from servers.contract import SHARE_MODES, ServerConfig
+from harness.core.backends import SHARE_MODES, ServerConfig
 from servers.gauges import ROLE_ACCEPTOR, total_refusals
 from harness.clients.probe import fill
-from servers.registry import BACKENDS
+from harness.core.backends import BACKENDS
 from servers.supervisor import ServerGroup
 
 CHECK_FD_LIMIT = 64

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from servers import proc
+from harness.system import procctl
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "scenarios" / "locustfile.py"
 LOCUST = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
@@ -47,13 +47,13 @@ def scenario_args(protocol: str | None, send: str, expect: str, path: str, allow
 
 
 def _prepare_child(nice: int, parent: int, netns: str | None = None, load: bool = False) -> None:
-    proc.die_with_parent(signal.SIGTERM, parent)
+    procctl.die_with_parent(signal.SIGTERM, parent)
     if netns:
-        proc.enter_netns(netns)  # needs CAP_SYS_ADMIN: before it is dropped
+        procctl.enter_netns(netns)  # needs CAP_SYS_ADMIN: before it is dropped
     if load:  # the workers are load: fs.file-max binds them as it binds anyone's (the master keeps it)
-        proc.drop_capability(proc.CAP_SYS_ADMIN)
+        procctl.drop_capability(procctl.CAP_SYS_ADMIN)
     if nice:
-        proc.lower_priority(nice)  # the forked workers inherit it
+        procctl.lower_priority(nice)  # the forked workers inherit it
 
 
 @dataclass
@@ -167,7 +167,7 @@ class LocustCluster:
         self._find_workers()
         pids = [pid for pid in self.worker_pids if _exit_status(pid) is False]
         for pid in pids:
-            proc.send_signal(pid, signal.SIGTERM)
+            procctl.send_signal(pid, signal.SIGTERM)
         for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -182,7 +182,7 @@ class LocustCluster:
             while _exit_status(pid) is False and time.monotonic() < deadline:
                 time.sleep(0.05)
             if _exit_status(pid) is False:  # still this worker: a gone pid may be another process's by now
-                proc.send_signal(pid, signal.SIGKILL)
+                procctl.send_signal(pid, signal.SIGKILL)
 
     def pids(self) -> list[int]:
         self._find_workers()

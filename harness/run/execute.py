@@ -20,29 +20,37 @@ from importlib.metadata import version
 from pathlib import Path
 
 
-from harness.diagnose import kernel, process, rules
-from harness.hosts import layout, netns
+from harness.system import listeners
+
+
+from harness.core import diagnose
+
+
+from harness.system import kernel
+from harness.core import lab_layout
+from harness.hosts import netns
 from harness.hosts.faults import FaultError
-from harness.hosts.layout import LayoutError
+from harness.core.lab_layout import LayoutError
 from harness.hosts.netns import HostsError
-from harness.diagnose.evidence import run_evidence
-from harness.plan import core
-from harness.plan.limits import meminfo, read_limits
+from harness.core.evidence import run_evidence
+from harness.core import planning
+from harness.system.limits import meminfo, read_limits
 from harness.run import hosted
 from harness.run.cluster import LocustCluster
 from harness.run.hosted import HostLayout
 from harness.run.progress import RunProgress
 from harness.run.sampler import Sampler
 from harness.run.cluster import scenario_args
-from harness.run.target import OutsideTarget, TargetError, check_target, is_local
-from harness.results import locust_files
-from harness.results.store import machine, utc_stamp, write_json_atomic
-from harness.results.rundoc import build_document
-from harness.results.schema import run_dir_name
-from scenarios import protocols
-from scenarios.targets import is_loopback
-from servers import proc, registry
-from servers.contract import MEMORY_RESERVE_BYTES, ServerConfig
+from harness.run.outside import OutsideTarget, TargetError, check_target, is_local
+from harness.run import locust_csv
+from harness.system.files import machine, utc_stamp, write_json_atomic
+from harness.core.rundoc import build_document
+from harness.core.schema import run_dir_name
+from harness.core import protocols
+from harness.core.addresses import is_loopback
+from harness.system import procctl
+from servers import registry
+from harness.core.backends import MEMORY_RESERVE_BYTES, ServerConfig
 from servers.gauges import ROLE_ACCEPTOR
 from servers.supervisor import ConfigError, ServerGroup, StartError
 
@@ -111,7 +119,7 @@ class RunConfig:
 class Prepared:
     config: RunConfig
     limits: dict
-    plan: core.Plan
+    plan: planning.Plan
     workers: int
     worker_fd_limit: int
     ramp_rate: float
@@ -167,24 +175,24 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.protocol not in (None, "echo", "hold"):
         raise RunError(f"--protocol {cfg.protocol} needs a --target that speaks it; the harness's own servers "
                        "echo (--protocol echo or hold)")
-    for flag, value, least in (("--fd-limit", cfg.server_fd_limit, core.MIN_FD_LIMIT),
-                               ("--worker-fd-limit", cfg.worker_fd_limit, core.MIN_WORKER_FD_LIMIT)):
-        error = core.fd_limit_error(flag, value, limits, least)
+    for flag, value, least in (("--fd-limit", cfg.server_fd_limit, planning.MIN_FD_LIMIT),
+                               ("--worker-fd-limit", cfg.worker_fd_limit, planning.MIN_WORKER_FD_LIMIT)):
+        error = planning.fd_limit_error(flag, value, limits, least)
         if error:
             raise RunError(error)
     if cfg.fill and cfg.processes:  # ask for more than these servers can hold, so the run finds where they stop
-        cap = core.plan(limits, 1, backend=cfg.backend, fd_limit=cfg.server_fd_limit, processes=cfg.processes,
+        cap = planning.plan(limits, 1, backend=cfg.backend, fd_limit=cfg.server_fd_limit, processes=cfg.processes,
                         selector=cfg.selector).caps
         cfg = replace(cfg, connections=int(min(cap.values()) * FILL_OVERSHOOT) + 50)
     elif cfg.fill:  # no --processes: as many as the machine's own first limit needs, and a little past it
-        cap, name = core.machine_cap(limits, cfg.backend)
+        cap, name = planning.machine_cap(limits, cfg.backend)
         # memory: no further (the processes are planned within it; the floor stops the ramp there)
         cfg = replace(cfg, connections=cap if name == "memory" else int(cap * FILL_MACHINE_OVERSHOOT) + 50)
     if cfg.connections < 1:
         raise RunError(f"--connections {cfg.connections} must be at least 1")
     # --workers 0: every user runs on the outside workers, planned as if they were like ours
     planned_workers = cfg.expect_workers if cfg.workers == 0 else cfg.workers
-    plan = core.plan(limits, cfg.connections, backend=cfg.backend, fd_limit=cfg.server_fd_limit,
+    plan = planning.plan(limits, cfg.connections, backend=cfg.backend, fd_limit=cfg.server_fd_limit,
                      processes=cfg.processes, selector=cfg.selector, workers=planned_workers,
                      worker_fd_limit=cfg.worker_fd_limit, fill=cfg.fill)
     if plan.error:
@@ -203,8 +211,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         plan.reasons = [r for r in plan.reasons if "client source address" not in r]  # the hosts bind their own
         plan.reasons.append(f"test hosts: servers on {h.server}; {len(h.clients)} client host(s) × "
                             f"{h.workers_per_host} worker(s), each host binding {h.addresses_per_host} address(es) "
-                            f"of its own ({layout.per_address():,} connections per address: half of its "
-                            f"ip_local_port_range {layout.HOST_PORT_RANGE[0]}-{layout.HOST_PORT_RANGE[1]})")
+                            f"of its own ({lab_layout.per_address():,} connections per address: half of its "
+                            f"ip_local_port_range {lab_layout.HOST_PORT_RANGE[0]}-{lab_layout.HOST_PORT_RANGE[1]})")
     return prepared
 
 
@@ -245,9 +253,9 @@ def _prepare_target(cfg: RunConfig, limits: dict) -> Prepared:
         if getattr(cfg, field_name) is not None:
             raise RunError(f"{flag} shapes the servers the harness starts; with --target none is started: drop {flag}")
     local = is_local(host)
-    found = process.listeners(port) if local else []
+    found = listeners.listeners(port) if local else []
     target = OutsideTarget(host, port, found)
-    room = rules.predicted_cap(target.processes) if found else None
+    room = diagnose.predicted_cap(target.processes) if found else None
     if cfg.fill:
         if room is None:
             raise RunError(f"--connections max needs to know what {cfg.target} can hold, and no process on this "
@@ -256,7 +264,7 @@ def _prepare_target(cfg: RunConfig, limits: dict) -> Prepared:
     if cfg.connections < 1:
         raise RunError(f"--connections {cfg.connections} must be at least 1")
     planned_workers = cfg.expect_workers if cfg.workers == 0 else cfg.workers  # --workers 0: all outside
-    plan = core.plan_target(limits, cfg.connections, local=local, target_room=room, workers=planned_workers,
+    plan = planning.plan_target(limits, cfg.connections, local=local, target_room=room, workers=planned_workers,
                             worker_fd_limit=cfg.worker_fd_limit, sources_given=cfg.source_addresses)
     if plan.error:
         raise RunError(plan.error)
@@ -265,7 +273,7 @@ def _prepare_target(cfg: RunConfig, limits: dict) -> Prepared:
     return prepared
 
 
-def _finish(cfg: RunConfig, limits: dict, plan: core.Plan) -> Prepared:
+def _finish(cfg: RunConfig, limits: dict, plan: planning.Plan) -> Prepared:
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -355,7 +363,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
             for index, status in group.reap().items():
                 # its slot keeps the last numbers it published (every 0.25 s), a sample may be a second older
                 lost = group.board.read(index)["open"] if group.board is not None else 0
-                faults.append(_fault(sampler, f"server process {index} died ({proc.describe_exit(status)})", lost))
+                faults.append(_fault(sampler, f"server process {index} died ({procctl.describe_exit(status)})", lost))
             if time.monotonic() > deadline:
                 stop_reason.append("timeout")
                 break
@@ -414,7 +422,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
         if any(f not in found for f in faults) and not stop_reason:
             stop_reason.append("interrupted")
         stopped_by = stop_reason[0] if stop_reason else None
-        diagnosis = _quietly(lambda: rules.diagnose(run_evidence(
+        diagnosis = _quietly(lambda: diagnose.diagnose(run_evidence(
             config=asdict(cfg), plan=plan.as_dict(), limits=prepared.limits, series=sampler.series,
             status=sampler.status, stopped_by=stopped_by, host=host, port=group.port, servers=peak_servers,
             hosts=hosts_doc,
@@ -423,9 +431,9 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
             config=asdict(cfg), plan=plan.as_dict(), limits=prepared.limits,
             machine={**machine(), "locust": version("locust")}, host=host, port=group.port, started_at=started_at,
             duration=time.monotonic() - t0, series=sampler.series, status=sampler.status,
-            locust_stats=locust_files.stats(run_dir / "locust_stats.csv"),
-            latency_series=locust_files.latency_series(run_dir / "locust_stats_history.csv", epoch0),
-            files=locust_files.present(run_dir), stop_reason=stopped_by,
+            locust_stats=locust_csv.stats(run_dir / "locust_stats.csv"),
+            latency_series=locust_csv.latency_series(run_dir / "locust_stats_history.csv", epoch0),
+            files=locust_csv.present(run_dir), stop_reason=stopped_by,
             master_code=master_code, error=error, faults=faults + injected, memory_before=memory_before,
             target=_target_doc(target, cfg), diagnosis=diagnosis, hosts=hosts_doc)
         write_json_atomic(run_dir / "run.json", doc)

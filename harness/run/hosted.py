@@ -16,8 +16,10 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from harness.hosts import faults, layout, netns
-from harness.hosts.layout import Lab
+from harness.core import lab_layout
+
+from harness.hosts import faults, netns
+from harness.core.lab_layout import Lab
 from harness.run.cluster import WorkerGroup
 
 LINK_DOWN_MAX_S = 60.0
@@ -67,7 +69,7 @@ def check(cfg) -> None:
         raise HostedError("--hosts 1 leaves no host for the workers; use --hosts 2 or more (one server host, "
                           "the rest client hosts)")
     if cfg.hosts:
-        layout.check_count(cfg.hosts)
+        lab_layout.check_count(cfg.hosts)
     if cfg.target:
         raise HostedError("--target loads a server the harness does not start; test hosts run the harness's own "
                           "servers: drop --target or the host flags")
@@ -88,7 +90,7 @@ def layout_for(cfg, workers: int, connections: int) -> HostLayout:
     """Which hosts serve and load, with `workers` workers planned for `connections`."""
     if cfg.hosts:
         prefix = f"r{os.getpid() % 1_000_000}"
-        names = [layout.host_name(prefix, i) for i in range(1, cfg.hosts + 1)]
+        names = [lab_layout.host_name(prefix, i) for i in range(1, cfg.hosts + 1)]
         server, clients, made = names[0], names[1:], True
     else:
         prefix = _prefix_of(cfg.server_host)
@@ -98,10 +100,10 @@ def layout_for(cfg, workers: int, connections: int) -> HostLayout:
                                   f"{cfg.server_host}; use hosts of one lab")
         server, clients, made = cfg.server_host, list(cfg.worker_hosts), False
     per_host = max(1, math.ceil(workers / len(clients)))
-    addresses = layout.addresses_needed(math.ceil(connections / len(clients)), layout.per_address())
-    if addresses > layout.ADDRESSES_PER_HOST:
+    addresses = lab_layout.addresses_needed(math.ceil(connections / len(clients)), lab_layout.per_address())
+    if addresses > lab_layout.ADDRESSES_PER_HOST:
         raise HostedError(f"{connections:,} connections over {len(clients)} client hosts need {addresses} source "
-                          f"addresses each, past the {layout.ADDRESSES_PER_HOST} a host holds; use more hosts")
+                          f"addresses each, past the {lab_layout.ADDRESSES_PER_HOST} a host holds; use more hosts")
     return HostLayout(prefix, made, server, clients, per_host, addresses, cfg.loss, cfg.rate, cfg.link_down)
 
 
@@ -151,7 +153,7 @@ class HostedRun:
         return self
 
     @property
-    def server(self) -> layout.Host:
+    def server(self) -> lab_layout.Host:
         return self.lab.host(self.plan.server)
 
     @property

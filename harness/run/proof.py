@@ -16,13 +16,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from harness.plan.core import PORT_NUMBERS, proof_target
-from harness.plan.limits import read_limits
+from harness.core.planning import PORT_NUMBERS, proof_target
+from harness.system.limits import read_limits
 from harness.report.page import build as build_report
-from harness.results.rundoc import summary
+from harness.core.rundoc import summary
 from harness.run.execute import RunConfig, RunError, execute, prepare
 from harness.run.sweep import sweep, table
-from servers.registry import BACKENDS
+from harness.core.backends import BACKENDS
 
 SWEEP_LIMITS = [256, 1024]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import psutil
 
-from harness.plan.limits import meminfo
+from harness.system.limits import meminfo
 from harness.run.cluster import LocustCluster
-from harness.run.target import OutsideTarget
-from servers import proc
+from harness.run.outside import OutsideTarget
+from harness.system import ss
 from servers.gauges import ROLE_ACCEPTOR, total_refusals
 from servers.supervisor import ServerGroup
 
@@ -77,9 +77,9 @@ class Sampler:
         now = time.monotonic()
         if fresh or now - self._kernel[1] >= self._kernel_every:
             if self.target is None:
-                count = proc.established_on_port(self.group.port, self.netns)
+                count = ss.established_on_port(self.group.port, self.netns)
             else:  # our side of the connections: the target may be elsewhere, or hold other clients'
-                count = proc.established_to(self.target.host, self.target.port)
+                count = ss.established_to(self.target.host, self.target.port)
                 self.target.sample()
             took = time.monotonic() - now
             self._kernel = (count, now)

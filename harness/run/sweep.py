@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.plan.fits import fit
-from harness.results.store import machine, utc_stamp, write_json_atomic
+from harness.core.fits import fit
+from harness.system.files import machine, utc_stamp, write_json_atomic
 from harness.run.execute import RunConfig, execute, prepare
 
 OVERSHOOT = 1.25  # ask for this much more than the limit, so every run meets its cap

@@ -16,17 +16,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.diagnose import process
+from harness.system import listeners
 from harness.hosts.faults import FaultError
-from harness.hosts.layout import LayoutError
+from harness.core.lab_layout import LayoutError
 from harness.hosts.netns import HostsError
 from harness.run.hosted import HostedError, HostedRun, check, layout_for
 from harness.run.cluster import LocustCluster, scenario_args
 from harness.run.execute import LOAD_NICE, RunConfig
 from harness.run.sampler import Sampler
-from harness.run.target import OutsideTarget, TargetError, check_target, is_local
+from harness.run.outside import OutsideTarget, TargetError, check_target, is_local
 from harness.run.ui_runs import UiRuns
-from servers.contract import ServerConfig
+from harness.core.backends import ServerConfig
 from servers.supervisor import ConfigError, ServerGroup, StartError
 
 
@@ -128,7 +128,7 @@ def _servers_or_target(args: argparse.Namespace, workdir: Path, lab: HostedRun |
     """The harness's own servers, started; or the --target, checked (nothing is started for it)."""
     if args.target:
         host, port = check_target(args.target, args.protocol, args.allow_non_loopback)
-        found = process.listeners(port) if is_local(host) else []
+        found = listeners.listeners(port) if is_local(host) else []
         return OutsideTarget(host, port, found).start()
     config = ServerConfig(backend=args.backend, port=args.port, processes=args.processes, share=args.share,
                           fd_limit=args.fd_limit, nice=LOAD_NICE,

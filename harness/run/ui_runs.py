@@ -15,14 +15,14 @@ from dataclasses import asdict, replace
 from importlib.metadata import version
 from pathlib import Path
 
-from harness.diagnose import rules
-from harness.diagnose.evidence import run_evidence
-from harness.plan import core
-from harness.plan.limits import meminfo, read_limits
+from harness.core import diagnose
+from harness.core.evidence import run_evidence
+from harness.core import planning
+from harness.system.limits import meminfo, read_limits
 from harness.report.page import build as build_report
-from harness.results.rundoc import build_document
-from harness.results.schema import run_dir_name
-from harness.results.store import machine, utc_stamp, write_json_atomic
+from harness.core.rundoc import build_document
+from harness.core.schema import run_dir_name
+from harness.system.files import machine, utc_stamp, write_json_atomic
 from harness.run.execute import RunConfig, cpu_by_host_of, servers_at_peak
 from harness.run.sampler import Sampler
 
@@ -86,7 +86,7 @@ class UiRuns:
         connections = status.get("target_connections") or max((p["locust_open"] for p in series), default=0) or 1
         cfg = replace(self.base, connections=int(connections))
         limits = read_limits()
-        plan = core.plan(limits, cfg.connections, backend=cfg.backend, fd_limit=cfg.server_fd_limit,
+        plan = planning.plan(limits, cfg.connections, backend=cfg.backend, fd_limit=cfg.server_fd_limit,
                          processes=cfg.processes, workers=cfg.workers, worker_fd_limit=cfg.worker_fd_limit)
         run_dir = self.out / run_dir_name(self.started_at, cfg.backend if self.target is None else
                                           f"target-{self.target['port']}", cfg.connections)
@@ -95,7 +95,7 @@ class UiRuns:
         hosts = None
         if self.lab is not None:
             hosts = self.lab.results(status, cpu_by_host_of(series), series[-1]["server_rss_bytes"] if series else 0)
-        diagnosis = rules.diagnose(run_evidence(
+        diagnosis = diagnose.diagnose(run_evidence(
             config=asdict(cfg), plan=plan.as_dict(), limits=limits, series=series, status=status,
             stopped_by=stopped_by, host=self.host, port=self.sampler.group.port,
             servers=servers_at_peak(self.sampler.group, self.sampler),

@@ -15,11 +15,12 @@ import signal
 import subprocess
 import sys
 
-from harness.plan.core import CLIENT_FD_RESERVE, MIN_WORKER_FD_LIMIT, usable_fd_limit
-from harness.plan.limits import read_limits
+from harness.core.planning import CLIENT_FD_RESERVE, MIN_WORKER_FD_LIMIT, usable_fd_limit
+from harness.system.limits import read_limits
 from harness.run.cluster import LOCUST
-from scenarios.targets import is_lab_address, is_loopback, source_error
-from servers import proc
+from harness.core.addresses import is_lab_address, is_loopback, source_error
+from harness.hosts.netns import lab_addresses
+from harness.system import procctl
 
 
 class WorkerError(ValueError):
@@ -30,7 +31,7 @@ def worker_command(args: argparse.Namespace, limits: dict) -> list[str]:
     host, _, port = args.master.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise WorkerError(f"--master {args.master!r} is not HOST:PORT; give e.g. 198.18.0.1:5557")
-    if not (is_loopback(host) or is_lab_address(host) or args.allow_non_loopback):
+    if not (is_loopback(host) or is_lab_address(host, lab_addresses()) or args.allow_non_loopback):
         raise WorkerError(f"--master {host} is neither loopback nor a test host's bridge (harness hosts status): the "
                           "master tells the workers what to load; add --allow-non-loopback if it and its targets "
                           "are yours")
@@ -40,7 +41,7 @@ def worker_command(args: argparse.Namespace, limits: dict) -> list[str]:
                           f"(the hard limit; a worker keeps {CLIENT_FD_RESERVE} for itself)")
     sources = args.source_addresses or ["0.0.0.0"]
     for address in sources:
-        error = source_error(address, args.allow_non_loopback, test_hosts=True)
+        error = source_error(address, args.allow_non_loopback, lab_addresses())
         if error:
             raise WorkerError(f"--source-addresses: {error}")
     return [*LOCUST, "--worker", "--processes", str(args.processes), "--master-host", host, "--master-port", port,
@@ -55,7 +56,7 @@ def run_worker(args: argparse.Namespace) -> int:
     print(f"harness worker: {args.processes} Locust worker(s) joining the master at {args.master}", file=sys.stderr,
           flush=True)
     child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL,
-                             preexec_fn=lambda: proc.die_with_parent(signal.SIGTERM), start_new_session=True)
+                             preexec_fn=lambda: procctl.die_with_parent(signal.SIGTERM), start_new_session=True)
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, f: stop.append(s))

@@ -13,7 +13,7 @@ import selectors
 import socket
 
 from servers.contract import RECV_BYTES, IntakeWatch, ServeContext, StopSignal
-from servers.intake import FD_SETSIZE
+from harness.core.backends import FD_SETSIZE
 
 MECHANISMS = {
     "epoll": getattr(selectors, "EpollSelector", None),

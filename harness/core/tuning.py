@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from harness.plan import core
+from harness.core import planning
 
 SYSCTLS = ("fs.file-max", "fs.nr_open", "net.ipv4.ip_local_port_range", "net.core.somaxconn", "net.ipv4.tcp_mem",
            "net.netfilter.nf_conntrack_max")
@@ -41,7 +41,7 @@ def needed(limits: dict, sysctls: dict[str, str | None], connections: int) -> li
                     f"both ends of every connection are on this machine: 2 files each, {connections:,} connections "
                     f"and the {limits['file_nr']:,} files open now, with 5% and {FILES_SPARE:,} spare"))
     nr_open = int(sysctls["fs.nr_open"] or limits["nr_open"])
-    per_process = core.usable_fd_limit(limits)
+    per_process = planning.usable_fd_limit(limits)
     rows.append(Row("fs.nr_open", str(nr_open), str(nr_open), False,
                     f"the most a process's fd limit may be set to; the hard limit here is {per_process:,} and the "
                     "harness plans server processes and workers within it (raising the hard limit needs "

@@ -4,8 +4,7 @@ processes at their most, the kernel's counters before and after, the machine's l
 
 from __future__ import annotations
 
-from harness.diagnose import kernel
-from harness.results.rundoc import held_count
+from harness.core.rundoc import held_count
 
 
 def gather(*, stopped_by: str | None, held: int, host: str, port: int, totals: dict, server_refused: dict,
@@ -22,7 +21,7 @@ def gather(*, stopped_by: str | None, held: int, host: str, port: int, totals: d
                     for w in workers],
         "sources": sources, "ports_per_address": hi - lo + 1, "port_range": f"{lo}-{hi}", "limits": limits,
         "both_ends_local": host.startswith("127."), "kernel_before": kernel_before, "kernel_after": kernel_after,
-        "kernel_deltas": kernel.deltas(kernel_before, kernel_after) if kernel_before and kernel_after else {},
+        "kernel_deltas": counter_deltas(kernel_before, kernel_after) if kernel_before and kernel_after else {},
         **more,
     }
 
@@ -60,3 +59,8 @@ def on_hosts(hosts: dict) -> dict:
     return {"client_hosts": rows, "server_host": hosts["server"], "both_ends_local": True,
             "sources": [a for h in clients for a in h["addresses"]], "ports_per_address": first["ports_per_address"],
             "port_range": first["port_range"]}
+
+
+def counter_deltas(before: dict, after: dict) -> dict[str, int]:
+    """How much each TcpExt counter grew between two kernel snapshots."""
+    return {name: value - before["netstat"].get(name, 0) for name, value in after["netstat"].items()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import subprocess
 
-from servers.proc import run_ss
+from harness.system.ss import run_ss
 
 COUNTERS = ("ListenOverflows", "ListenDrops", "SyncookiesSent", "TCPTimeouts", "TCPAbortOnData")
 
@@ -74,8 +74,3 @@ def snapshot(port: int, netns: str | None = None) -> dict:
     `netns` where the server runs there (tcp_mem and conntrack's max are the machine's)."""
     return {"netstat": netstat(netns=netns), "listen": listen_queue(port, netns), "tcp_memory": tcp_memory(),
             "conntrack": conntrack()}
-
-
-def deltas(before: dict, after: dict) -> dict[str, int]:
-    """How much each TcpExt counter grew between two snapshots."""
-    return {name: after["netstat"][name] - before["netstat"][name] for name in COUNTERS}

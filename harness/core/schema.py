@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scenarios.tally import WORKER_FULL
+from harness.core.words import WORKER_FULL
 
 SCHEMA = 1
 # Every kind of result file and the schema version this harness reads and writes for it.

@@ -141,7 +141,7 @@ def addresses_needed(connections: int, per_address: int) -> int:
 def per_address(port_range: tuple[int, int] = HOST_PORT_RANGE) -> int:
     """Connections to plan per (source address, destination) on a host: the plan's own rule
     (`harness.plan.core.per_source_address`) under the host's ephemeral range."""
-    from harness.plan.core import per_source_address
+    from harness.core.planning import per_source_address
 
     return per_source_address({"ip_local_port_range": list(port_range)})
 

@@ -1,38 +1,18 @@
-"""What both ends of a TCP connection share here: socket option constants, errno names, reading an
-exact number of bytes, and the one connect-and-echo that decides a server is really up.
-
-The supervisor, the lean clients (`harness.clients`) and the Locust users (`scenarios/`) all use
-these, so an error has one name everywhere and end of file means one thing. No locust import.
-"""
+"""What both ends of a TCP connection share here: socket option constants, reading an exact number
+of bytes, and the one connect-and-echo that decides a server is really up. The supervisor, the lean
+clients (`harness.clients`) and the Locust users (`scenarios/`) all use these."""
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
 import time
 
+from harness.core.words import ShortRead
+
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # no name in Python 3.11
 LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST, leaves no TIME_WAIT
-
-
-def errno_name(err: int | str | None, default: str = "OSError") -> str:
-    """A failure's short name: 'EMFILE' for errno 24, a name such as 'timeout' or 'EOF' as it is,
-    `default` when there is no errno at all."""
-    if err is None:
-        return default
-    if isinstance(err, int):
-        return errno.errorcode.get(err, f"errno{err}")
-    return str(err)
-
-
-class ShortRead(ConnectionError):
-    """The peer closed the connection before `size` bytes came; `data` holds what did."""
-
-    def __init__(self, data: bytes, size: int) -> None:
-        super().__init__(f"connection closed after {len(data)} of {size} bytes")
-        self.data = data
 
 
 def recv_exactly(sock: socket.socket, size: int) -> bytes:

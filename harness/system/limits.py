@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import resource
 
+from harness.system.sysctl_state import current, saved
+
 
 def _read_int(path: str, default: int = 0) -> int:
     try:
@@ -58,8 +60,6 @@ def read_limits() -> dict:
 
 def _tuned() -> dict:
     """The sysctls `harness tune --apply` changed, with the machine's own values it replaced."""
-    from harness.run.tune import current, saved
-
     previous = saved()
     if not previous:
         return {}

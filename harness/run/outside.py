@@ -11,9 +11,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from harness.diagnose import process
-from scenarios.protocols import PROTOCOLS
-from scenarios.targets import target_error
+from harness.system import listeners
+from harness.core.protocols import PROTOCOLS
+from harness.core.addresses import AddressError, split_host_port, target_error
 
 CONNECT_CHECK_S = 5.0
 
@@ -24,18 +24,10 @@ class TargetError(ValueError):
 
 def parse_target(text: str) -> tuple[str, int]:
     """'127.0.0.1:6379' -> ('127.0.0.1', 6379); 'localhost:80' -> ('127.0.0.1', 80)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise TargetError(f"--target {text!r} is not HOST:PORT; give e.g. --target 127.0.0.1:6379")
-    host = host.strip("[]")
-    if host == "localhost":
-        host = "127.0.0.1"
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise TargetError(f"--target {text!r}: {host!r} is not an IP address; give the address, e.g. "
-                          "--target 127.0.0.1:6379") from None
-    return host, int(port)
+        return split_host_port(text, "--target", "127.0.0.1:6379")
+    except AddressError as exc:
+        raise TargetError(str(exc)) from None
 
 
 def check_target(text: str, protocol: str | None, allow_non_loopback: bool) -> tuple[str, int]:
@@ -63,7 +55,7 @@ class OutsideTarget:
         self.local = is_local(host)
         self.exited: dict[int, int] = {}
         # the processes behind the port, as found before the run, with the most fds each held since
-        self.processes = process.tracked(processes or [])
+        self.processes = listeners.tracked(processes or [])
 
     def start(self) -> "OutsideTarget":
         try:
@@ -76,7 +68,7 @@ class OutsideTarget:
     def sample(self) -> None:
         """Read the target's processes again; keep each one's most fds."""
         if self.local:
-            process.track(self.processes)
+            listeners.track(self.processes)
 
     def reap(self) -> dict[int, int]:
         return {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.plan.core import BYTES_PER_CONNECTION, CLIENT_FD_RESERVE, Plan
+from harness.core.planning import BYTES_PER_CONNECTION, CLIENT_FD_RESERVE, Plan
 
 
 def format_limits(limits: dict, p: Plan) -> str:
@@ -44,7 +44,7 @@ def format_limits(limits: dict, p: Plan) -> str:
 
 def format_target(host: str, port: int, procs: list[dict], predicted: int | None, p: Plan) -> str:
     """`harness limits --target`: the processes behind the port, their limits, what they can hold."""
-    from harness.diagnose.rules import _accepting, _room
+    from harness.core.diagnose import _accepting, _room
 
     accepting = {q["pid"] for q in _accepting(procs)}
     rows = [f"Target {host}:{port}"]

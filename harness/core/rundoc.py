@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.results.schema import SCHEMA, map_stopped_by, validate
-from scenarios.tally import WORKER_FULL, WORKER_FULL_DETAIL
+from harness.core.schema import SCHEMA, map_stopped_by, validate
+from harness.core.words import WORKER_FULL, WORKER_FULL_DETAIL
 
 
 def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, port: int, started_at: str,

@@ -20,7 +20,8 @@ import gevent
 from scenarios.chart import Series
 from scenarios.tally import TALLY, new_latency_histogram
 from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, total_refusals
-from servers.proc import RssReader, count_open_fds, established_on_port
+from harness.system.procfs import RssReader, count_open_fds
+from harness.system.ss import established_on_port
 
 MESSAGE = "harness_gauges"
 STALE_S = 5.0  # a worker silent this long is left out of the totals (the shape never lowers its target for it)
@@ -212,13 +213,14 @@ class Board:
     def _note_start(self) -> None:
         """What the diagnosis compares with: the kernel's counters and, for a target on this
         machine, its processes, as the ramp begins."""
-        from harness.diagnose import kernel, process
+        from harness.system import listeners
+        from harness.system import kernel
 
         if self.port is None:
             return
         try:
-            procs = [] if self.server_board is not None else process.listeners(self.port)
-            self._before = {"kernel": kernel.snapshot(self.port, self.netns), "processes": process.tracked(procs)}
+            procs = [] if self.server_board is not None else listeners.listeners(self.port)
+            self._before = {"kernel": kernel.snapshot(self.port, self.netns), "processes": listeners.tracked(procs)}
         except (OSError, ValueError):
             self._before = {}
 
@@ -236,14 +238,16 @@ class Board:
         return verdict
 
     def _diagnose(self) -> dict:
-        from harness.diagnose import kernel, process, rules
-        from harness.diagnose.evidence import gather
-        from harness.plan.limits import read_limits
+        from harness.system import listeners
+        from harness.core import diagnose
+        from harness.system import kernel
+        from harness.core.evidence import gather
+        from harness.system.limits import read_limits
 
         procs = self._before.get("processes", [])
-        process.track(procs)
+        listeners.track(procs)
         t, workers = self.totals(), self.live_workers()
-        return rules.diagnose(gather(
+        return diagnose.diagnose(gather(
             stopped_by=self.stopped_by, held=t["held"], host=self.host, port=self.port, totals=t,
             server_refused=self.server_refusals(), workers=workers,
             sources=list(dict.fromkeys(a for w in workers for a in w["sources"])),

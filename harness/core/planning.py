@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from scenarios.tally import WORKER_FD_RESERVE
-from servers.contract import MEMORY_RESERVE_BYTES, SERVER_PROCESS_BYTES
-from servers.intake import FD_SETSIZE
-from servers.registry import BACKENDS
+from harness.core.words import WORKER_FD_RESERVE
+from harness.core.backends import MEMORY_RESERVE_BYTES, SERVER_PROCESS_BYTES
+from harness.core.backends import FD_SETSIZE
+from harness.core.backends import BACKENDS
 
 # Measured on this kind of machine (shared/FACTS.md): all-in kernel + userland cost of one
 # connection with both ends local, and the spread of SO_REUSEPORT's hash over processes.
