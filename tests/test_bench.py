@@ -113,7 +113,8 @@ def test_the_kernels_own_cost_of_a_connection_is_measured_by_the_c_helper():
     assert row["connections"] == 500 and row["sources"] == 4
     assert floor["median_us"] == row["us_per_connection"] > 0
     assert row["client_system_us"] > row["client_user_us"]
-    assert 0 <= row["others_cores"] <= os.cpu_count()
+    # the rest of the machine used at most every core, within the clock-tick resolution of /proc/stat
+    assert 0 <= row["others_cores"] <= os.cpu_count() + row["others_cores_error"]
 
 
 def test_the_floor_beside_held_connections_is_measured_and_the_holders_end_with_it():
