@@ -1,10 +1,11 @@
-"""Connection gauges across Locust processes, joined with the servers' gauges and the kernel.
+"""The Locust master's view of a test: its workers' reports, joined with the servers' gauges and the
+kernel's count, as the load shape, the status file and the web UI read it.
 
-Every Locust process that runs users (a worker, or the local runner) sends its `WorkerTally` to the
-master once a second as a custom message ("harness_gauges"). The master keeps the latest report
-of each worker in `BOARD`, adds them up, and joins them with the server processes' own gauges
-(their gauge file, `--server-gauges`) and the kernel's count of established connections on the
-port (`ss`). The web UI's Connections tab, the load shape and the status file all read `BOARD`.
+Every Locust process that runs users reports its tally once a second (`scenarios.reporting`). The
+master keeps the latest report of each worker in `BOARD` and adds up the live ones (`Totals`); it
+maps the servers' gauge file (`--server-gauges`) and counts the kernel's established connections on
+the port (`ss`). `MasterStatus` is what it writes to `--status-file` for the harness. Once the ramp
+has ended it can say why, with the same diagnosis as `run.json` (`harness.core.diagnose`).
 """
 
 from __future__ import annotations
@@ -12,75 +13,32 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 
 import gevent
 
-from scenarios.chart import Series
-from scenarios.tally import TALLY, new_latency_histogram
-from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, total_refusals
-from harness.system.procfs import RssReader, count_open_fds
+from harness.core import diagnose
+from harness.core.evidence import gather, sources_of
+from harness.core.records import (ECHO_COUNTS, STALE_COUNTS, EchoLatency, MasterStatus, ServerGauge, Totals,
+                                  WorkerReport, total_refusals)
+from harness.system import kernel, listeners
+from harness.system.limits import read_limits
 from harness.system.ss import established_on_port
+from scenarios.chart import Series
+from scenarios.reporting import MESSAGE, PHASE_MESSAGE, RESET_MESSAGE, REPORT_INTERVAL_S
+from scenarios.tally import new_latency_histogram
+from servers.gauges import ROLE_ACCEPTOR, GaugeBoard
 
-MESSAGE = "harness_gauges"
 STALE_S = 5.0  # a worker silent this long is left out of the totals (the shape never lowers its target for it)
-PHASE_MESSAGE = "harness_phase"  # master -> workers: {"ramping": bool, "test": the test's number}
-RESET_MESSAGE = "harness_reset_stats"  # master -> workers: RESET in the web UI
-REPORT_INTERVAL_S = 1.0
 KERNEL_INTERVAL_S = 2.0
 DIAGNOSIS_EVERY_S = 2.0
-# What RESET clears in a worker's report, and what a new test does besides (a report from before
-# its worker reset for the current test: these counts are not this test's).
-ECHO_COUNTS = {"echo_failed": {}, "echoes_sent": 0, "echoes_verified": 0, "bytes_echoed": 0, "evidence": {},
-               "latency": ""}
-STALE_COUNTS = {**ECHO_COUNTS, "connects_ok": 0, "connects_failed": {}}
-
-
-def worker_report(worker_index: int, rss: RssReader, rss_base: int, base_fds: int) -> dict:
-    return {"worker_index": worker_index, "pid": os.getpid(), "open": TALLY.open, "held": TALLY.held,
-            "connects_ok": TALLY.connects_ok, "connects_failed": dict(TALLY.connects_failed),
-            "echo_failed": dict(TALLY.echo_failed), "echoes_sent": TALLY.echoes_sent,
-            "echoes_verified": TALLY.echoes_verified,
-            "bytes_echoed": TALLY.bytes_echoed, "rss_bytes": rss.rss_bytes(), "rss_base_bytes": rss_base,
-            "fds": base_fds + TALLY.open,
-            "max_users": TALLY.max_users, "sources": TALLY.sources, "at": time.time(),
-            "evidence": dict(TALLY.evidence), "test": TALLY.test, "host": TALLY.host,
-            "latency": TALLY.latency.encode()}
-
-
-def on_phase(environment, msg, **kwargs) -> None:
-    test = msg.data.get("test", 0)
-    if test != TALLY.test:  # START again in the web UI: this test counts from zero
-        TALLY.reset(test)
-    TALLY.ramping = bool(msg.data["ramping"])
-
-
-def start_reporting(runner) -> None:
-    """In a process that runs users: report to the master every REPORT_INTERVAL_S, and follow
-    the master's phase (periodic echoes wait while it ramps)."""
-    runner.register_message(PHASE_MESSAGE, on_phase)
-    runner.register_message(RESET_MESSAGE, lambda environment, msg, **kw: TALLY.reset_echo_stats())
-    rss = RssReader()  # opened now, before any connection: works at EMFILE later
-    base = rss.rss_bytes()  # before any user: what the users cost is measured from here
-    # fds in use = those held before any user + one socket per open connection. Listed once:
-    # listing /proc/self/fd takes 15 ms at 19,000 fds, every second in each of 51 workers at a
-    # million connections.
-    base_fds = count_open_fds()
-
-    def loop() -> None:
-        while True:
-            runner.send_message(MESSAGE, worker_report(getattr(runner, "worker_index", 0), rss, base, base_fds))
-            gevent.sleep(REPORT_INTERVAL_S)
-
-    gevent.spawn(loop)
 
 
 @dataclass
 class Board:
     """The master's view: latest report per worker, the servers' gauges, the kernel's count."""
 
-    workers: dict[str, dict] = field(default_factory=dict)
+    workers: dict[str, WorkerReport] = field(default_factory=dict)
     server_board: GaugeBoard | None = None
     port: int | None = None
     kernel_established: int | None = None
@@ -92,7 +50,7 @@ class Board:
     phase: str = "idle"
     host: str = "127.0.0.1"
     runner: object = None  # the master's runner: its state goes into the status
-    target: int = 0  # the shape's target for the current test
+    connections: int = 0  # what the current test ramps to
     ui_results: str = ""  # where harness ui writes each test's run directory (ui-runs.json)
     status_file: str = ""  # --status-file: written every REPORT_INTERVAL_S and as each phase begins
     test: int = 0  # each START (or headless run) is a new test; workers' reports carry its number
@@ -130,44 +88,30 @@ class Board:
             if self.status_file:
                 write_status(self.status_file)
 
-    def live_workers(self) -> list[dict]:
-        now = time.time()
+    def live_workers(self, now: float | None = None) -> list[WorkerReport]:
+        now = time.time() if now is None else now
         return [r for r in self.workers.values() if now - r["at"] < STALE_S]
 
-    def totals(self) -> dict:
-        w = self.live_workers()
-        failed, echo_failed, evidence = Counter(), Counter(), {}
-        for report in w:
-            failed.update(report["connects_failed"])
-            echo_failed.update(report["echo_failed"])
-            for name, words in report.get("evidence", {}).items():
-                evidence.setdefault(name, words)
-        return {"open": sum(r["open"] for r in w), "held": sum(r.get("held", 0) for r in w), "connects_ok": sum(r["connects_ok"] for r in w),
-                "connects_failed": dict(failed), "echoes_sent": sum(r["echoes_sent"] for r in w),
-                "echoes_verified": sum(r["echoes_verified"] for r in w),
-                "echo_failed": dict(echo_failed), "evidence": evidence,
-                "bytes_echoed": sum(r["bytes_echoed"] for r in w),
-                "rss_bytes": sum(r["rss_bytes"] for r in w),
-                "rss_base_bytes": sum(r["rss_base_bytes"] for r in w),
-                "max_users": sum(r["max_users"] for r in w), "workers": len(w)}
+    def totals(self) -> Totals:
+        return Totals.of(self.live_workers())
 
-    def echo_latency(self) -> dict:
-        """Echo latency after the ramp, every live worker's HdrHistogram merged: count, percentiles
-        in ms, and the merged histogram (base64) so results can be re-read at any precision."""
+    def echo_latency(self) -> EchoLatency:
+        """Latency after the ramp, every live worker's HdrHistogram merged: count, percentiles in
+        ms, and the merged histogram (base64) so results can be re-read at any precision."""
         merged = new_latency_histogram()
         for report in self.live_workers():
-            if report.get("latency"):
+            if report["latency"]:
                 merged.decode_and_add(report["latency"])
         count = merged.get_total_count()
-        summary = {"count": count}
+        summary = EchoLatency(count=count)
         if count:
-            summary.update({f"p{q:g}".replace(".", "_"): merged.get_value_at_percentile(q) / 1000
-                            for q in (50, 90, 99, 99.9)})
+            for q in (50, 90, 99, 99.9):
+                summary[f"p{q:g}".replace(".", "_")] = merged.get_value_at_percentile(q) / 1000
             summary["max"] = merged.get_max_value() / 1000
         summary["histogram"] = merged.encode().decode()
         return summary
 
-    def servers(self) -> list[dict]:
+    def servers(self) -> list[ServerGauge]:
         if self.server_board is None:
             return []
         return [g for g in self.server_board.read_all() if g["role"] != ROLE_ACCEPTOR]
@@ -187,17 +131,16 @@ class Board:
             self.peak_kernel = max(self.peak_kernel, self.kernel_established)
             self.kernel_at = time.time()
 
-    def next_limit(self) -> str:
+    def next_limit(self, totals: Totals) -> str:
         """The limit predicted to stop the run next, from the gauges."""
-        t = self.totals()
         candidates = []
         servers = self.servers()
         if servers:
             room = sum(max(0, g["cap"] - g["open"]) for g in servers)
             candidates.append((room, f"server fd limits ({sum(g['cap'] for g in servers):,} in all)"))
-        if t["max_users"]:
-            candidates.append((max(0, t["max_users"] - t["open"]),
-                               f"Locust workers' fd limits ({t['max_users']:,} users in all)"))
+        if totals.max_users:
+            candidates.append((max(0, totals.max_users - totals.open),
+                               f"Locust workers' fd limits ({totals.max_users:,} users in all)"))
         if not candidates:
             return "unknown"
         room, name = min(candidates)
@@ -213,9 +156,6 @@ class Board:
     def _note_start(self) -> None:
         """What the diagnosis compares with: the kernel's counters and, for a target on this
         machine, its processes, as the ramp begins."""
-        from harness.system import listeners
-        from harness.system import kernel
-
         if self.port is None:
             return
         try:
@@ -233,37 +173,33 @@ class Board:
         cached_at, cached = self._diagnosis
         if time.monotonic() - cached_at < DIAGNOSIS_EVERY_S and cached and cached.get("test") == self.test:
             return cached
-        verdict = {**self._diagnose(), "test": self.test}
+        verdict = {**self._diagnose().as_dict(), "test": self.test}
         self._diagnosis = (time.monotonic(), verdict)
         return verdict
 
-    def _diagnose(self) -> dict:
-        from harness.system import listeners
-        from harness.core import diagnose
-        from harness.system import kernel
-        from harness.core.evidence import gather
-        from harness.system.limits import read_limits
-
+    def _diagnose(self) -> diagnose.Verdict:
         procs = self._before.get("processes", [])
         listeners.track(procs)
-        t, workers = self.totals(), self.live_workers()
+        workers = self.live_workers()
         return diagnose.diagnose(gather(
-            stopped_by=self.stopped_by, held=t["held"], host=self.host, port=self.port, totals=t,
-            server_refused=self.server_refusals(), workers=workers,
-            sources=list(dict.fromkeys(a for w in workers for a in w["sources"])),
+            stopped_by=self.stopped_by, held=self.totals().held, host=self.host, port=self.port,
+            totals=self.totals(), limits=read_limits(), workers=workers, sources=sources_of(workers),
+            server_refused=self.server_refusals(),
             servers=[{"pid": g["pid"], "cap": g["cap"], "open": g["open"], "fd_soft": g["fd_soft"],
                       "base_fds": g["base_fds"]} for g in self.servers()],
-            processes=procs, limits=read_limits(), kernel_before=self._before.get("kernel"),
+            processes=procs, kernel_before=self._before.get("kernel"),
             kernel_after=kernel.snapshot(self.port, self.netns)))
 
-    def snapshot(self) -> dict:
+    def status(self) -> MasterStatus:
+        totals = self.totals()
         workers = [{k: v for k, v in r.items() if k != "latency"} for r in self.live_workers()]
-        return {"test": self.test, "locust_state": getattr(self.runner, "state", None), "target_connections": self.target,
-                "phase": self.phase, "stopped_by": self.stopped_by, "shed": self.shed, "totals": self.totals(),
-                "workers": sorted(workers, key=lambda r: r["worker_index"]), "echo_latency": self.echo_latency(),
-                "servers": self.servers(), "server_refusals": self.server_refusals(),
-                "kernel_established": self.kernel_established, "peak_kernel_established": self.peak_kernel,
-                "next_limit": self.next_limit()}
+        return MasterStatus(
+            test=self.test, locust_state=getattr(self.runner, "state", None), connections=self.connections,
+            phase=self.phase, stopped_by=self.stopped_by, shed=self.shed, totals=totals,
+            workers=sorted(workers, key=lambda r: r["worker_index"]), echo_latency=self.echo_latency(),
+            servers=self.servers(), server_refusals=self.server_refusals(),
+            kernel_established=self.kernel_established, peak_kernel_established=self.peak_kernel,
+            next_limit=self.next_limit(totals))
 
 
 BOARD = Board()
@@ -273,7 +209,7 @@ SERIES = Series()  # the web UI's picture of the test, reset with it
 def start_master(runner, server_gauges: str | None, port: int | None, status_file: str | None,
                  kernel_interval: float = KERNEL_INTERVAL_S, host: str | None = None,
                  netns: str | None = None) -> None:
-    """On the master (or local runner): collect reports, poll the kernel every KERNEL_INTERVAL_S
+    """On the master (or local runner): collect reports, poll the kernel every `kernel_interval`
     (ss is slow at 100k connections), write the status file every REPORT_INTERVAL_S."""
     runner.register_message(MESSAGE, BOARD.on_message)
     BOARD.port, BOARD.runner, BOARD.netns, BOARD.status_file = port, runner, netns or None, status_file or ""
@@ -302,7 +238,7 @@ def write_status(path: str) -> None:
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "w") as f:
-            json.dump(BOARD.snapshot(), f)
+            json.dump(BOARD.status().as_dict(), f)
         os.replace(tmp, path)
     except OSError:
         pass

@@ -25,7 +25,7 @@ class Series:
         self.kernel_at = 0.0
 
     def record(self, board, now: float) -> None:
-        """One sample of `board` (scenarios.gauges.Board) while a test runs."""
+        """One sample of `board` (scenarios.board.Board) while a test runs."""
         if board.phase == "idle":
             return
         if self.t0 is None:
@@ -37,7 +37,7 @@ class Series:
         kernel = None
         if board.kernel_established is not None and board.kernel_at > self.kernel_at:
             kernel, self.kernel_at = board.kernel_established, board.kernel_at
-        held = sum(g["open"] for g in servers) if servers else board.totals()["held"]
+        held = sum(g["open"] for g in servers) if servers else board.totals().held
         self.points.append({"t": round(now - self.t0, 1), "held": held, "kernel": kernel,
                             "by_process": [g["open"] for g in servers]})
         if len(self.points) > MAX_POINTS:

@@ -1,4 +1,4 @@
-"""The load shape: Locust's side of the ramp rule (`harness.plan.ramp`, where its theory of
+"""The load shape: Locust's side of the ramp rule (`harness.core.ramp`, where its theory of
 operation is). Each tick it reads Locust's user count, the gauges (`BOARD`) and, with a memory
 floor, this machine's MemAvailable; asks the rule what to do, tells the workers the phase, and
 records why the ramp ended in `BOARD.stopped_by`."""
@@ -54,21 +54,19 @@ class StepRampShape(LoadTestShape):
         # and the rate; headless (harness run), the harness's own options are (Locust then sets
         # -u and -r to 1 by itself).
         ui = not getattr(opts, "headless", False)
-        BOARD.target = opts.num_users if ui and opts.num_users else opts.target_connections
-        return ramp.Settings(target=BOARD.target,
+        BOARD.connections = opts.num_users if ui and opts.num_users else opts.connections
+        return ramp.Settings(target=BOARD.connections,
                              ramp_rate=(opts.spawn_rate if ui and opts.spawn_rate else opts.ramp_rate),
                              step_seconds=opts.step_seconds, max_seconds=opts.max_seconds,
-                             hold_seconds=opts.hold_seconds, memory_floor=opts.memory_floor)
+                             hold_seconds=opts.hold, memory_floor=opts.memory_reserve)
 
     def _seen(self) -> ramp.Seen:
         totals = BOARD.totals()
-        failures = totals["connects_failed"]
-        lost = totals["connects_ok"] > totals["held"]
-        return ramp.Seen(user_count=self.runner.user_count, open=totals["open"], connects_ok=totals["connects_ok"],
-                         failures=failures, server_refusals=BOARD.server_refusals() if failures or lost else {},
-                         max_users=totals["max_users"], held=totals["held"], closed=totals["echo_failed"],
-                         mem_available=_mem_available()
-                         if getattr(self.runner.environment.parsed_options, "memory_floor", 0) else 0)
+        failures = totals.connects_failed
+        return ramp.Seen(user_count=self.runner.user_count, open=totals.open, connects_ok=totals.connects_ok,
+                         failures=failures, server_refusals=BOARD.server_refusals() if failures or totals.lost else {},
+                         max_users=totals.max_users, held=totals.held, closed=totals.echo_failed,
+                         mem_available=_mem_available() if self.runner.environment.parsed_options.memory_reserve else 0)
 
     def tick(self):
         BOARD.set_phase(self.runner, self.state.phase)

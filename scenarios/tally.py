@@ -1,5 +1,6 @@
-"""What a Locust process's users hold and have done (`WorkerTally`, one `TALLY` per process):
-plain counters the users and the driver update, and `scenarios.reporting` sends to the master."""
+"""What a Locust process's users hold and have done (`WorkerTally`, one `TALLY` per process): plain
+counters that the connections count into (`scenarios.link`) and `scenarios.reporting` sends to the
+master as a `WorkerReport`."""
 
 from __future__ import annotations
 
@@ -13,25 +14,31 @@ from harness.core.words import LATENCY_DIGITS, LATENCY_MAX_US, WORKER_FULL, TCPE
 from harness.hosts.netns import lab_addresses
 
 
+def new_latency_histogram() -> HdrHistogram:
+    return HdrHistogram(1, LATENCY_MAX_US, LATENCY_DIGITS)
+
+
 class WorkerTally:
-    """What this Locust process's users hold and have done (plain counters, read by gauges)."""
+    """What this Locust process's users hold and have done."""
 
     def __init__(self) -> None:
-        self.open = 0
-        self.connects_ok = 0  # connections established and echo-verified once
+        self.open = 0  # sockets open
+        self.connects_ok = 0  # connections established and verified once
         self.held = 0  # ...and still open: what this process holds, as a server would count it
-        self.connects_failed: dict[str, int] = {}  # by name: no connection, or no first echo
+        self.connects_failed: dict[str, int] = {}  # by name: no connection, or no first reply
         self.echo_failed: dict[str, int] = {}
         self.echoes_sent = 0
         self.echoes_verified = 0
         self.bytes_echoed = 0
+        self.stages: dict[str, int] = {}  # stages done beyond connect: tls-handshake, ws-upgrade, ...
+        self.tls: dict[str, dict[str, int] | int] = {}  # what TLS handshakes agreed, counted by value
         self.sources: list[str] = ["127.0.0.1"]
         self.max_users = 0  # the most users this process may hold (fd limit minus a reserve)
-        # While the master's shape ramps, periodic echoes wait (every connection is still verified
+        # While the master's shape ramps, periodic requests wait (every connection is still verified
         # once at connect): the ramp gets the CPU, and steady state is measured apart from it.
         self.ramping = True
-        # Echo latency after the ramp, in µs from each echo's intended send time (the actual send
-        # time in the closed loop), 3 significant digits; the master merges every worker's.
+        # Latency after the ramp, in µs from each request's intended send time (the actual send
+        # time in the closed loop); the master merges every worker's.
         self.latency = new_latency_histogram()
         self.evidence: dict[str, str] = {}  # failure name -> the first 200 bytes the target sent with it
         self.test = 0  # the master's test number these counts belong to
@@ -41,13 +48,13 @@ class WorkerTally:
         # target from the master only when it spawns, so every connect checks it (cached per host).
         self.allow_non_loopback = False
         self.test_hosts = False
-        self._targets: dict[str, tuple[str, int, str | None]] = {}
+        self._destinations: dict[str, tuple[str, int, str | None]] = {}
 
     def reset(self, test: int) -> None:
         """A new test from the web UI (START again): counts start from zero; the connections this
         process still holds (none, once Locust has stopped the last test's users) stay counted."""
         self.test = test
-        self.connects_ok, self.connects_failed = 0, {}
+        self.connects_ok, self.connects_failed, self.stages, self.tls = 0, {}, {}, {}
         self.file_table_full = False  # a new test tries the file table again
         self.reset_echo_stats()
 
@@ -58,17 +65,17 @@ class WorkerTally:
         self.echo_failed, self.evidence = {}, {}
         self.latency = new_latency_histogram()
 
-    def target(self, host: str) -> tuple[str, int]:
+    def destination(self, host: str) -> tuple[str, int]:
         """(address, port) of Locust's --host, or TCPError("target-refused") if this process may
-        not load it: no packet is sent to a target outside the rule of `scenarios.targets`."""
-        known = self._targets.get(host)
+        not load it: no packet is sent to an address outside `harness.core.addresses`' rule."""
+        known = self._destinations.get(host)
         if known is None:
             try:
                 name, port = split_host_port(host or "", "--host", "tcp://127.0.0.1:9999")
             except AddressError:  # no --host, or the web form's Host emptied: nothing to connect to
                 raise TCPError("no-target") from None
             labs = lab_addresses() if self.test_hosts else None
-            known = self._targets[host] = (name, port, target_error(name, self.allow_non_loopback, labs))
+            known = self._destinations[host] = (name, port, target_error(name, self.allow_non_loopback, labs))
         if known[2]:
             raise TCPError("target-refused")
         return known[0], known[1]
@@ -95,9 +102,11 @@ class WorkerTally:
         if data and failure not in self.evidence:
             self.evidence[failure] = evidence_text(data)
 
-
-def new_latency_histogram() -> HdrHistogram:
-    return HdrHistogram(1, LATENCY_MAX_US, LATENCY_DIGITS)
+    def note_tls(self, agreed: dict[str, str | bool]) -> None:
+        """What one TLS handshake agreed (version, cipher, group, resumed), counted by value."""
+        for key, value in agreed.items():
+            counts = self.tls.setdefault(key, {})
+            counts[str(value)] = counts.get(str(value), 0) + 1
 
 
 TALLY = WorkerTally()

@@ -1,11 +1,12 @@
-"""The raw-TCP echo User: one socket per user, opened in on_start, held, echo-checked byte for byte.
+"""The User: one TCP connection per user, opened in on_start, held, and asked a request of the run's
+protocol every interval, its reply checked.
 
-Connects and echoes are fired as Locust `request` events (type "TCP", names "connect" and
-"echo"), so they appear in Locust's stats, CSVs and HTML report. Failures carry a short,
-low-cardinality name (EMFILE, EADDRNOTAVAIL, ECONNREFUSED, ECONNRESET, EOF, timeout, mismatch):
-Locust groups failures by the exception's repr. A user whose connect failed records it once and
-then stays idle; it never retries in a loop. Every process also keeps a `WorkerTally` of what its
-users hold, which `scenarios.gauges` reports to the master.
+`--user-mode driver` (the default) hands the user to its process's driver (`scenarios.driver`), which
+serves every user over one epoll at a quarter of the memory. `--user-mode greenlet` runs each user
+in its own greenlet, as Locust users usually run: the methods below drive the same connection state
+machine (`scenarios.link`) over a blocking gevent socket, so both modes bind, connect, verify, count
+and fail the same way. A user whose connect failed records it once and then stays idle; it never
+retries in a loop.
 """
 
 from __future__ import annotations
@@ -17,32 +18,46 @@ import time
 from locust import User, task
 
 from harness.core import protocols
+from harness.core.connection import CLOSED, READY, VERIFYING, bind_address
+from harness.core.words import TCPError, error_name, errno_name
+from harness.system.wire import client_socket, close_with_reset
+from scenarios import link
 from scenarios.driver import driver
 from scenarios.tally import TALLY
-from harness.core.words import TCPError, error_name
-from harness.system.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
 
 _user_numbers = itertools.count()
 
 
-class EchoUser(User):
-    """Holds one TCP connection to the target and echoes a random payload every interval.
+class GreenletLink(link.LocustLink):
+    """A greenlet-mode user's connection: it waits on one deadline at a time, the latest asked."""
 
-    `--user-mode greenlet` runs each user in its own greenlet, as Locust users usually run (the
-    methods below). `--user-mode driver` (the default) hands the user to the process's driver
-    (`scenarios.driver`), which does the same work for all users in one greenlet, at a quarter
-    of the memory per user."""
+    __slots__ = ("user", "deadline")
+
+    def __init__(self, user: "EchoUser", protocol: protocols.Protocol, number: int) -> None:
+        super().__init__(protocol, None, number)
+        self.user = user
+        self.deadline = (0, 0.0)  # (op, when)
+
+    def on_deadline(self, op: int, at: float) -> None:
+        self.deadline = (op, at)
+
+    def drop(self, verified: bool) -> None:
+        self.user.drop(verified)
+
+
+class EchoUser(User):
+    """Holds one connection to the target and sends a request every interval once the ramp ends."""
 
     def start(self, group):
-        if getattr(self.environment.parsed_options, "user_mode", "greenlet") == "driver":
+        if getattr(self.environment.parsed_options, "user_mode", "driver") == "driver":
             return driver(self.environment).adopt(self, group)
         return super().start(group)
 
     def wait_time(self) -> float:
         """Closed loop: the interval (read each time: the web UI's start form can change it).
         Open loop: until the next intended send time, an interval after the last one, however
-        long the last echo took: a late answer shortens the wait. This user has one echo in flight,
-        so an answer more than an interval late drops the slots it missed (the driver mode
+        long the last request took: a late answer shortens the wait. This user has one request in
+        flight, so an answer more than an interval late drops the slots it missed (the driver mode
         pipelines and drops none)."""
         opts = self.environment.parsed_options
         if getattr(opts, "echo_mode", "closed") != "open" or TALLY.ramping:
@@ -52,140 +67,109 @@ class EchoUser(User):
         return max(0.0, self._intended - now)
 
     def on_start(self) -> None:
-        self.sock: socket.socket | None = None
-        self._verified = False
-        self._held = False  # counted in TALLY.held: verified and still open
-        self._intended = 0.0  # open loop: the intended send time of the next echo
+        link.bind(self.environment)
         opts = self.environment.parsed_options
-        self.timeout = getattr(opts, "echo_timeout", 10.0)
-        self.protocol = protocols.from_options(opts, self.host)
-        source = TALLY.sources[next(_user_numbers) % len(TALLY.sources)]
-        start = time.perf_counter()
+        self.sock: socket.socket | None = None
+        self._intended = 0.0  # open loop: the intended send time of the next request
+        self.timeout = opts.echo_timeout
+        self.link = GreenletLink(self, protocols.from_options(opts, self.host), next(_user_numbers))
+        started = time.perf_counter()
         try:
-            host, port = TALLY.target(self.host)
+            host, port = TALLY.destination(self.host)
         except TCPError as exc:
-            return self._fire_failure("connect", start, exc, TALLY.connects_failed)
+            return self._refused(started, exc.name)
         if TALLY.full():
-            return self._fire_failure("connect", start, TCPError(TALLY.refusal()), TALLY.connects_failed)
+            return self._refused(started, TALLY.refusal())
+        source = TALLY.sources[self.link.number % len(TALLY.sources)]
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as exc:  # EMFILE in this Locust process, ENFILE on the machine
+            sock = client_socket(socket.socket, host, bind_address(source))
+        except OSError as exc:  # EMFILE in this Locust process, ENFILE on the machine, a bind refused
             TALLY.socket_failed(exc.errno)
-            return self._fire_failure("connect", start, exc, TALLY.connects_failed)
+            return self._refused(started, errno_name(exc.errno))
         TALLY.open += 1  # counted from now: other users check full() while this one waits in connect()
+        self.sock = sock
+        self.link.begin(started, self.timeout)
+        sock.settimeout(self.timeout)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if source != "0.0.0.0":
-                sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind((source, 0))
-            sock.settimeout(self.timeout)
             sock.connect((host, port))
         except OSError as exc:
-            sock.close()
-            TALLY.open -= 1
-            return self._fire_failure("connect", start, exc, TALLY.connects_failed)
-        self.sock = sock
-        self._fire("connect", start, 0, None)
-        # Every connection is echo-verified once, right away (hold: seen to stay open). A server at
-        # its fd limit completes the handshake (the kernel does) and then closes: the client sees
-        # EOF here, so a failed first echo counts as a failed connection.
-        self._verified = False
-        failure = self.echo() if self.protocol.sends else self._watch(protocols.HOLD_VERIFY_S)
-        self._verified = True
-        if failure is None:
-            TALLY.connects_ok += 1
-            TALLY.held += 1
-            self._held = True
-        else:
-            TALLY.failed(TALLY.connects_failed, failure)
+            return self.link.lost(error_name(exc))
+        self._send(self.link.connected(time.perf_counter(), self.timeout))
+        self._pump(lambda: self.link.state in (READY, CLOSED))  # verified once, right away
 
     @task
-    def echo(self) -> str | None:
-        """One request of the run's protocol, its reply checked; returns the failure's name, or None."""
+    def echo(self) -> None:
+        """One request of the run's protocol, its reply checked; while ramping (and with nothing to
+        send), only whether the target closed the connection (it may shed held ones)."""
         if self.sock is None:
-            return None  # connect failed: stay idle; the load shape decides what happens next
-        if TALLY.ramping and self._verified:
-            # no echo while ramping, but a close by the target is seen (it may shed held
-            # connections to take new ones: the ramp stops on that, as in the driver mode)
-            return self._watch(0.0)
-        if not self.protocol.sends:
-            return self._watch(0.0)
-        request = self.protocol.request()
-        parser = self.protocol.parser()
-        parser.sent(request)
-        start = time.perf_counter()
-        open_loop = getattr(self.environment.parsed_options, "echo_mode", "closed") == "open"
-        intended = self._intended if open_loop and self._intended else start
-        record = not TALLY.ramping
-        TALLY.echoes_sent += 1
-        try:
-            self.sock.sendall(request)
-            done = 0
-            while not done:
-                data = self.sock.recv(65536)
-                if not data:
-                    raise TCPError("EOF")
-                done, wrong = parser.feed(data)
-                if wrong:
-                    raise TCPError(wrong)
-        except (OSError, TCPError) as exc:
-            TALLY.note_evidence(error_name(exc), parser.leftover())
-            self._drop()
-            return self._fire_failure(self.protocol.name, start, exc, TALLY.echo_failed)
-        TALLY.echoes_verified += 1
-        TALLY.bytes_echoed += len(request)
-        if record:
-            TALLY.latency.record_value(max(1, int((time.perf_counter() - intended) * 1e6)))
-        self._fire(self.protocol.name, start, len(request), None)
-        return None
+            return  # connect failed: stay idle; the load shape decides what happens next
+        if TALLY.ramping or not self.link.protocol.sends:
+            return self._watch()
+        opts = self.environment.parsed_options
+        now = time.perf_counter()
+        intended = self._intended if getattr(opts, "echo_mode", "closed") == "open" and self._intended else now
+        self._send(self.link.request(now, intended, self.timeout))
+        self._pump(lambda: not self.link.marks)
 
-    def _watch(self, seconds: float) -> str | None:
-        """hold: whether the target closed the connection within `seconds` (0: has it closed);
-        what it sent meanwhile is kept as evidence. Returns the failure's name, or None."""
-        parser = self.protocol.parser()
-        deadline = time.monotonic() + seconds
+    def on_stop(self) -> None:
+        self.drop(self.link.state == READY if hasattr(self, "link") else False)
+
+    def drop(self, verified: bool) -> None:
+        if self.sock is not None:
+            close_with_reset(self.sock)
+            self.sock = None
+            TALLY.open -= 1
+            if verified:
+                TALLY.held -= 1
+
+    def _refused(self, started: float, failure: str) -> None:
+        """A connect that made no socket (worker-full, EMFILE, a target it may not load)."""
+        self.link.stage_at = started
+        self.link.fail(failure, started=started)
+
+    def _send(self, data: bytes) -> None:
+        if data and self.sock is not None:
+            try:
+                self.sock.sendall(data)
+            except OSError as exc:
+                self.link.lost(error_name(exc))
+
+    def _pump(self, done) -> None:
+        """Feed the connection what arrives until `done()`, it fails, or a deadline passes."""
+        link_ = self.link
+        while self.sock is not None and not done():
+            holding = link_.state == VERIFYING and not link_.protocol.sends
+            op, deadline = link_.deadline
+            until = link_.verify_at if holding else deadline
+            self.sock.settimeout(max(0.0, until - time.perf_counter()))
+            try:
+                data = self.sock.recv(65536)
+            except (socket.timeout, BlockingIOError):
+                if holding:
+                    link_.check_held(time.perf_counter())
+                else:
+                    link_.expire(op, time.perf_counter())
+                continue
+            except OSError as exc:
+                link_.lost(error_name(exc))
+                return
+            if not data:
+                link_.lost()
+                return
+            self._send(link_.received(data, time.perf_counter(), self.timeout))
+
+    def _watch(self) -> None:
+        """Whether the target closed the connection (what it sent meanwhile is kept as evidence)."""
+        self.sock.settimeout(0.0)
         try:
-            while True:
-                self.sock.settimeout(max(0.0, deadline - time.monotonic()))
-                try:
-                    data = self.sock.recv(65536)
-                except (socket.timeout, BlockingIOError):
-                    return None  # still open
-                if not data:
-                    raise TCPError("EOF")
-                parser.feed(data)
-        except (OSError, TCPError) as exc:
-            TALLY.note_evidence(error_name(exc), parser.leftover())
-            self._drop()
-            start = time.perf_counter()
-            return self._fire_failure(self.protocol.name, start, exc, TALLY.echo_failed)
+            data = self.sock.recv(65536)
+        except (socket.timeout, BlockingIOError):
+            return  # still open
+        except OSError as exc:
+            return self.link.lost(error_name(exc))
         finally:
             if self.sock is not None:
                 self.sock.settimeout(self.timeout)
-
-    def on_stop(self) -> None:
-        self._drop()
-
-    def _drop(self) -> None:
-        if self.sock is not None:
-            try:  # RST instead of FIN: no TIME_WAIT pile-up between runs
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-            except OSError:
-                pass
-            self.sock.close()
-            self.sock = None
-            TALLY.open -= 1
-            if self._held:
-                TALLY.held -= 1
-                self._held = False
-
-    def _fire(self, name: str, start: float, length: int, exc: BaseException | None) -> None:
-        self.environment.events.request.fire(
-            request_type="TCP", name=name, response_time=(time.perf_counter() - start) * 1000,
-            response_length=length, exception=exc, context={})
-
-    def _fire_failure(self, name: str, start: float, exc: BaseException, where: dict[str, int]) -> str:
-        failure = TCPError(error_name(exc))
-        TALLY.failed(where, failure.name)
-        self._fire(name, start, 0, failure)
-        return failure.name
+        if not data:
+            return self.link.lost()
+        self._send(self.link.received(data, time.perf_counter(), self.timeout))

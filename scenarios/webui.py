@@ -21,26 +21,26 @@ COLUMNS = [("what", "What"), ("name", "Name"), ("open", "Open"), ("limit", "Limi
 
 
 def rows() -> list[dict]:
-    snap = BOARD.snapshot()
+    status = BOARD.status()
     out = []
-    for g in snap["servers"]:
+    for g in status.servers:
         out.append({"what": "server process", "name": f"p{g['index']} (pid {g['pid']})", "open": g["open"],
                     "limit": g["cap"], "detail": f"fd limit {g['fd_soft']:,} − {g['base_fds']} held; "
                     f"accepted {g['accepted']:,}; RSS {g['rss_bytes'] / 2**20:,.0f} MiB"})
-    for w in snap["workers"]:
+    for w in status.workers:
         out.append({"what": "locust worker", "name": f"w{w['worker_index']} (pid {w['pid']})", "open": w["open"],
                     "limit": w["max_users"], "detail": f"sources {', '.join(w['sources'])}; "
                     f"connects ok {w['connects_ok']:,}; echoes verified {w['echoes_verified']:,}; "
                     f"RSS {w['rss_bytes'] / 2**20:,.0f} MiB; fds {w['fds']:,}"})
-    t = snap["totals"]
-    out.append({"what": "kernel", "name": f"established on port {BOARD.port}", "open": snap["kernel_established"],
-                "limit": "", "detail": f"peak {snap['peak_kernel_established']:,}"})
-    for reason, n in snap["server_refusals"].items():
+    t = status.totals
+    out.append({"what": "kernel", "name": f"established on port {BOARD.port}", "open": status.kernel_established,
+                "limit": "", "detail": f"peak {status.peak_kernel_established:,}"})
+    for reason, n in status.server_refusals.items():
         out.append({"what": "refused by servers", "name": reason, "open": n, "limit": "", "detail": ""})
-    for reason, n in t["connects_failed"].items():
+    for reason, n in t.connects_failed.items():
         out.append({"what": "failed connects", "name": reason, "open": n, "limit": "", "detail": ""})
-    out.append({"what": "next limit", "name": snap["phase"], "open": t["open"], "limit": "",
-                "detail": snap["next_limit"] + (f"; stopped by {snap['stopped_by']}" if snap["stopped_by"] else "")})
+    out.append({"what": "next limit", "name": status.phase, "open": t.open, "limit": "",
+                "detail": status.next_limit + (f"; stopped by {status.stopped_by}" if status.stopped_by else "")})
     report = latest_report()
     if report:
         out.append({"what": "report", "name": report.split("/")[2], "open": "", "limit": "",
@@ -76,9 +76,9 @@ def live_diagnosis() -> dict | None:
 
 # The start form's harness fields: (form key, type, lowest allowed, highest allowed).
 FORM_RULES = (("user_count", int, 1, 10_000_000), ("spawn_rate", float, 1.0, 1_000_000.0),
-              ("target_connections", int, 1, 10_000_000), ("echo_interval", float, 0.01, 3600.0),
+              ("connections", int, 1, 10_000_000), ("echo_interval", float, 0.01, 3600.0),
               ("payload_size", int, 1, 65_536), ("ramp_rate", float, 1.0, 1_000_000.0),
-              ("hold_seconds", float, 0.0, 86_400.0))
+              ("hold", float, 0.0, 86_400.0))
 
 
 def form_error(form) -> str | None:
@@ -147,4 +147,4 @@ def extend(web_ui) -> None:
     @web_ui.app.route("/connections/json")
     @web_ui.auth_required_if_enabled
     def connections_json():
-        return {**BOARD.snapshot(), "diagnosis": live_diagnosis()}
+        return {**BOARD.status().as_dict(), "diagnosis": live_diagnosis()}

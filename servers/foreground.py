@@ -19,7 +19,8 @@ from harness.system import procctl
 
 from servers import registry
 from harness.core.backends import SELECTORS, SHARE_MODES, ServerConfig
-from servers.gauges import ROLE_ACCEPTOR, GaugeBoard, total_refusals
+from harness.core.records import total_refusals
+from servers.gauges import ROLE_ACCEPTOR, GaugeBoard
 from servers.supervisor import ConfigError, ServerGroup, StartError
 
 

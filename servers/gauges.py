@@ -12,18 +12,11 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 
-# Refusal reasons, in slot order. Each is a counter of connections the server closed or could
-# not take, named by the errno (or condition) that caused it.
-REFUSALS = ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "threads", "FD_SETSIZE", "other")
+from harness.core.records import GAUGE_FIELDS, REFUSALS, ServerGauge
 
-FIELDS = (
-    "pid", "index", "role", "state", "port", "fd_soft", "fd_hard", "base_fds", "cap",
-    "accepted", "closed", "bytes_echoed", "rss_bytes", "updated_ns",
-    *(f"refused_{name}" for name in REFUSALS),
-)
+FIELDS = GAUGE_FIELDS
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
 _SLOT_BYTES = 8 * 32  # room to add fields without changing the file layout
 assert len(FIELDS) * 8 <= _SLOT_BYTES
@@ -31,7 +24,6 @@ _MAGIC = b"FDGAUGE1"
 _HEADER_BYTES = 64
 
 STARTING, SERVING, STOPPED = 0, 1, 2
-STATE_NAMES = {STARTING: "starting", SERVING: "serving", STOPPED: "stopped"}
 ROLE_SERVER, ROLE_ACCEPTOR = 0, 1  # an acceptor (handoff mode) hands connections on and holds none
 
 
@@ -120,13 +112,13 @@ class GaugeBoard:
     def slot(self, index: int) -> Slot:
         return Slot(self._views[index])
 
-    def read(self, index: int) -> dict[str, int]:
+    def read(self, index: int) -> ServerGauge:
         view = self._views[index]
         values = {name: view[i] for i, name in enumerate(FIELDS)}
         values["open"] = values["accepted"] - values["closed"]
-        return values
+        return values  # type: ignore[return-value]
 
-    def read_all(self) -> list[dict[str, int]]:
+    def read_all(self) -> list[ServerGauge]:
         return [self.read(i) for i in range(self.slots)]
 
     def close(self) -> None:
@@ -135,16 +127,3 @@ class GaugeBoard:
             self._map.close()
         except BufferError:  # a caller still holds a view; the mapping goes with the process
             pass
-
-
-def refusals(values: dict[str, int]) -> dict[str, int]:
-    """The non-zero refusal counters of one slot, by reason."""
-    return {name: values["refused_" + name] for name in REFUSALS if values["refused_" + name]}
-
-
-def total_refusals(rows: list[dict[str, int]]) -> Counter:
-    """The refusals of every slot in `rows`, added up by reason."""
-    total: Counter = Counter()
-    for row in rows:
-        total.update(refusals(row))
-    return total

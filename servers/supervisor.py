@@ -32,13 +32,14 @@ from harness.core.backends import MEMORY_RESERVE_BYTES, SELECTORS, SERVER_PROCES
 from servers.contract import ServeContext
 from servers.gauges import ROLE_ACCEPTOR, SERVING, STARTING, GaugeBoard
 from harness.system.wire import EchoError, echo_once
+from harness.core.refusal import Refused
 
 START_DEADLINE_S = 15.0
 READY_PAYLOAD = b"HARNESS-READY-0123456789"  # the same after --upper: readiness is transform-blind
 STOP_GRACE_S = 5.0
 
 
-class ConfigError(ValueError):
+class ConfigError(Refused, ValueError):
     """Bad server configuration; the message names the problem and the fix."""
 
 

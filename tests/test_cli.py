@@ -145,8 +145,8 @@ def test_limits_text_gives_the_plans_numbers():
 
 @pytest.mark.parametrize("args, message", [
     (["ui", "--server-fd-limit", "99999999"],
-     "harness ui: error: fd limit 99999999 exceeds the hard limit {hard} of this process; lower --fd-limit"),
-    (["ui", "--fd-limit", "99999999"], "harness ui: error: fd limit 99999999 exceeds the hard limit {hard}"),
+     "harness ui: error: --fd-limit 99999999 exceeds the hard limit {hard} of this process; lower --fd-limit"),
+    (["ui", "--fd-limit", "99999999"], "harness ui: error: --fd-limit 99999999 exceeds the hard limit {hard}"),
     (["limits", "--fd-limit", "99999999"], "harness limits: error: --fd-limit 99999999 exceeds the hard limit {hard}"),
     (["sweep", "--fd-limits", "256,abc"], "harness sweep: error: argument --fd-limits: 'abc' is not a number; give "
      "a comma-separated list such as 256,512,1024"),

@@ -7,7 +7,7 @@ import copy
 from pathlib import Path
 
 from harness.report.compare import compare, figures, verdict
-from harness.core.schema import load
+from harness.system.files import load
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

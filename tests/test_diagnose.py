@@ -1,5 +1,5 @@
-"""`harness.diagnose`: the rules over hand-written evidence (pure), and the readers of the kernel
-and of processes over real sockets and this test's own listeners."""
+"""`harness.core.diagnose`: the rules over hand-written evidence (pure), and the readers of the kernel
+and of processes (`harness.system`) over real sockets and this test's own listeners."""
 
 from __future__ import annotations
 
@@ -7,23 +7,25 @@ import os
 import resource
 import socket
 
-from harness.system import listeners
-
 from harness.core import diagnose
-from harness.core.evidence import counter_deltas
-
-from harness.system import kernel
+from harness.core.evidence import Evidence, counter_deltas
+from harness.core.records import Totals
+from harness.system import kernel, listeners
 from tests.test_plan_core import THIS_MACHINE
 
 
-def evidence(**overrides) -> dict:
-    ev = {"stopped_by": "EOF", "held": 290, "target_connections": 412,
-          "target": {"host": "127.0.0.1", "port": 6379, "protocol": "echo"},
-          "connects_failed": {}, "echo_failed": {}, "server_refused": {}, "evidence": {}, "servers": [],
-          "processes": [], "workers": [{"open": 290, "max_users": 19_900, "fds": 300}],
-          "sources": ["127.0.1.2", "127.0.1.3"], "ports_per_address": 28_232, "port_range": "32768-60999",
-          "limits": THIS_MACHINE, "both_ends_local": True, "kernel_deltas": {}, "kernel_after": None}
-    return {**ev, **overrides}
+def evidence(connects_failed=None, echo_failed=None, evidence=None, kernel_deltas=None, kernel_after=None,
+             **overrides) -> Evidence:
+    """Evidence as a run that stopped at 290 held would gather it, with `overrides`."""
+    if kernel_deltas is not None:  # counters that grew by these over the run
+        kernel_after = {**(kernel_after or {}), "netstat": kernel_deltas}
+    fields = dict(stopped_by="EOF", held=290, connections=412, host="127.0.0.1", port=6379, limits=THIS_MACHINE,
+                  workers=[{"open": 290, "max_users": 19_900, "fds": 300}], sources=["127.0.1.2", "127.0.1.3"],
+                  ports_per_address=28_232, port_range="32768-60999",
+                  totals=Totals(connects_failed=connects_failed or {}, echo_failed=echo_failed or {},
+                                evidence=evidence or {}),
+                  kernel_before={"netstat": {}} if kernel_deltas is not None else None, kernel_after=kernel_after)
+    return Evidence(**{**fields, **overrides})
 
 
 def proc(pid: int, name: str, fds: int, soft: int | None, before: int = 10, ppid: int = 1, gained: int = 0) -> dict:
@@ -34,92 +36,93 @@ def proc(pid: int, name: str, fds: int, soft: int | None, before: int = 10, ppid
 def test_the_harness_servers_at_their_fd_limit():
     d = diagnose.diagnose(evidence(server_refused={"EMFILE": 54}, connects_failed={"EOF": 54},
                                 servers=[{"pid": 9, "cap": 246, "open": 246, "fd_soft": 256, "base_fds": 10}]))
-    assert d["limit"] == "server fd limit" and "--fd-limit" in d["fix"]
-    assert "holding 246 of a cap of 246 each (fd limit 256 − 10 held)" in d["evidence"][1]
+    assert d.limit == "server fd limit" and "--fd-limit" in d.fix
+    assert "holding 246 of a cap of 246 each (fd limit 256 − 10 held)" in d.evidence[1]
 
 
 def test_select_and_threads_are_named_for_what_they_are():
-    assert diagnose.diagnose(evidence(server_refused={"FD_SETSIZE": 3}))["fix"] == "use --selector epoll (or poll)"
-    assert diagnose.diagnose(evidence(server_refused={"threads": 3}))["limit"] == "threads"
+    assert diagnose.diagnose(evidence(server_refused={"FD_SETSIZE": 3})).fix == "use --selector epoll (or poll)"
+    assert diagnose.diagnose(evidence(server_refused={"threads": 3})).limit == "threads"
 
 
 def test_the_client_sides_limits_come_before_the_targets():
     d = diagnose.diagnose(evidence(connects_failed={"EADDRNOTAVAIL": 3, "EOF": 1}, held=28_230, sources=["127.0.0.9"]))
-    assert d["limit"] == "source ports" and "1 source address(es)" in d["summary"]
+    assert d.limit == "source ports" and "1 source address(es)" in d.summary
     d = diagnose.diagnose(evidence(connects_failed={"worker-full": 10}))
-    assert d["limit"] == "Locust workers' fd limit" and "--workers" in d["fix"]
-    assert diagnose.diagnose(evidence(connects_failed={"ENFILE": 1}))["limit"] == "fs.file-max"
+    assert d.limit == "Locust workers' fd limit" and "--workers" in d.fix
+    assert diagnose.diagnose(evidence(connects_failed={"ENFILE": 1})).limit == "fs.file-max"
 
 
 def test_a_target_process_at_its_fd_limit_names_its_pid_and_numbers():
     nginx = [proc(800, "nginx", 12, 1024), proc(812, "nginx", 1024, 1024, ppid=800, gained=1000),
              proc(813, "nginx", 1020, 1024, ppid=800, gained=1000)]
     d = diagnose.diagnose(evidence(connects_failed={"timeout": 5}, processes=nginx, held=2024))
-    assert d["limit"] == "target fd limit" and d["process"]["pid"] == 812
-    assert d["summary"] == "nginx (2 processes) holds 1,024 of its 1,024 fds in pid 812: the target's fd limit"
-    assert d["predicted_cap"] == 2 * (1024 - 10)  # the master (the others' parent) takes none
+    assert d.limit == "target fd limit" and d.process["pid"] == 812
+    assert d.summary == "nginx (2 processes) holds 1,024 of its 1,024 fds in pid 812: the target's fd limit"
+    assert d.predicted_cap == 2 * (1024 - 10)  # the master (the others' parent) takes none
 
 
 def test_words_below_the_fd_limit_are_the_targets_own_limit():
     redis = [proc(5, "redis-server", 209, 20_000)]
     d = diagnose.diagnose(evidence(connects_failed={"error-reply": 100}, processes=redis, held=200,
                                 evidence={"error-reply": "-ERR max number of clients reached\r\n"}))
-    assert d["limit"] == "target's own connection limit" and "redis: --maxclients N" in d["fix"]
-    assert "while its fds were below its limit" in d["summary"]
+    assert d.limit == "target's own connection limit" and d.cause == diagnose.REFUSED
+    assert "redis: --maxclients N" in d.fix
 
 
 def test_a_target_that_closes_answered_connections_to_take_new_ones_is_its_own_limit():
     nginx = [proc(6, "nginx", 101, 4096, gained=90), proc(7, "nginx", 97, 4096, gained=86)]
     # nginx at worker_connections: every connect answered, 220 of them closed afterwards
     d = diagnose.diagnose(evidence(echo_failed={"EOF": 220}, processes=nginx, held=180))
-    assert d["limit"] == "target's own connection limit" and "worker_connections" in d["fix"]
-    assert "it closed connections it had answered to take new ones" in d["summary"]
-    # a first echo that fails is a failed connect and an echo failure: the older wording, counted once
+    assert d.limit == "target's own connection limit" and d.cause == diagnose.SHED
+    assert "worker_connections" in d.fix
+    # a first echo that fails is a failed connect and an echo failure: refused, counted once
     d = diagnose.diagnose(evidence(connects_failed={"EOF": 54}, echo_failed={"EOF": 54}, processes=nginx, held=180))
-    assert "it accepted and then refused new connections (closed them)" in d["summary"]
+    assert d.cause == diagnose.REFUSED
     # closes of answered connections in a run stopped for another reason do not make this limit
-    d = diagnose.diagnose(evidence(stopped_by="timeout", echo_failed={"EOF": 220}, processes=nginx, held=180))
-    assert d["limit"] != "target's own connection limit"
+    d = diagnose.diagnose(evidence(stopped_by="time-bound", echo_failed={"EOF": 220}, processes=nginx, held=180))
+    assert d.limit != "target's own connection limit"
 
 
 def test_redis_at_its_fd_limit_less_its_reserve_is_the_fd_limit():
     redis = [proc(5, "redis-server", 233, 256, before=9)]
     d = diagnose.diagnose(evidence(connects_failed={"error-reply": 100}, processes=redis, held=224,
                                 evidence={"error-reply": "-ERR max number of clients reached\r\n"}))
-    assert d["limit"] == "target fd limit" and d["predicted_cap"] == 224
+    assert d.limit == "target fd limit" and d.predicted_cap == 224
 
 
 def test_protected_mode_is_quoted_with_its_fix():
     d = diagnose.diagnose(evidence(connects_failed={"error-reply": 20}, held=0,
                                 evidence={"error-reply": "-DENIED Redis is running in protected mode because"}))
-    assert d["limit"] == "target refuses these clients" and "--protected-mode no" in d["fix"]
+    assert d.limit == "target refuses these clients" and "--protected-mode no" in d.fix
 
 
 def test_an_accept_queue_that_overflowed():
     d = diagnose.diagnose(evidence(connects_failed={"timeout": 80}, held=0,
                                 kernel_deltas={"ListenOverflows": 37, "ListenDrops": 37, "SyncookiesSent": 0},
                                 kernel_after={"listen": [{"queued": 17, "backlog": 16, "local": "127.0.0.1:80"}]}))
-    assert d["limit"] == "accept queue"
+    assert d.limit == "accept queue" and d.cause == diagnose.STOPPED_ACCEPTING
     # machine-wide counters alone (another server's overflow) are not this target's queue
     alone = diagnose.diagnose(evidence(connects_failed={"timeout": 80}, held=0, kernel_deltas={"ListenOverflows": 37},
                                     kernel_after={"listen": [{"queued": 0, "backlog": 16, "local": "127.0.0.1:80"}]}))
-    assert alone["limit"] == "timeouts"
-    assert d["evidence"][:2] == ["TcpExt ListenOverflows +37, ListenDrops +37 during the run (/proc/net/netstat)",
+    assert alone.limit == "timeouts"
+    assert d.evidence[:2] == ["TcpExt ListenOverflows +37, ListenDrops +37 during the run (/proc/net/netstat)",
                                  "accept queue of 127.0.0.1:80: 17 waiting of a backlog of 16 (ss -ltn)"]
 
 
 def test_a_run_at_its_target_gets_the_next_limit_and_its_distance():
     d = diagnose.diagnose(evidence(stopped_by="target", held=1000, processes=[proc(5, "redis-server", 1009, 4096)],
                                 workers=[{"open": 1000, "max_users": 19_900}]))
-    assert d["limit"] == "target" and d["next"] == {"limit": "target fd limit", "room": 4096 - 1009}
+    assert d.limit == "target" and d.cause == diagnose.REACHED
+    assert d.next == {"limit": "target fd limit", "room": 4096 - 1009}
 
 
 def test_kernel_pressure_is_added_to_any_verdict():
     after = {"listen": [], "tcp_memory": {"pages": 400_000, "low": 1, "pressure": 383_868, "high": 575_802},
              "conntrack": {"count": 262_000, "max": 262_144}}
     d = diagnose.diagnose(evidence(connects_failed={"timeout": 1}, kernel_after=after))
-    assert any("tcp_mem pressure" in line for line in d["evidence"])
-    assert any("nf_conntrack_max 262,144" in line for line in d["evidence"])
+    assert any("tcp_mem pressure" in line for line in d.evidence)
+    assert any("nf_conntrack_max 262,144" in line for line in d.evidence)
 
 
 # -- the readers, over real sockets ---------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.core.schema import load
+from harness.system.files import load
 from tests.helpers import ROOT, process_alive, wait_status, wait_until
 
 HARNESS = [sys.executable, "-m", "harness.cli", "run"]

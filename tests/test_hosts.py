@@ -21,7 +21,7 @@ from harness.core import lab_layout
 
 from harness.hosts import netns
 from harness.core.lab_layout import LayoutError
-from harness.core.schema import load
+from harness.system.files import load
 from harness.run.cluster import free_port
 from harness.core.addresses import source_error, target_error
 from harness.system import procctl
@@ -304,7 +304,7 @@ def test_the_web_ui_on_test_hosts_counts_in_the_server_host_and_writes_each_host
         base = f"http://127.0.0.1:{web_port}"
         wait_until(lambda: _reachable(base) and _held(base)["totals"]["workers"] == 2, 30, "both workers reporting",
                    every=0.5)
-        _post(base, "/swarm", user_count=300, spawn_rate=1000, hold_seconds=3)
+        _post(base, "/swarm", user_count=300, spawn_rate=1000, hold=3)
         status = wait_until(lambda: (s := _held(base))["stopped_by"] == "target" and s, 40, "300 held", every=0.5)
         assert status["totals"]["held"] == 300 and status["totals"]["connects_failed"] == {}
         wait_until(lambda: _held(base)["kernel_established"] == 300, 20, "the server host's kernel counting 300",

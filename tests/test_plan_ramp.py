@@ -67,7 +67,7 @@ def test_verified_connections_closed_by_the_far_end_end_the_ramp_named_by_how_th
 
 def test_the_time_bound_ends_the_ramp():
     state, decision = tick(State(dispatched=400), 60, SETTINGS, Seen(connects_ok=400, open=400, user_count=400))
-    assert state.stopped_by == "timeout" and decision == (400, 100.0)
+    assert state.stopped_by == "time-bound" and decision == (400, 100.0)
 
 
 def test_the_ramp_stops_at_the_memory_floor_counting_what_is_still_coming():

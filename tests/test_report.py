@@ -16,7 +16,7 @@ import pytest
 from harness.report import plots
 from harness.report import page
 from harness.report.page import build, collect
-from harness.core.schema import load
+from harness.system.files import load
 from tests.helpers import ROOT
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -14,7 +14,8 @@ import psutil
 import pytest
 
 from harness.core.planning import held_fds
-from harness.core.schema import SCHEMA, SchemaError, load, validate
+from harness.core.schema import SCHEMA, SchemaError, validate
+from harness.system.files import load
 from harness.core.backends import FD_SETSIZE
 from harness.core.backends import BACKENDS
 from tests.helpers import ROOT, process_alive
@@ -155,8 +156,8 @@ def test_port_in_use_and_unwritable_out_are_refused(tmp_path):
 
 
 def test_reader_refuses_unknown_schema_and_missing_fields(tmp_path):
-    with pytest.raises(SchemaError, match="schema 2"):
-        validate({"schema": 2})
+    with pytest.raises(SchemaError, match="schema 3"):
+        validate({"schema": 3})
     with pytest.raises(SchemaError, match="no 'schema'"):
         validate({"peak_connections": 1})
     with pytest.raises(SchemaError, match="lacks the field 'duration_s'"):

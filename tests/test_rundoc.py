@@ -1,10 +1,11 @@
-"""`harness.results.rundoc`: run.json built from plain numbers, with nothing running."""
+"""`harness.core.rundoc`: run.json built from plain numbers, with nothing running."""
 
 from __future__ import annotations
 
 import pytest
 
 from harness.core.planning import plan
+from harness.core.records import MasterStatus
 from harness.core.rundoc import build_document, steady_state
 from harness.core.schema import validate
 from tests.test_plan_core import THIS_MACHINE
@@ -25,10 +26,10 @@ def point(t: float, held: int, phase: str, **extra) -> dict:
 def document(**overrides) -> dict:
     series = [point(0, 0, "ramp"), point(1, 120, "ramp"), point(2, 246, "hold"), point(3, 246, "hold"),
               point(4, 246, "hold")]
-    status = {"stopped_by": "EMFILE", "server_refusals": {"EMFILE": 54},
-              "totals": {"echoes_sent": 500, "echoes_verified": 500, "connects_ok": 246,
-                         "connects_failed": {"EOF": 54}, "rss_base_bytes": 0},
-              "workers": [{"sources": ["127.0.1.2"]}]}
+    status = MasterStatus.from_dict({"stopped_by": "EMFILE", "server_refusals": {"EMFILE": 54},
+                                     "totals": {"echoes_sent": 500, "echoes_verified": 500, "connects_ok": 246,
+                                                "connects_failed": {"EOF": 54}, "rss_base_bytes": 0},
+                                     "workers": [{"sources": ["127.0.1.2"]}]})
     args = dict(config=CONFIG, plan=plan(THIS_MACHINE, 300, fd_limit=256, processes=1, workers=1).as_dict(),
                 limits=THIS_MACHINE, machine=MACHINE, port=9999, started_at="20261201T000000Z", duration=5.0,
                 series=series, status=status, locust_stats={}, latency_series=[], files={}, stop_reason=None,
@@ -59,7 +60,7 @@ def test_held_is_no_more_than_the_servers_accepted():
 
 def test_a_stop_reason_of_the_run_overrides_the_shapes():
     assert document(stop_reason="interrupted")["stopped_by"] == "interrupted"
-    assert document(status={"stopped_by": "worker-full"})["stop_detail"].startswith("a Locust worker held all")
+    assert document(status=MasterStatus(stopped_by="worker-full"))["stop_detail"].startswith("a Locust worker held all")
 
 
 def test_steady_state_leaves_out_ramp_and_teardown():

@@ -28,8 +28,8 @@ def headless_cluster(tmp_path, server: ServerProcess, target: int, workers: int 
     """A headless master and `workers` workers against `server`, its status file in tmp_path."""
     return LocustCluster(
         host="127.0.0.1", port=server.port, workers=workers, log_dir=tmp_path / "logs",
-        master_args=["--headless", "--expect-workers", str(workers), "--target-connections", str(target),
-                     "--ramp-rate", str(ramp_rate or target), "--hold-seconds", str(hold),
+        master_args=["--headless", "--expect-workers", str(workers), "--connections", str(target),
+                     "--ramp-rate", str(ramp_rate or target), "--hold", str(hold),
                      "--echo-interval", str(echo_interval), "--status-file", str(tmp_path / "status.json"),
                      *master_args],
         worker_args=["--worker-fd-limit", str(worker_fd_limit), *worker_args])

@@ -308,7 +308,7 @@ def test_the_web_ui_loads_a_target_too(tmp_path, outside):
 
         def swarm():
             form = urllib.parse.urlencode({"user_count": "50", "spawn_rate": "50", "host": f"tcp://127.0.0.1:{port}",
-                                           "target_connections": "50", "hold_seconds": "30"}).encode()
+                                           "connections": "50", "hold": "30"}).encode()
             return json.loads(urllib.request.urlopen(f"{base}/swarm", form, timeout=5).read())["success"]
 
         def worker_reports():

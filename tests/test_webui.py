@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from harness.core.schema import load
+from harness.system.files import load
 from tests.helpers import ROOT, process_alive
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -66,7 +66,7 @@ def test_start_a_run_from_the_form_and_watch_the_connections_tab(tmp_path):
             page.get_by_role("button", name="START").click()
             page.get_by_text("echo interval -5 is out of range").wait_for(timeout=10_000)
             page.fill("input[name=echoInterval]", "1")
-            page.fill("input[name=holdSeconds]", "60")
+            page.fill("input[name=hold]", "60")
             page.get_by_role("button", name="START").click()
             page.get_by_role("tab", name="Connections").click()
             table = page.locator("table")
@@ -142,7 +142,7 @@ def test_three_runs_in_a_row_from_the_form_each_reach_their_own_number_of_users(
                 page.fill("input[name=userCount]", str(users))
                 page.fill("input[name=spawnRate]", "1000")
                 page.get_by_text("Custom parameters").click()
-                page.fill("input[name=holdSeconds]", "2")
+                page.fill("input[name=hold]", "2")
                 page.get_by_role("button", name="START").click()
                 status = wait_until(lambda: (s := _held(base))["test"] == i + 1 and s["stopped_by"] == "target" and s,
                                     40, f"run {i + 1} reaching {users}", every=0.5)
@@ -163,7 +163,7 @@ def test_three_runs_in_a_row_from_the_form_each_reach_their_own_number_of_users(
             assert "stopped by target" in page.content() and "<b>Diagnosis:</b>" in page.content()
             browser.close()
         # STOP in the middle of a hold, then START again (over HTTP, what the two buttons send)
-        _post(base, "/swarm", user_count=200, spawn_rate=1000, hold_seconds=60)
+        _post(base, "/swarm", user_count=200, spawn_rate=1000, hold=60)
         wait_until(lambda: (s := _held(base))["test"] == 4 and s["totals"]["held"] == 200, 30, "run 4 holding",
                    every=0.5)
         wait_until(lambda: sum(p["held"] == 200 for p in _series(base)["points"]) >= 2, 20, "the hold in the chart",
@@ -174,7 +174,7 @@ def test_three_runs_in_a_row_from_the_form_each_reach_their_own_number_of_users(
         after = wait_until(lambda: (s := _held(base))["totals"]["echoes_verified"] == 0 and s, 10, "RESET", every=0.5)
         assert after["totals"]["held"] == 200 and after["totals"]["connects_ok"] == 200
         _post(base, "/stop")
-        _post(base, "/swarm", user_count=250, spawn_rate=1000, hold_seconds=1)
+        _post(base, "/swarm", user_count=250, spawn_rate=1000, hold=1)
         status = wait_until(lambda: (s := _held(base))["test"] == 5 and s["stopped_by"] == "target" and s, 30,
                             "run 5 reaching 250 after a STOP", every=0.5)
         assert status["totals"]["connects_ok"] == 250 and status["totals"]["connects_failed"] == {}

@@ -31,6 +31,7 @@ import psutil
 
 from harness.system.limits import read_limits
 from harness.core.rundoc import cpu_between
+from harness.core.refusal import Refused
 
 SOURCE = Path(__file__).with_name("connect.c")
 CACHE = Path(tempfile.gettempdir()) / "harness-build"
@@ -41,7 +42,7 @@ MEMORY_RESERVE = 1 << 30
 QUIET_S = 5.0  # the window over which the machine's background CPU is read while only holding
 
 
-class BenchError(RuntimeError):
+class BenchError(Refused, RuntimeError):
     """The helper could not be built or run; the message says why."""
 
 

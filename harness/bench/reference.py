@@ -26,12 +26,13 @@ import psutil
 from harness.run.cluster import free_port
 from harness.core.backends import ServerConfig
 from servers.supervisor import ServerGroup
+from harness.core.refusal import Refused
 
 INSTALL_HINT = ("install Debian's redis-server and redis-tools "
                 "(make reference does: apt-get install redis-server redis-tools)")
 
 
-class ReferenceMissing(RuntimeError):
+class ReferenceMissing(Refused, RuntimeError):
     pass
 
 

@@ -29,8 +29,11 @@ import sys
 import time
 
 from harness.core import protocols
-from harness.system.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
+from harness.core.connection import CONNECTING, Connection, bind_address
 from harness.core.words import errno_name
+from harness.system.wire import client_socket, close_with_reset
+
+REPLY_TIMEOUT_S = 60.0  # the hold client waits for the whole fill (its --timeout), not per connection
 
 
 def emit(**fields) -> None:
@@ -151,125 +154,124 @@ def paced_latency(host: str, port: int, connections: int, per_second: float, sec
 
 
 # -- holding N connections -------------------------------------------------------------------
-CONNECTING, ECHOING, VERIFIED = "connecting", "echoing", "verified"
+class HoldLink(Connection):
+    """One held connection, driven by `Holder` through the same state machine as the Locust users."""
+
+    __slots__ = ("holder", "sock")
+
+    def __init__(self, holder: "Holder", sock: socket.socket, number: int) -> None:
+        super().__init__(holder.protocol, None, number)
+        self.holder, self.sock = holder, sock
+
+    def on_reply(self, size: int, sent_at: float, intended: float | None, now: float) -> None:
+        self.holder.answered += 1
+
+    def on_verified(self) -> None:
+        self.holder.verified += 1
+
+    def on_failure(self, request: str, failure: str, started: float, evidence: bytes, verified: bool) -> None:
+        self.holder.drop(self, failure)
 
 
 class Holder:
-    """Non-blocking connects through one epoll, at most `inflight` at once. Each connection goes
-    CONNECTING --writable--> ECHOING (the request sent) --whole good reply--> VERIFIED, its reply
-    judged by the run's protocol parser (`scenarios.protocols`, echo here), as the Locust users' are."""
+    """Non-blocking connects through one epoll, at most `inflight` at once, each one verified by a
+    request of the run's protocol (echo here) and its reply, as the Locust users' are."""
 
     def __init__(self, host: str, port: int, sources: list[str], payload_size: int = 16,
                  inflight: int = 2000) -> None:
         self.dest = (host, port)
         self.sources = sources
         self.protocol = protocols.Echo(payload_size)
-        self.payload = self.protocol.request()  # one payload for every connection: no urandom per connect
         self.inflight = inflight
         self.ep = select.epoll()
-        self.socks: dict[int, socket.socket] = {}
-        self.state: dict[int, str] = {}
-        self.parsers: dict[int, protocols.Parser] = {}  # while a reply is owed
+        self.links: dict[int, HoldLink] = {}
         self.verified = 0
+        self.answered = 0
         self.failed: dict[str, int] = {}
 
-    def _count(self, err: int | str | None) -> None:
-        name = errno_name(err, "None")
+    def _count(self, name: str) -> None:
         self.failed[name] = self.failed.get(name, 0) + 1
 
-    def _fail(self, fd: int, err: int | str) -> None:
-        self._count(err)
+    def drop(self, link: HoldLink, failure: str) -> None:
+        self._count(failure)
+        fd = link.sock.fileno()
         self.ep.unregister(fd)
-        self.socks.pop(fd).close()
-        self.state.pop(fd, None)
-        self.parsers.pop(fd, None)
+        del self.links[fd]
+        link.sock.close()
 
     def _open(self, i: int) -> None:
         try:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            s = client_socket(socket.socket, self.dest[0], bind_address(self.sources[i % len(self.sources)]),
+                              blocking=False)
         except OSError as exc:  # EMFILE: this client process is at its own fd limit
-            self._count(exc.errno)
-            return
-        s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-        s.bind((self.sources[i % len(self.sources)], 0))
+            return self._count(errno_name(exc.errno))
+        link = self.links[s.fileno()] = HoldLink(self, s, i)
+        link.begin(time.perf_counter(), REPLY_TIMEOUT_S)
+        self.ep.register(s.fileno(), select.EPOLLOUT)
         err = s.connect_ex(self.dest)
-        fd = s.fileno()
-        self.socks[fd] = s
-        self.state[fd] = CONNECTING
-        self.ep.register(fd, select.EPOLLOUT)
         if err not in (0, errno.EINPROGRESS):
-            self._fail(fd, err)
+            link.lost(errno_name(err))
 
-    def _request(self, fd: int, s: socket.socket) -> str | int | None:
-        """Send the request and owe its reply; the failure, if the send failed."""
-        parser = self.parsers[fd] = self.protocol.parser()
-        parser.sent(self.payload)
-        self.state[fd] = ECHOING
+    def _send(self, link: HoldLink, data: bytes) -> None:
         try:
-            s.send(self.payload)
+            link.sock.send(data)  # a small request into an idle socket buffer: never short
         except OSError as exc:
-            return exc.errno
-        return None
+            link.lost(errno_name(exc.errno))
 
     def _on_event(self, fd: int, ev: int) -> None:
-        s = self.socks[fd]
-        if self.state[fd] == CONNECTING:
-            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or self._request(fd, s)
+        link = self.links[fd]
+        now = time.perf_counter()
+        if link.state == CONNECTING:
+            err = link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                return self._fail(fd, err)
+                return link.lost(errno_name(err))
             self.ep.modify(fd, select.EPOLLIN)
-            return
+            return self._send(link, link.connected(now, REPLY_TIMEOUT_S))
         try:
-            data = s.recv(4096)
+            data = link.sock.recv(4096)
         except BlockingIOError:
             return
         except OSError as exc:
-            return self._fail(fd, exc.errno)
+            return link.lost(errno_name(exc.errno))
         if not data:
-            return self._fail(fd, "EOF")
-        done, wrong = self.parsers[fd].feed(data)
-        if wrong:
-            return self._fail(fd, wrong)
-        if done:
-            del self.parsers[fd]
-            self.state[fd] = VERIFIED
-            self.verified += 1
-            self.ep.unregister(fd)
+            return link.lost()
+        link.received(data, now, REPLY_TIMEOUT_S)
+        if link.verified and not link.marks:
+            self.ep.modify(fd, 0)  # held: nothing to watch until it is asked again
+
+    def pending(self) -> int:
+        return sum(1 for link in self.links.values() if not link.verified)
 
     def open_all(self, count: int, deadline: float, progress=None) -> None:
-        opened = 0
-        pending = 0
+        opened = pending = 0
         next_report = time.monotonic() + 1
         while (opened < count or pending) and time.monotonic() < deadline:
             while opened < count and pending < self.inflight:
                 self._open(opened)
                 opened += 1
-                pending = len(self.socks) - self.verified
+                pending += 1
             for fd, ev in self.ep.poll(0.1):
                 self._on_event(fd, ev)
-            pending = len(self.socks) - self.verified
+            pending = len(self.links) - self.verified
             if progress and time.monotonic() >= next_report:
                 progress(self)
                 next_report += 1
 
     def reverify(self, deadline: float) -> int:
-        """Echo once more on every held connection; returns how many came back intact."""
-        self.verified = 0
-        for fd, s in self.socks.items():
-            self.ep.register(fd, select.EPOLLIN)
-            err = self._request(fd, s)
-            if err:
-                self._count(err)
-        while self.verified < len(self.socks) and time.monotonic() < deadline:
+        """One more request on every held connection; returns how many came back intact."""
+        self.answered = 0
+        for fd, link in list(self.links.items()):
+            self.ep.modify(fd, select.EPOLLIN)
+            self._send(link, link.request(time.perf_counter(), None, REPLY_TIMEOUT_S))
+        while self.answered < len(self.links) and time.monotonic() < deadline:
             for fd, ev in self.ep.poll(0.1):
                 self._on_event(fd, ev)
-        return self.verified
+        return self.answered
 
     def close_all(self) -> None:
-        for s in self.socks.values():
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-            s.close()
-        self.socks.clear()
+        for link in self.links.values():
+            close_with_reset(link.sock)
+        self.links.clear()
 
 
 def hold_main(args: argparse.Namespace) -> None:
@@ -280,17 +282,17 @@ def hold_main(args: argparse.Namespace) -> None:
     start = time.monotonic()
 
     def progress(h: Holder) -> None:
-        emit(event="progress", open=len(h.socks), verified=h.verified, failed=h.failed,
+        emit(event="progress", open=len(h.links), verified=h.verified, failed=h.failed,
              elapsed_s=round(time.monotonic() - start, 2))
 
     holder.open_all(args.count, start + args.timeout, progress)
     ramp_s = time.monotonic() - start
-    emit(event="held", open=len(holder.socks), verified=holder.verified, failed=holder.failed,
+    emit(event="held", open=len(holder.links), verified=holder.verified, failed=holder.failed,
          ramp_s=round(ramp_s, 3))
     select.select([sys.stdin], [], [], args.hold)  # hold until told (a line on stdin), or SIGTERM
     verified_at_connect = holder.verified
     reverified = holder.reverify(time.monotonic() + 30)
-    emit(event="result", held=len(holder.socks), verified_at_connect=verified_at_connect,
+    emit(event="result", held=len(holder.links), verified_at_connect=verified_at_connect,
          reverified=reverified, failed=holder.failed, ramp_s=round(ramp_s, 3))
     holder.close_all()
 

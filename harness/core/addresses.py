@@ -11,9 +11,10 @@ import ipaddress
 from collections.abc import Collection
 
 from harness.core.lab_layout import is_test_address
+from harness.core.refusal import Refused
 
 
-class AddressError(ValueError):
+class AddressError(Refused, ValueError):
     """An address that does not parse or may not be used; the message names the flag and the fix."""
 
 

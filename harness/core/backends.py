@@ -7,6 +7,7 @@ named here; nothing here imports them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from harness.core.refusal import Refused
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ SERVER_PROCESS_BYTES = 9 << 20
 MEMORY_RESERVE_BYTES = 1 << 30
 
 
-class UnknownBackend(ValueError):
+class UnknownBackend(Refused, ValueError):
     pass
 
 

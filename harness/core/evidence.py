@@ -1,64 +1,103 @@
-"""The evidence of one run, gathered into the plain dict `rules.diagnose` reads: what the workers
-counted and the target said (the master's status), the servers' gauges at the peak, the target's
-processes at their most, the kernel's counters before and after, the machine's limits. Pure."""
+"""The evidence of one run, gathered into the one record the diagnosis reads: what the workers
+counted and the target said (the master's totals), the servers' gauges at the peak, the target's
+processes at their most, the kernel's counters before and after, the machine's limits. Pure: the
+run and the web UI's master read the system and hand what they read to `gather`."""
 
 from __future__ import annotations
 
-from harness.core.rundoc import held_count
+from dataclasses import dataclass, field
+
+from harness.core.addresses import is_loopback
+from harness.core.records import ProcessInfo, ServerAtPeak, Totals
 
 
-def gather(*, stopped_by: str | None, held: int, host: str, port: int, totals: dict, server_refused: dict,
-           workers: list[dict], sources: list[str], servers: list[dict], processes: list[dict], limits: dict,
-           kernel_before: dict | None, kernel_after: dict | None, **more) -> dict:
-    """The evidence dict `rules.diagnose` reads, from what a run (or the web UI's master) counted."""
+@dataclass
+class ClientHost:
+    """A test host that ran workers: its source addresses under its own ephemeral range."""
+
+    name: str
+    addresses: int
+    ports_per_address: int
+    port_range: str
+    held: int
+    failed: int  # EADDRNOTAVAIL on its connects
+
+
+@dataclass
+class Evidence:
+    stopped_by: str | None
+    held: int
+    host: str
+    port: int
+    limits: dict
+    protocol: str = "echo"
+    connections: int = 0  # what the run asked for
+    totals: Totals = field(default_factory=Totals)
+    server_refused: dict[str, int] = field(default_factory=dict)  # the harness's own servers, by errno
+    servers: list[ServerAtPeak] = field(default_factory=list)
+    processes: list[ProcessInfo] = field(default_factory=list)  # a target's, on this machine
+    workers: list[dict] = field(default_factory=list)  # each worker's open, max_users and fds
+    sources: list[str] = field(default_factory=list)
+    ports_per_address: int = 0
+    port_range: str = "?"
+    both_ends_local: bool = True
+    kernel_before: dict | None = None
+    kernel_after: dict | None = None
+    client_hosts: list[ClientHost] = field(default_factory=list)
+    server_host: str | None = None
+    memory_reserve: int = 0
+    mem_available_at_stop: int | None = None
+
+    @property
+    def connects_failed(self) -> dict[str, int]:
+        return self.totals.connects_failed
+
+    @property
+    def echo_failed(self) -> dict[str, int]:
+        return self.totals.echo_failed
+
+    @property
+    def words(self) -> dict[str, str]:
+        """What the target sent with each kind of failure, word for word."""
+        return self.totals.evidence
+
+    @property
+    def kernel_deltas(self) -> dict[str, int]:
+        if not (self.kernel_before and self.kernel_after):
+            return {}
+        return counter_deltas(self.kernel_before, self.kernel_after)
+
+
+def gather(*, stopped_by: str | None, held: int, host: str, port: int, totals: Totals, limits: dict,
+           workers: list[dict], sources: list[str], **more) -> Evidence:
+    """The evidence of a run (or of the web UI's live test) from what it counted and read."""
     lo, hi = limits["ip_local_port_range"]
-    return {
-        "stopped_by": stopped_by, "held": held, "target": {"host": host, "port": port, **more.pop("target", {})},
-        "connects_failed": totals.get("connects_failed", {}), "echo_failed": totals.get("echo_failed", {}),
-        "server_refused": server_refused, "evidence": totals.get("evidence", {}), "servers": servers,
-        "processes": processes,
-        "workers": [{"open": w.get("open", 0), "max_users": w.get("max_users", 0), "fds": w.get("fds", 0)}
-                    for w in workers],
-        "sources": sources, "ports_per_address": hi - lo + 1, "port_range": f"{lo}-{hi}", "limits": limits,
-        "both_ends_local": host.startswith("127."), "kernel_before": kernel_before, "kernel_after": kernel_after,
-        "kernel_deltas": counter_deltas(kernel_before, kernel_after) if kernel_before and kernel_after else {},
-        **more,
-    }
+    return Evidence(stopped_by=stopped_by, held=held, host=host, port=port, totals=totals, limits=limits,
+                    workers=[{"open": w.get("open", 0), "max_users": w.get("max_users", 0), "fds": w.get("fds", 0)}
+                             for w in workers],
+                    sources=sources, ports_per_address=hi - lo + 1, port_range=f"{lo}-{hi}",
+                    both_ends_local=is_loopback(host), **more)
 
 
-def run_evidence(*, config: dict, plan: dict, limits: dict, series: list[dict], status: dict,
-                 stopped_by: str | None, host: str, port: int, servers: list[dict], processes: list[dict],
-                 kernel_before: dict | None, kernel_after: dict | None, hosts: dict | None = None) -> dict:
-    workers = status.get("workers", [])
-    sources = list(config.get("source_addresses") or dict.fromkeys(a for w in workers for a in w.get("sources", [])))
-    ev = gather(stopped_by=stopped_by or status.get("stopped_by"),
-                  held=max(map(held_count(bool(config.get("target"))), series), default=0), host=host, port=port,
-                  totals=status.get("totals", {}), server_refused=status.get("server_refusals", {}),
-                  workers=workers, sources=sources, servers=servers, processes=processes, limits=limits,
-                  kernel_before=kernel_before, kernel_after=kernel_after, plan=plan,
-                  target={"protocol": config.get("protocol") or "echo"}, target_connections=config["connections"])
-    if hosts:
-        ev.update(on_hosts(hosts))
-    ev["memory_floor"] = config.get("memory_reserve", 0)
-    ev["mem_available_at_stop"] = min((p.get("mem_available_bytes", 0) for p in series), default=None)
-    return ev
+def sources_of(workers: list[dict]) -> list[str]:
+    """Every source address the workers bound, once each, in order."""
+    return list(dict.fromkeys(a for w in workers for a in w.get("sources", [])))
 
 
-def on_hosts(hosts: dict) -> dict:
+def on_hosts(evidence: Evidence, hosts: dict) -> None:
     """A run across test hosts: each client host's source ports are its own (its addresses under
     its own ip_local_port_range), and the server host's accept queue is the one read; all the
     hosts share this machine's kernel, so both ends still count against fs.file-max."""
     clients = [h for h in hosts["hosts"] if h["role"] == "client"]
-    rows = []
     for h in clients:
         lo, hi = (int(x) for x in h["ip_local_port_range"].split())
-        rows.append({"name": h["name"], "addresses": len(h["addresses"]), "ports_per_address": hi - lo + 1,
-                     "port_range": f"{lo}-{hi}", "held": h["held"],
-                     "failed": h["connects_failed"].get("EADDRNOTAVAIL", 0)})
-    first = rows[0] if rows else {"ports_per_address": 0, "port_range": "?"}
-    return {"client_hosts": rows, "server_host": hosts["server"], "both_ends_local": True,
-            "sources": [a for h in clients for a in h["addresses"]], "ports_per_address": first["ports_per_address"],
-            "port_range": first["port_range"]}
+        evidence.client_hosts.append(ClientHost(h["name"], len(h["addresses"]), hi - lo + 1, f"{lo}-{hi}", h["held"],
+                                                h["connects_failed"].get("EADDRNOTAVAIL", 0)))
+    evidence.server_host, evidence.both_ends_local = hosts["server"], True
+    evidence.sources = [a for h in clients for a in h["addresses"]]
+    if evidence.client_hosts:
+        evidence.ports_per_address = evidence.client_hosts[0].ports_per_address
+        evidence.port_range = evidence.client_hosts[0].port_range
 
 
 def counter_deltas(before: dict, after: dict) -> dict[str, int]:

@@ -16,6 +16,7 @@ import ipaddress
 import math
 import re
 from dataclasses import dataclass, field
+from harness.core.refusal import Refused
 
 TEST_NET = ipaddress.ip_network("198.18.0.0/15")
 LAB_PREFIXLEN = 19
@@ -29,7 +30,7 @@ HOST_PORT_RANGE = (1024, 65535)
 HOST_SOMAXCONN = 65535
 
 
-class LayoutError(ValueError):
+class LayoutError(Refused, ValueError):
     """A lab that cannot be laid out; the message names the flag and the fix."""
 
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from harness.core.backends import FD_SETSIZE, MEMORY_RESERVE_BYTES, SERVER_PROCESS_BYTES, held_fds
 from harness.core.words import WORKER_FD_RESERVE
-from harness.core.backends import MEMORY_RESERVE_BYTES, SERVER_PROCESS_BYTES
-from harness.core.backends import FD_SETSIZE
-from harness.core.backends import BACKENDS
 
 # Measured on this kind of machine (shared/FACTS.md): all-in kernel + userland cost of one
 # connection with both ends local, and the spread of SO_REUSEPORT's hash over processes.
@@ -82,14 +80,6 @@ def per_source_address(limits: dict) -> int:
     because the kernel hands out even ports first and connect() slows sharply past that."""
     lo, hi = limits["ip_local_port_range"]
     return (hi - lo + 1) // 2
-
-
-def held_fds(backend: str, selector: str = "epoll") -> int:
-    """The fds a server process of `backend` holds before its first connection."""
-    held = BACKENDS[backend].held_fds
-    if backend == "selectors" and selector != "epoll":
-        held -= 1  # poll and select need no epoll fd
-    return held
 
 
 def source_address(group: int, k: int) -> str:
@@ -311,3 +301,43 @@ def proof_target(limits: dict, backend: str) -> tuple[int, str]:
     why = (f"the hard fd limit {usable:,} would need more than {PROOF_MAX_PROCESSES} processes"
            if target == by_processes else "memory")
     return target, f"target lowered to {target:,} by {why}"
+
+
+# The requests the load side and the servers answer a second, per core, while they hold many
+# connections: the hold's periodic requests are spread so that they stay within it.
+REQUESTS_PER_S_PER_CORE = 10_000
+DEFAULT_ECHO_INTERVAL = 5.0
+DEFAULT_ECHO_TIMEOUT = 10.0
+# A connect or a reply waits its turn behind every other load process on its core: the default
+# timeout holds up to this many load processes per core, and grows in step beyond.
+PROCESSES_PER_CORE_IN_TIMEOUT = 30
+
+
+@dataclass
+class Timing:
+    echo_interval: float
+    echo_timeout: float
+    reasons: list[str] = field(default_factory=list)
+
+
+def timing(limits: dict, connections: int, load_processes: int, echo_timeout: float | None = None,
+           echo_interval: float | None = None) -> Timing:
+    """The hold's request interval and the timeout of connects and replies, where not given: the
+    interval spreads every connection's requests within REQUESTS_PER_S_PER_CORE; the timeout grows
+    with the load processes that share each core (server processes and Locust workers)."""
+    cores = max(1, limits.get("cpus", 1))
+    reasons = []
+    if echo_interval is None:
+        echo_interval = max(DEFAULT_ECHO_INTERVAL, round(connections / (REQUESTS_PER_S_PER_CORE * cores), 1))
+        if echo_interval > DEFAULT_ECHO_INTERVAL:
+            reasons.append(f"--echo-interval {echo_interval:g} s: {connections:,} connections' requests spread to "
+                           f"{REQUESTS_PER_S_PER_CORE:,} a second per core on {cores} core(s)")
+    if echo_timeout is None:
+        per_core = load_processes / cores
+        echo_timeout = max(DEFAULT_ECHO_TIMEOUT,
+                           round(DEFAULT_ECHO_TIMEOUT * per_core / PROCESSES_PER_CORE_IN_TIMEOUT))
+        if echo_timeout > DEFAULT_ECHO_TIMEOUT:
+            reasons.append(f"--echo-timeout {echo_timeout:g} s: {load_processes} load processes on {cores} core(s), "
+                           f"{per_core:.0f} a core, each waiting its turn; {DEFAULT_ECHO_TIMEOUT:g} s holds "
+                           f"{PROCESSES_PER_CORE_IN_TIMEOUT} a core")
+    return Timing(echo_interval, echo_timeout, reasons)

@@ -38,6 +38,9 @@ class Parser:
     """Replies to the requests `sent` so far, fed the bytes that come back."""
 
     __slots__ = ("buf", "pending", "evidence")
+    # Bytes the protocol must send back unasked (a WebSocket pong to the server's ping); a parser
+    # that ever has some keeps them in an `outgoing` slot of its own.
+    outgoing = b""
 
     def __init__(self) -> None:
         self.buf = b""  # received, not yet a whole reply
@@ -78,15 +81,32 @@ class Parser:
         """What came and was not a whole reply: evidence when the target closes."""
         return self.evidence or self.buf[:EVIDENCE_BYTES]
 
+    def rest(self) -> bytes:
+        """An opening's parser: the bytes that came after the whole opening reply."""
+        return self.buf
+
+    def take_outgoing(self) -> bytes:
+        out, self.outgoing = self.outgoing, b""
+        return out
+
 
 class Protocol:
     name = ""
     sends = True  # False: the connection is held without requests
+    opening_stage = ""  # the name of the opening exchange's stage, where the protocol has one
 
     def request(self) -> bytes:
         raise NotImplementedError
 
     def parser(self) -> Parser:
+        raise NotImplementedError
+
+    def opening(self, number: int) -> bytes | None:
+        """What connection `number` sends before its first request (an upgrade, a CONNECT), or None."""
+        return None
+
+    def opening_parser(self) -> Parser:
+        """The parser of the opening's reply: done (1) once it came whole and right."""
         raise NotImplementedError
 
 

@@ -11,7 +11,7 @@ when connects start failing (the servers' own errno where they refused any, e.g.
 FD_SETSIZE, else the client's failure name, e.g. EADDRNOTAVAIL: the run found a cap), when
 connections already verified are closed (a server sheds held connections to take new ones, as
 nginx closes idle keep-alive connections at worker_connections: named by how they closed, e.g.
-EOF), or at the time bound ("timeout"); then the users reached are held for `hold_seconds`, and
+EOF), or at the time bound ("time-bound"); then the users reached are held for `hold_seconds`, and
 the test stops.
 
 `scenarios.shape.StepRampShape` feeds it Locust's and the gauges' numbers; tests feed it numbers.
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 # Workers report what was answered once a second, so the shape sees it about a step late: with one
 # step of lead a step could start only once the one before was reported, not when it was answered.
 LEAD_STEPS = 2
+TIME_BOUND = "time-bound"  # why a ramp ends at --max-seconds (a connect that timed out is "timeout")
 
 PHASES = {
     "ramp": "adding users step by step",
@@ -85,7 +86,7 @@ def tick(state: State, now: float, settings: Settings, seen: Seen) -> tuple[Stat
         if seen.user_count >= target and min(seen.open, seen.connects_ok) >= target:
             return _hold(state, "target", now, settings)
         if now >= settings.max_seconds:
-            return _hold(state, "timeout", now, settings)
+            return _hold(state, TIME_BOUND, now, settings)
         if memory_low(state, settings, seen):
             return _hold(state, "memory", now, settings)
         step = max(1, int(settings.ramp_rate * settings.step_seconds))

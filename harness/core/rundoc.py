@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.core.records import MasterStatus
 from harness.core.schema import SCHEMA, map_stopped_by, validate
 from harness.core.words import WORKER_FULL, WORKER_FULL_DETAIL
 
 
 def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, port: int, started_at: str,
-                   duration: float, series: list[dict], status: dict, locust_stats: dict,
+                   duration: float, series: list[dict], status: MasterStatus, locust_stats: dict,
                    latency_series: list[dict], files: dict, stop_reason: str | None, master_code: int | None,
                    error: str | None, faults: list[dict], memory_before: int | None = None,
                    host: str = "127.0.0.1", target: dict | None = None, diagnosis: dict | None = None,
@@ -24,15 +25,15 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
     peak = max(series, key=held) if series else None
     first = series[0] if series else None
     peak_n = held(peak) if peak else 0
-    totals = status.get("totals", {})
-    echo_failed = totals.get("echo_failed", {})
+    totals = status.totals
+    echo_failed = totals.echo_failed
 
     def per_conn(key: str, base: int | None) -> float:
         if not peak or not peak_n or base is None:
             return 0.0
         return (peak[key] - base) / peak_n
 
-    stopped_by = stop_reason or map_stopped_by(status.get("stopped_by"))
+    stopped_by = stop_reason or map_stopped_by(status.stopped_by)
     count_key = "server_open" if target is None else "locust_held"  # counted every second
     ramp_s = _ramp_seconds(series, peak_n, count_key)
     doc = {
@@ -42,26 +43,26 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
         "port": port, "server_processes": plan["server_processes"], "server_fd_limit": plan["fd_limit"],
         "server_held_fds": plan["held_fds"], "workers": plan["workers"], "worker_fd_limit": plan["worker_fd_limit"],
         "user_mode": config["user_mode"],
-        "source_addresses": [a for w in status.get("workers", []) for a in w.get("sources", [])],
+        "source_addresses": [a for w in status.workers for a in w.get("sources", [])],
         "target_connections": config["connections"], "peak_connections": peak_n,
         "peak_connections_servers": max((p["server_open"] for p in series), default=0),
         "peak_connections_by_process": peak["server_open_by_process"] if peak else [],
         "predicted_cap": plan["predicted_cap"], "stopped_by": stopped_by, "faults": faults,
         "target": target, "diagnosis": diagnosis, "hosts": _hosts(hosts, series),
-        "workers_by_host": workers_by_host(status.get("workers", [])),
-        "stop_detail": error or (WORKER_FULL_DETAIL if status.get("stopped_by") == WORKER_FULL else None)
-        or (status.get("stopped_by") if stopped_by in ("reply", "error") else None)
+        "workers_by_host": workers_by_host(status.workers),
+        "stop_detail": error or (WORKER_FULL_DETAIL if status.stopped_by == WORKER_FULL else None)
+        or (status.stopped_by if stopped_by in ("reply", "error") else None)
         or (f"Locust master exit code {master_code}" if master_code else None),
         "ramp_s": ramp_s, "connect_rate_per_s": round(peak_n / ramp_s) if ramp_s else 0,
         "steady_state": steady_state(series, peak_n, count_key),
         "cpu_per_connection": cpu_per_connection(series, count_key),
-        "echo": {"sent": totals.get("echoes_sent", 0), "verified": totals.get("echoes_verified", 0),
+        "echo": {"sent": totals.echoes_sent, "verified": totals.echoes_verified,
                  "mismatched": echo_failed.get("mismatch", 0), "failed": echo_failed},
-        "connects": {"ok": totals.get("connects_ok", 0), "failed": totals.get("connects_failed", {}),
-                     "server_refused": status.get("server_refusals", {}),
-                     "evidence": totals.get("evidence", {})},
+        "connects": {"ok": totals.connects_ok, "failed": totals.connects_failed,
+                     "server_refused": status.server_refusals, "evidence": totals.evidence,
+                     "stages": totals.stages},
         "memory": {"server_rss_per_conn_bytes": per_conn("server_rss_bytes", first and first["server_rss_bytes"]),
-                   "locust_rss_per_conn_bytes": per_conn("locust_rss_bytes", totals.get("rss_base_bytes")),
+                   "locust_rss_per_conn_bytes": per_conn("locust_rss_bytes", totals.rss_base_bytes),
                    "kernel_slab_per_conn_bytes": per_conn("slab_bytes", first and first["slab_bytes"]),
                    # everything: servers, Locust, the kernel, per-process costs (MemAvailable before
                    # the servers started, less MemAvailable at the peak)
@@ -69,7 +70,7 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
                    if memory_before and peak_n and "mem_available_bytes" in peak else None},
         "echo_latency": {"mode": config["echo_mode"],
                          "measured_from": "intended send time" if config["echo_mode"] == "open" else "send time",
-                         **status.get("echo_latency", {"count": 0})},
+                         **status.echo_latency},
         "latency_ms": {name: {k: v for k, v in row.items() if k != "requests"} for name, row in locust_stats.items()},
         "limits": limits, "machine": machine, "plan": plan, "config": config, "series": series,
         "latency_series": latency_series, "files": files,

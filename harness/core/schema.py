@@ -1,25 +1,29 @@
-"""Every result kind the harness writes, its schema version, and the one reader for each.
+"""Every result kind the harness writes, its schema version, and what a reader must check.
 
 Like asv and pyperf: each document carries an integer `schema` and (except run.json, the first
-kind) a `kind`; the readers refuse a kind or a version they do not know, by name, instead of
-misreading it, and a file that is not whole JSON (cut off mid-write by something else) is refused
-with where it breaks. `validate` checks a run document's every required field and its type.
-Run directories are named by what the run was: `<UTC time>-<backend>-<target connections>`.
+kind) a `kind`; a reader refuses a kind or a version it does not know, by name, instead of misreading
+it, and migrates a run document of an older schema it knows (`migrate`). `validate` checks a run
+document's every required field and its type. Run directories are named by what the run was:
+`<UTC time>-<backend>-<target connections>`. Reading files is `harness.system.files`' job.
+
+Schema 2 (schema 1 is migrated on load): `stopped_by: time-bound` where the ramp's time bound
+ended it (schema 1 said `timeout`, as for connects that timed out); the diagnosis has a `cause`;
+`config` names the server fd limit `fd_limit` and records the planned `echo_timeout` and
+`echo_interval`; `connects.stages` counts the stages past connect (TLS handshakes, upgrades).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+from harness.core.records import SERIES_REQUIRED
 from harness.core.words import WORKER_FULL
+from harness.core.refusal import Refused
 
-SCHEMA = 1
+SCHEMA = 2
 # Every kind of result file and the schema version this harness reads and writes for it.
 KINDS = {"run": SCHEMA, "sweep": 1, "tour": 1, "bench-echo": 1, "bench-memory": 1, "bench-hold": 1,
          "bench-idle": 1, "bench-reference": 1, "bench-connect": 1}
 STOPPED_BY = ("target", "EMFILE", "ENFILE", "FD_SETSIZE", "EADDRNOTAVAIL", "ECONNREFUSED", "ECONNRESET", "EOF",
-              "reply", "threads", "memory", "timeout", "interrupted", "error")
+              "reply", "threads", "memory", "timeout", "time-bound", "interrupted", "error")
 # failure names of a wrong reply (scenarios.protocols): stopped_by "reply", the name in stop_detail
 REPLY_FAILURES = ("mismatch", "error-reply", "unexpected-reply", "bad-response", "unasked", "too-long")
 REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -32,12 +36,12 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
 }
 ECHO_FIELDS = ("sent", "verified", "mismatched")
 MEMORY_FIELDS = ("server_rss_per_conn_bytes", "locust_rss_per_conn_bytes", "kernel_slab_per_conn_bytes")
-SERIES_FIELDS = ("t", "kernel_established", "server_open", "server_open_by_process", "locust_open",
-                 "connects_ok", "connects_failed", "server_refused", "echoes_verified", "server_rss_bytes",
-                 "locust_rss_bytes", "slab_bytes", "server_cpu_s", "locust_cpu_s")
 
 
-class SchemaError(ValueError):
+MIGRATED = (1,)  # older run schemas `migrate` reads
+
+
+class SchemaError(Refused, ValueError):
     pass
 
 
@@ -54,9 +58,36 @@ def map_stopped_by(reason: str | None) -> str:
     return "error"
 
 
+# A schema-1 verdict's limit -> the cause schema 2 records beside it.
+CAUSE_OF_LIMIT = {"server fd limit": "fd-limit", "target fd limit": "fd-limit", "Locust workers' fd limit": "fd-limit",
+                  "source ports": "source-ports", "fs.file-max": "file-table", "memory": "memory", "threads": "threads",
+                  "FD_SETSIZE": "fd-setsize", "accept queue": "stopped-accepting", "timeouts": "timeouts",
+                  "target": "reached", "target refuses these clients": "refused",
+                  "target's own connection limit": "refused"}
+
+
+def migrate(doc: dict) -> dict:
+    """A run document of an older schema this harness knows, as the current schema says it."""
+    if doc.get("schema") == 1:
+        doc = {**doc, "schema": 2}
+        config = dict(doc.get("config", {}))
+        if "server_fd_limit" in config:
+            config["fd_limit"] = config.pop("server_fd_limit")
+        doc["config"] = config
+        if doc.get("diagnosis"):
+            cause = CAUSE_OF_LIMIT.get(doc["diagnosis"].get("limit"), "unknown")
+            if doc["diagnosis"].get("limit") == "target's own connection limit" and "closed connections it had answered" \
+                    in doc["diagnosis"].get("summary", ""):
+                cause = "shed"
+            doc["diagnosis"] = {"cause": cause, **doc["diagnosis"]}
+        doc["connects"] = {"stages": {}, **doc.get("connects", {})}
+    return doc
+
+
 def validate(doc: dict) -> dict:
     if not isinstance(doc, dict) or "schema" not in doc:
         raise SchemaError("not a run document: no 'schema' field")
+    doc = migrate(doc)
     if doc["schema"] != SCHEMA:
         raise SchemaError(f"run.json schema {doc['schema']!r} is not one this harness reads (it reads "
                           f"schema {SCHEMA}); use the harness version that wrote it")
@@ -72,7 +103,7 @@ def validate(doc: dict) -> dict:
         if missing:
             raise SchemaError(f"run.json {group} lacks {', '.join(missing)}")
     for point in doc["series"]:
-        missing = [f for f in SERIES_FIELDS if f not in point]
+        missing = [f for f in SERIES_REQUIRED if f not in point]
         if missing:
             raise SchemaError(f"run.json series point lacks {', '.join(missing)}")
     for name in ("hostname", "cpu", "kernel", "python", "locust"):
@@ -81,51 +112,17 @@ def validate(doc: dict) -> dict:
     return doc
 
 
-def read_json(path: str | Path) -> dict:
-    """A result file's JSON, or SchemaError naming the file and where it stops being JSON."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SchemaError(f"{path} is not whole JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
-                          "it was cut off or is not a result file; re-run, or restore it") from None
-    except UnicodeDecodeError:
-        raise SchemaError(f"{path} is not a text file; give a run directory or a result .json file") from None
-    if not isinstance(doc, dict):
-        raise SchemaError(f"{path} holds JSON but not a result document")
-    return doc
-
-
 def kind_of(doc: dict) -> str:
     """The document's kind, checked with its version: SchemaError names what is not understood."""
     kind = doc.get("kind", "run")
     if kind not in KINDS:
         raise SchemaError(f"result kind {kind!r} is not one this harness reads ({', '.join(KINDS)})")
+    if kind == "run" and doc.get("schema") in MIGRATED:
+        return kind
     if doc.get("schema") != KINDS[kind]:
         raise SchemaError(f"{kind} schema {doc.get('schema')!r} is not one this harness reads (it reads "
                           f"schema {KINDS[kind]}); use the harness version that wrote it")
     return kind
-
-
-def load(path: str | Path) -> dict:
-    """Read and validate a run.json (or the run.json inside a run directory)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "run.json"
-    return validate(read_json(path))
-
-
-def load_result(path: str | Path) -> tuple[str, dict]:
-    """(kind, document) of a run directory, a sweep directory or any result .json file."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("run.json", "sweep.json"):
-            if (path / name).exists():
-                return load_result(path / name)
-        raise SchemaError(f"{path} holds no run.json or sweep.json; give a run or sweep directory")
-    doc = read_json(path)
-    kind = kind_of(doc)
-    return kind, validate(doc) if kind == "run" else doc
 
 
 def run_dir_name(started_at: str, backend: str, target: int) -> str:

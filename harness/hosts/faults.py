@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 from harness.system import procctl
+from harness.core.refusal import Refused
 
 TABLE = "harness_faults"
 LOSS_SCALE = 10_000  # numgen's modulus: loss in steps of 0.01%
@@ -29,7 +30,7 @@ TCP_FIELDS = ("ActiveOpens", "PassiveOpens", "AttemptFails", "EstabResets", "Ret
 TCPEXT_FIELDS = ("TCPTimeouts", "TCPSynRetrans", "TCPLostRetransmit", "TCPAbortOnTimeout")
 
 
-class FaultError(ValueError):
+class FaultError(Refused, ValueError):
     """A fault that cannot be set; the message names the flag and the fix."""
 
 

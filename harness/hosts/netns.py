@@ -28,6 +28,7 @@ from harness.core import lab_layout
 from harness.core.lab_layout import Host, Lab, LayoutError
 from harness.system.files import write_json_atomic
 from harness.system import procctl
+from harness.core.refusal import Refused
 
 STATE_DIR = Path(os.environ.get("HARNESS_HOSTS_STATE", "/run/harness-hosts"))
 CAP_NET_ADMIN = 12
@@ -35,7 +36,7 @@ CAP_SYS_ADMIN = 21  # `ip netns add` mounts, and setns() needs it
 DEFAULT_PREFIX = "fdcap"
 
 
-class HostsError(RuntimeError):
+class HostsError(Refused, RuntimeError):
     """Test hosts could not be made or used; the message names the cause and the fix."""
 
 

@@ -19,7 +19,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from harness.report import plots
 from harness.core.rundoc import held_key
 from harness.system.files import write_bytes_atomic
-from harness.core.schema import load_result
+from harness.system.files import load_result
+from harness.core.refusal import Refused
 
 PNG_DPI = 90
 # The page is a Jinja2 template (Flask's, installed with Locust), every value autoescaped.
@@ -36,7 +37,7 @@ class Inputs:
     tours: list[dict] = field(default_factory=list)
 
 
-class ReportError(ValueError):
+class ReportError(Refused, ValueError):
     pass
 
 

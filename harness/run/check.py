@@ -12,7 +12,8 @@ import tempfile
 import time
 
 from harness.core.backends import SHARE_MODES, ServerConfig
-from servers.gauges import ROLE_ACCEPTOR, total_refusals
+from harness.core.records import total_refusals
+from servers.gauges import ROLE_ACCEPTOR
 from harness.clients.probe import fill
 from harness.core.backends import BACKENDS
 from servers.supervisor import ServerGroup

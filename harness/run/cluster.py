@@ -38,14 +38,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def scenario_args(protocol: str | None, send: str, expect: str, path: str, allow_non_loopback: bool,
-                  test_hosts: bool = False) -> list[str]:
-    """The locustfile's arguments for what the target speaks and where it may be, for the master
-    and the workers alike."""
-    return ["--protocol", protocol or "echo", "--send", send, "--expect", expect, "--path", path,
-            *(["--allow-non-loopback"] if allow_non_loopback else []), *(["--test-hosts"] if test_hosts else [])]
-
-
 def _prepare_child(nice: int, parent: int, netns: str | None = None, load: bool = False) -> None:
     procctl.die_with_parent(signal.SIGTERM, parent)
     if netns:

@@ -14,18 +14,20 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harness.core import lab_layout
 
 from harness.hosts import faults, netns
 from harness.core.lab_layout import Lab
+from harness.core.records import MasterStatus, Totals
 from harness.run.cluster import WorkerGroup
+from harness.core.refusal import Refused
 
 LINK_DOWN_MAX_S = 60.0
 
 
-class HostedError(ValueError):
+class HostedError(Refused, ValueError):
     """Flags that cannot make a run across test hosts; the message names the flag and the fix."""
 
 
@@ -169,7 +171,7 @@ class HostedRun:
     def counters(self) -> dict[str, dict]:
         return {name: faults.tcp_counters(name) for name in [self.plan.server, *self.plan.clients]}
 
-    def tick(self, phase: str, hold_started: float | None, hold: float, totals: dict, t: float) -> None:
+    def tick(self, phase: str, hold_started: float | None, hold: float, totals: Totals, t: float) -> None:
         """Take the first client host's link down mid-hold for --link-down seconds, then up; its
         cost is counted until halfway through the rest of the hold (called every loop, 20 times a second)."""
         down = self.plan.link_down
@@ -180,18 +182,18 @@ class HostedRun:
         if self._link.get("done"):
             # the cost is counted until a second before the hold ends, not into the teardown's resets
             if now >= self._link["up_at"] + max(0.5, (hold - down) / 4) or phase != "hold":
-                self._link.update(after=faults.tcp_counters(veth), totals=dict(totals))
+                self._link.update(after=faults.tcp_counters(veth), totals=replace(totals))
             return
         now = time.monotonic()
         if "down_at" not in self._link and now >= hold_started + max(0.0, (hold - down) / 2):
-            self._link.update(down_at=now, t=t, held=totals.get("held", 0),
-                              echo_failed=dict(totals.get("echo_failed", {})), counters=faults.tcp_counters(veth))
+            self._link.update(down_at=now, t=t, held=totals.held, echo_failed=dict(totals.echo_failed),
+                              counters=faults.tcp_counters(veth))
             faults.set_link(veth, up=False)
         elif "down_at" in self._link and now >= self._link["down_at"] + down:
             faults.set_link(veth, up=True)
             self._link.update(done=True, up_at=now, up_t=t)
 
-    def link_fault(self, totals: dict, series: list[dict]) -> dict | None:
+    def link_fault(self, totals: Totals, series: list[dict]) -> dict | None:
         """What the link outage cost, read at the end of the run: connections lost (held before it
         against the most held in the rest of the hold: the workers' reports come back through
         the link a while after it does, and a report that is late is left out of the counts
@@ -204,10 +206,10 @@ class HostedRun:
         counted = [p for p in series if p.get("kernel_counted", True)]
         before = [p["kernel_established"] for p in counted if p["t"] <= self._link["t"]]
         during = [p["kernel_established"] for p in counted if p["phase"] == "hold" and p["t"] > self._link["t"]]
-        lost = max(0, before[-1] - during[-1]) if before and during else max(0, self._link["held"] - totals.get("held", 0))
+        lost = max(0, before[-1] - during[-1]) if before and during else max(0, self._link["held"] - totals.held)
         host = self.plan.clients[0]
         totals = self._link.get("totals", totals)
-        failed = {k: v - self._link["echo_failed"].get(k, 0) for k, v in totals.get("echo_failed", {}).items()
+        failed = {k: v - self._link["echo_failed"].get(k, 0) for k, v in totals.echo_failed.items()
                   if v > self._link["echo_failed"].get(k, 0)}
         cost = faults.delta(self._link["counters"], self._link.get("after") or faults.tcp_counters(host))
         return {"t": round(self._link["t"], 2), "what": f"link of {host} down for {self.plan.link_down:g} s", "injected": True,
@@ -215,12 +217,12 @@ class HostedRun:
                 "retransmits": cost.get("RetransSegs", 0), "timeouts": cost.get("TCPTimeouts", 0),
                 "resets": cost.get("EstabResets", 0) + cost.get("OutRsts", 0), "tcp": cost}
 
-    def results(self, status: dict, cpu_by_host: dict[str, float], server_rss: int) -> dict:
+    def results(self, status: MasterStatus, cpu_by_host: dict[str, float], server_rss: int) -> dict:
         """run.json's `hosts`: each host's role, addresses, counts, memory, CPU and TCP counters."""
         p = self.plan
         after = self.counters()
         by_host: dict[str, list[dict]] = {}
-        for w in status.get("workers", []):
+        for w in status.workers:
             by_host.setdefault(w.get("host", ""), []).append(w)
         rows = []
         for name in [p.server, *p.clients]:

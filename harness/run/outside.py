@@ -14,11 +14,12 @@ import socket
 from harness.system import listeners
 from harness.core.protocols import PROTOCOLS
 from harness.core.addresses import AddressError, split_host_port, target_error
+from harness.core.refusal import Refused
 
 CONNECT_CHECK_S = 5.0
 
 
-class TargetError(ValueError):
+class TargetError(Refused, ValueError):
     """A target that cannot be loaded; the message names the flag and the fix."""
 
 
@@ -46,7 +47,7 @@ def is_local(host: str) -> bool:
     return ipaddress.ip_address(host).is_loopback
 
 
-class OutsideTarget:
+class OutsideServer:
     board = None
     gauges_path = None
 
@@ -57,7 +58,7 @@ class OutsideTarget:
         # the processes behind the port, as found before the run, with the most fds each held since
         self.processes = listeners.tracked(processes or [])
 
-    def start(self) -> "OutsideTarget":
+    def start(self) -> "OutsideServer":
         try:
             socket.create_connection((self.host, self.port), timeout=CONNECT_CHECK_S).close()
         except OSError as exc:

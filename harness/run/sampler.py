@@ -8,13 +8,13 @@ import json
 import time
 from pathlib import Path
 
-import psutil
-
-from harness.system.limits import meminfo
+from harness.core.records import MasterStatus, SeriesPoint, total_refusals
 from harness.run.cluster import LocustCluster
-from harness.run.outside import OutsideTarget
+from harness.run.outside import OutsideServer
 from harness.system import ss
-from servers.gauges import ROLE_ACCEPTOR, total_refusals
+from harness.system.limits import meminfo
+from harness.system.procfs import cpu_times, files_open
+from servers.gauges import ROLE_ACCEPTOR
 from servers.supervisor import ServerGroup
 
 KERNEL_EVERY_S = 2.0  # at least this long between two kernel counts (ss)
@@ -29,25 +29,25 @@ class Sampler:
     """One point a second and one as each phase begins: what the kernel, the servers and the
     workers each count."""
 
-    def __init__(self, group: ServerGroup | OutsideTarget, cluster: LocustCluster, status_file: Path,
-                 t0: float, netns: str | None = None, by_host: bool = False) -> None:
+    def __init__(self, group: ServerGroup | OutsideServer, status_file: Path, t0: float, netns: str | None = None,
+                 by_host: bool = False, cluster: LocustCluster | None = None) -> None:
         """`netns`: the server host's namespace, where the kernel's count is read; `by_host`: each
-        point also counts what the workers of each test host hold."""
+        point also counts what the workers of each test host hold; `cluster`: once it is started."""
         self.group, self.cluster, self.status_file, self.t0 = group, cluster, status_file, t0
         self.netns, self.by_host = netns, by_host
-        self.target = group if isinstance(group, OutsideTarget) else None
+        self.target = group if isinstance(group, OutsideServer) else None
         # what counts connections every second: the servers' gauges, or (a target's) the workers'
         self.held_key = "server_open" if self.target is None else "locust_held"
-        self.series: list[dict] = []
-        self.status: dict = {}
+        self.series: list[SeriesPoint] = []
+        self.status = MasterStatus()
         self._kernel = (0, -KERNEL_EVERY_S)  # (count, when)
         self._kernel_every = KERNEL_EVERY_S
         self._phase = "starting"
         self._status_written: tuple = ()  # the status file's inode, mtime and size when last read
 
-    def read_status(self) -> dict:
+    def read_status(self) -> MasterStatus:
         try:
-            self.status = json.loads(self.status_file.read_text())
+            self.status = MasterStatus.from_dict(json.loads(self.status_file.read_text()))
         except (OSError, ValueError):
             pass
         return self.status
@@ -68,7 +68,7 @@ class Sampler:
         if written == self._status_written:
             return False
         self._status_written = written
-        return self.read_status().get("phase", "starting") != self._phase
+        return self.read_status().phase != self._phase
 
     def kernel_count(self, fresh: bool, ramping: bool = False) -> tuple[int, bool]:
         """The kernel's count of established connections on the port, and whether it was taken
@@ -87,35 +87,30 @@ class Sampler:
             return count, True
         return self._kernel[0], False
 
-    def sample(self, fresh: bool = False) -> dict:
+    def sample(self, fresh: bool = False) -> SeriesPoint:
         status = self.read_status()
         rows = self.group.board.read_all() if self.group.board is not None else []
         for index in self.group.exited:  # a dead process's slot keeps its last numbers: it holds nothing
             rows[index]["open"] = 0
         servers = [r for r in rows if r["role"] != ROLE_ACCEPTOR]
-        totals = status.get("totals", {})
+        totals = status.totals
         refused = sum(total_refusals(rows).values())
-        phase = status.get("phase", "starting")
+        phase = status.phase
         changed, self._phase = phase != self._phase, phase  # counted afresh as each phase begins
         memory = meminfo()
         kernel, counted = self.kernel_count(fresh or changed, ramping=phase == "ramp")
-        point = {
-            "t": round(time.monotonic() - self.t0, 2), "phase": phase,
-            "kernel_established": kernel, "kernel_counted": counted,
-            "server_open": sum(r["open"] for r in servers),
-            "server_open_by_process": [r["open"] for r in servers],
-            "locust_open": totals.get("open", 0), "locust_held": totals.get("held", 0), "connects_ok": totals.get("connects_ok", 0),
-            "connects_failed": sum(totals.get("connects_failed", {}).values()),
-            "server_refused": refused, "echoes_verified": totals.get("echoes_verified", 0),
-            "server_rss_bytes": sum(r["rss_bytes"] for r in rows),
-            "locust_rss_bytes": totals.get("rss_bytes", 0),
-            "slab_bytes": memory["SUnreclaim"], "mem_available_bytes": memory["MemAvailable"],
-            "files_open": _files_open(),
-        }
+        point = SeriesPoint(
+            t=round(time.monotonic() - self.t0, 2), phase=phase, kernel_established=kernel, kernel_counted=counted,
+            server_open=sum(r["open"] for r in servers), server_open_by_process=[r["open"] for r in servers],
+            locust_open=totals.open, locust_held=totals.held, connects_ok=totals.connects_ok,
+            connects_failed=sum(totals.connects_failed.values()), server_refused=refused,
+            echoes_verified=totals.echoes_verified, server_rss_bytes=sum(r["rss_bytes"] for r in rows),
+            locust_rss_bytes=totals.rss_bytes, slab_bytes=memory["SUnreclaim"],
+            mem_available_bytes=memory["MemAvailable"], files_open=files_open())
         # CPU by part, from /proc/PID/stat's utime and stime: userland and kernel, each side; each
         # process read once a sample, for the sides and for the hosts alike
-        server_pids, locust_pids = [r["pid"] for r in rows], self.cluster.pids()
-        times = _cpu_times([*server_pids, *locust_pids])
+        server_pids, locust_pids = [r["pid"] for r in rows], self.cluster.pids() if self.cluster else []
+        times = cpu_times([*server_pids, *locust_pids])
         for side, pids in (("server", server_pids), ("locust", locust_pids)):
             user = sum(times.get(pid, (0.0, 0.0))[0] for pid in pids)
             system = sum(times.get(pid, (0.0, 0.0))[1] for pid in pids)
@@ -123,32 +118,11 @@ class Sampler:
             point[f"{side}_cpu_user_s"], point[f"{side}_cpu_system_s"] = round(user, 2), round(system, 2)
         if self.by_host:
             held: dict[str, int] = {}
-            for w in status.get("workers", []):
+            for w in status.workers:
                 held[w.get("host", "")] = held.get(w.get("host", ""), 0) + w.get("held", 0)
             cpu: dict[str, float] = {self.netns or "": point["server_cpu_s"]}
-            for pid, host in self.cluster.host_of.items():
+            for pid, host in (self.cluster.host_of if self.cluster else {}).items():
                 cpu[host] = round(cpu.get(host, 0.0) + sum(times.get(pid, (0.0, 0.0))), 2)
             point["held_by_host"], point["cpu_by_host"] = held, cpu
         self.series.append(point)
         return point
-
-
-def _files_open() -> int:
-    """Open files on the whole machine (the first field of fs.file-nr), against fs.file-max."""
-    try:
-        with open("/proc/sys/fs/file-nr") as f:
-            return int(f.read().split()[0])
-    except OSError:  # ENFILE, for a harness without CAP_SYS_ADMIN
-        return 0
-
-
-def _cpu_times(pids) -> dict[int, tuple[float, float]]:
-    """Each process's user and system CPU seconds (the ones gone are left out)."""
-    out = {}
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            out[pid] = (t.user, t.system)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return out

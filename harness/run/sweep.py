@@ -11,7 +11,9 @@ from pathlib import Path
 
 from harness.core.fits import fit
 from harness.system.files import machine, utc_stamp, write_json_atomic
-from harness.run.execute import RunConfig, execute, prepare
+from harness.run.config import RunConfig
+from harness.run.execute import execute
+from harness.run.prepare import prepare
 
 OVERSHOOT = 1.25  # ask for this much more than the limit, so every run meets its cap
 
@@ -23,7 +25,7 @@ def sweep(backends: list[str], fd_limits: list[int], connections: int | None, ou
     for backend in backends:
         for limit in fd_limits:
             cfg = RunConfig(backend=backend, connections=connections or int(limit * OVERSHOOT) + 50, processes=1,
-                            server_fd_limit=limit, selector=selector, workers=1, hold=1.0, echo_interval=60.0,
+                            fd_limit=limit, selector=selector, workers=1, hold=1.0, echo_interval=60.0,
                             ramp_rate=float(limit * 2), max_seconds=60.0, port=0, out=str(sweep_dir))
             doc, run_dir = execute(prepare(cfg), progress=False)
             point = {"backend": backend, "fd_limit": limit, "cap": doc["peak_connections"],

@@ -21,9 +21,10 @@ from harness.run.cluster import LOCUST
 from harness.core.addresses import is_lab_address, is_loopback, source_error
 from harness.hosts.netns import lab_addresses
 from harness.system import procctl
+from harness.core.refusal import Refused
 
 
-class WorkerError(ValueError):
+class WorkerError(Refused, ValueError):
     """Bad input; the message names the flag and the fix."""
 
 

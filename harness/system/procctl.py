@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 from contextlib import contextmanager
+from harness.core.refusal import Refused
 
 _PR_SET_PDEATHSIG = 1
 _CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"  # where `ip netns add` mounts a named namespace
 
 
-class FdLimitError(ValueError):
+class FdLimitError(Refused, ValueError):
     """An fd limit that cannot be applied (e.g. above the hard limit)."""
 
 

@@ -8,12 +8,13 @@ import os
 from pathlib import Path
 
 from harness.core import tuning
+from harness.core.refusal import Refused
 
 STATE = Path(os.environ.get("HARNESS_TUNE_STATE", "/run/harness-tuning.json"))
 PROC_SYS = Path("/proc/sys")
 
 
-class TuneError(RuntimeError):
+class TuneError(Refused, RuntimeError):
     """Cannot apply or restore; the message names the cause and the fix."""
 
 

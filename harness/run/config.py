@@ -1,0 +1,70 @@
+"""A run's configuration, built once from the command line (`RunConfig.from_args`) and handed to
+Locust under the same flag names (`harness.core.options`). `harness run`, `proof`, `ui` and `sweep`
+all make their runs from it."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, fields
+
+from harness.core.backends import MEMORY_RESERVE_BYTES
+
+MAX = "max"  # --connections max: ramp until a limit stops the run
+
+
+@dataclass
+class RunConfig:
+    backend: str = "asyncio"
+    connections: int = 100_000
+    fill: bool = False  # --connections max: ramp until a limit stops the run
+    processes: int | None = None
+    share: str = "reuseport"
+    fd_limit: int | None = None  # each server process's soft fd limit (None: the hard limit)
+    selector: str = "epoll"
+    workers: int | None = None
+    worker_fd_limit: int | None = None
+    user_mode: str = "driver"
+    port: int = 9999
+    hold: float = 10.0
+    echo_interval: float | None = None  # None: planned (the requests the machine can answer a second)
+    echo_mode: str = "closed"
+    echo_timeout: float | None = None  # None: planned (what the run's connects and first replies need)
+    payload_size: int = 64
+    ramp_rate: float | None = None  # None: planned
+    max_seconds: float | None = None  # the ramp's time bound; None: planned from the target
+    out: str = "results"
+    target: str | None = None  # HOST:PORT of a server the harness does not start
+    protocol: str | None = None  # what the target speaks (default echo for the harness's own servers)
+    send: str = ""
+    expect: str = ""
+    path: str = "/"
+    source_addresses: list[str] | None = None  # every worker binds these (default: planned per worker)
+    allow_non_loopback: bool = False
+    hosts: int = 0  # --hosts N: make N test hosts for this run (1 server host, N-1 client hosts)
+    server_host: str | None = None  # ...or use hosts made by `harness hosts up`
+    worker_hosts: list[str] | None = None
+    master_bind: str | None = None  # HOST:PORT the master listens on (default: loopback, or the lab's bridge)
+    expect_workers: int = 0  # workers started elsewhere (`harness worker --master`) to wait for
+    loss: float = 0.0  # percent of packets dropped on each client host's link
+    rate: str | None = None  # each client host's link shaped to this rate (tc tbf)
+    link_down: float = 0.0  # seconds the first client host's link goes down mid-hold
+    memory_reserve: int = MEMORY_RESERVE_BYTES  # MemAvailable the ramp leaves free (stopped_by memory)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides) -> "RunConfig":
+        """The configuration a subcommand's parsed arguments ask for: each field from the flag of
+        the same name where the subcommand has it, else its default."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+        connections = values.pop("connections", None)
+        if connections == MAX:
+            values["fill"], values["connections"] = True, 0
+        elif connections is not None:
+            values["connections"] = connections
+        return cls(**{**values, **overrides})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def wants_hosts(self) -> bool:
+        return bool(self.hosts or self.server_host or self.worker_hosts)
