@@ -54,8 +54,8 @@ class Conn(link.LocustLink):
 
     __slots__ = ("user", "links", "dead", "sock")
 
-    def __init__(self, user, protocol, tls, number: int) -> None:
-        super().__init__(protocol, tls, number)
+    def __init__(self, user, protocol, tls) -> None:
+        super().__init__(protocol, tls)
         self.user = user
         self.links: list | None = None
         self.dead = False
@@ -137,7 +137,7 @@ class Driver:
 
     # -- users arriving and leaving (called from Locust's spawning greenlet) ------------------
     def adopt(self, user, group) -> Conn:
-        conn = Conn(user, self.protocol, None, self.adopted)
+        conn = Conn(user, self.protocol, None)
         user._greenlet = conn  # Locust finds the user as greenlet.args[0] and stops it with kill()
         user._group = group
         group.add(conn)  # counted by the runner: its user count is this group's length
@@ -239,8 +239,9 @@ class Driver:
         conn.sock = sock
         TALLY.open += 1
         self.by_fd[sock.fileno()] = conn
-        conn.begin(started, self.opts.echo_timeout)
-        if is_established(sock):  # the first bytes go at once: no writable event, wake-up or epoll_ctl
+        established = is_established(sock)
+        conn.begin(started, self.opts.echo_timeout, established)
+        if established:  # the first bytes go at once: no writable event, wake-up or epoll_ctl
             self.ep.register(sock.fileno(), EPOLLIN)
             self._connected(conn, started)
         else:

@@ -33,8 +33,8 @@ class GreenletLink(link.LocustLink):
 
     __slots__ = ("user", "deadline")
 
-    def __init__(self, user: "EchoUser", protocol: protocols.Protocol, number: int) -> None:
-        super().__init__(protocol, None, number)
+    def __init__(self, user: "EchoUser", protocol: protocols.Protocol) -> None:
+        super().__init__(protocol, None)
         self.user = user
         self.deadline = (0, 0.0)  # (op, when)
 
@@ -72,7 +72,7 @@ class EchoUser(User):
         self.sock: socket.socket | None = None
         self._intended = 0.0  # open loop: the intended send time of the next request
         self.timeout = opts.echo_timeout
-        self.link = GreenletLink(self, protocols.from_options(opts, self.host), next(_user_numbers))
+        self.link = GreenletLink(self, protocols.from_options(opts, self.host))
         started = time.perf_counter()
         try:
             host, port = TALLY.destination(self.host)
@@ -80,7 +80,7 @@ class EchoUser(User):
             return self._refused(started, exc.name)
         if TALLY.full():
             return self._refused(started, TALLY.refusal())
-        source = TALLY.sources[self.link.number % len(TALLY.sources)]
+        source = TALLY.sources[next(_user_numbers) % len(TALLY.sources)]
         try:
             sock = client_socket(socket.socket, host, bind_address(source))
         except OSError as exc:  # EMFILE in this Locust process, ENFILE on the machine, a bind refused

@@ -159,8 +159,8 @@ class HoldLink(Connection):
 
     __slots__ = ("holder", "sock")
 
-    def __init__(self, holder: "Holder", sock: socket.socket, number: int) -> None:
-        super().__init__(holder.protocol, None, number)
+    def __init__(self, holder: "Holder", sock: socket.socket) -> None:
+        super().__init__(holder.protocol, None)
         self.holder, self.sock = holder, sock
 
     def on_reply(self, size: int, sent_at: float, intended: float | None, now: float) -> None:
@@ -205,7 +205,7 @@ class Holder:
                               blocking=False)
         except OSError as exc:  # EMFILE: this client process is at its own fd limit
             return self._count(errno_name(exc.errno))
-        link = self.links[s.fileno()] = HoldLink(self, s, i)
+        link = self.links[s.fileno()] = HoldLink(self, s)
         link.begin(time.perf_counter(), REPLY_TIMEOUT_S)
         self.ep.register(s.fileno(), select.EPOLLOUT)
         err = s.connect_ex(self.dest)

@@ -101,8 +101,9 @@ class Protocol:
     def parser(self) -> Parser:
         raise NotImplementedError
 
-    def opening(self, number: int) -> bytes | None:
-        """What connection `number` sends before its first request (an upgrade, a CONNECT), or None."""
+    def opening(self, unique: int) -> bytes | None:
+        """What a connection sends before its first request (an upgrade, a CONNECT), or None;
+        `unique` tells it from the process's other live connections (an MQTT client id)."""
         return None
 
     def opening_parser(self) -> Parser:
