@@ -4,24 +4,23 @@ locustfile, so they apply in every Locust process of a run and nowhere else.
 - `default_args_dict()` builds Locust's whole argument parser (~2.7 ms). WorkerRunner calls it once
   per option for every spawn message (runners.py: `k not in argument_parser.default_args_dict()`
   inside a comprehension over ~56 options): ~0.15 s of CPU per message per worker, one message a
-  second while ramping. With six workers on two cores that throttled the ramp to ~2,200
-  connections/s and starved workers past their heartbeat, and the master then died rebalancing
-  (`ValueError: generator already executing`, locustio/locust#2141). The defaults are the same
-  for the life of a process, so they are computed once.
+  second while ramping: with six workers on two cores it throttles the ramp to ~2,200
+  connections/s and starves workers past their heartbeat. The defaults are the same for the life
+  of a process, so they are computed once.
 - `Runner.user_classes_count` walks every user greenlet to count users by class, and a worker
   reads it about six times per spawn message: ~20% of a worker's CPU while ramping at 16k users
   (py-spy), and more than the machine has at a million users. With one user class, every user
   greenlet is of that class, and Locust's own `user_count` (the group's length) is the answer.
 - The master marks a worker missing after HEARTBEAT_LIVENESS (3) heartbeat seconds of silence and
-  moves its users onto the other workers. That suits workers on their own machines; at a million
-  connections 51 workers share two cores with 59 servers, a worker connecting its share of a step
-  went more than 3 s without running its heartbeat, the master moved the users of 48 workers, and
-  some workers were handed 25 times their share. 30 s here (at 10 s two still went missing); the
-  harness finds dead workers by their pids, not through this.
+  moves its users onto the other workers. That suits workers on their own machines; where a hundred
+  workers share two cores with the servers, a worker connecting its share of a step can go more
+  than 10 s without running its heartbeat, and the master would hand the users of starved workers
+  to the others (some many times their share). 30 s here; the harness finds dead workers by their
+  pids, not through this.
 - A worker coming back from "missing" makes the master start a rebalancing dispatch, which sleeps
   inside the dispatcher's generator between batches; the shape's next tick then calls start()
   and next() on that same generator, and the master dies (`ValueError: generator already
-  executing`, locustio/locust#2141; seen at 720k connections). MasterRunner.start is serialized:
+  executing`, locustio/locust#2141). MasterRunner.start is serialized:
   a rebalance waits for the shape's dispatch to finish, and the other way round.
 - `Runner.monitor_cpu_and_memory` opens /proc/self/stat every few seconds (psutil); at the
   machine's file-table limit (`--connections max`, ENFILE) that open fails and the greenlet dies

@@ -50,7 +50,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def snapshot(board: GaugeBoard) -> list[dict]:
-    """Every slot's gauges plus the fds in use, counted by the kernel in /procctl."""
+    """Every slot's gauges plus the fds in use, counted by the kernel in /proc."""
     rows = board.read_all()
     for row in rows:
         try:

@@ -5,8 +5,8 @@ steps of `step_seconds`, never past the target or past what the workers may hold
 limit minus a reserve, as the workers report it), and never more than LEAD_STEPS steps ahead of the
 connections already answered (verified or failed), so a busy machine slows the ramp down instead
 of piling up connects that time out. It never asks for fewer users than it already asked for: the
-master's user count is what workers reported, a step behind, and a target below it made Locust
-stop and restart ~170k users of a million. The ramp ends when the target is reached ("target"),
+master's user count is what workers reported, a step behind, and a target below it would make
+Locust stop users and start them again. The ramp ends when the target is reached ("target"),
 when connects start failing (the servers' own errno where they refused any, e.g. EMFILE or
 FD_SETSIZE, else the client's failure name, e.g. EADDRNOTAVAIL: the run found a cap), when
 connections already verified are closed (a server sheds held connections to take new ones, as
@@ -107,8 +107,8 @@ def memory_low(state: State, settings: Settings, seen: Seen) -> bool:
         return False
     # Never more than LEAD_STEPS steps are in flight (the rule above dispatches no further ahead);
     # the workers' answered count can fall for a while (a starved worker's report goes stale and
-    # is left out of the totals: at 1.96M, 1.3M answered connections vanished from it for a few
-    # seconds), and that must not read as 1.3M connections still to come.
+    # is left out of the totals for a few seconds), and that must not read as that many
+    # connections still to come.
     step = max(1, int(settings.ramp_rate * settings.step_seconds))
     coming = min(max(0, state.dispatched - seen.connects_ok - sum(seen.failures.values())), LEAD_STEPS * step)
     return seen.mem_available < settings.memory_floor + coming * settings.bytes_per_connection

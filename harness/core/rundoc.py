@@ -8,7 +8,6 @@ rebuilt or checked from files and numbers, without running anything.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from harness.core.records import MasterStatus
 from harness.core.schema import SCHEMA, map_stopped_by, validate
@@ -183,7 +182,7 @@ def steady_state(series: list[dict], peak: int, key: str = "server_open") -> dic
             "server_rss_change_pct": change("server_rss_bytes"), "locust_rss_change_pct": change("locust_rss_bytes")}
 
 
-def summary(doc: dict, run_dir: Path) -> str:
+def summary(doc: dict, run_dir) -> str:
     m = doc["memory"]
     by_process = doc["peak_connections_by_process"]
     target = doc.get("target")
@@ -216,7 +215,7 @@ def summary(doc: dict, run_dir: Path) -> str:
     if diagnosis:
         lines.append(f"diagnosis: {diagnosis['summary']}" + (f"; fix: {diagnosis['fix']}" if diagnosis["fix"] else ""))
         lines += [f"  evidence: {line}" for line in diagnosis["evidence"][:6]]
-    lines.append(f"results: {run_dir / 'run.json'}")
+    lines.append(f"results: {run_dir}/run.json")
     return "\n".join(lines)
 
 

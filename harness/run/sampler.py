@@ -19,9 +19,9 @@ from servers.supervisor import ServerGroup
 
 KERNEL_EVERY_S = 2.0  # at least this long between two kernel counts (ss)
 KERNEL_CPU_SHARE = 0.1  # ...and long enough that ss takes at most this share of a core (~1 s a call at 1M)
-# While ramping, ss competes with the load for the CPU (it also formats a line per socket): at 850k
-# one call took 17% of both cores over a 4 s profile (perf). The servers' own gauges count every
-# second; the kernel is counted as each phase begins and, during the ramp, with this smaller share.
+# While ramping, ss competes with the load for the CPU (it walks and formats every socket on the
+# machine); the servers' own gauges count every second, so the kernel is counted as each phase
+# begins and, during the ramp, with this smaller share.
 KERNEL_RAMP_CPU_SHARE = 0.02
 
 

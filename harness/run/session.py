@@ -30,9 +30,9 @@ from harness.run.prepare import Prepared, RunError
 from servers.supervisor import ConfigError, ServerGroup, StartError
 
 # The load (servers and Locust workers) runs below the control plane (the Locust master and this
-# process): at a million connections 110 processes share two cores, and a master with an equal
-# share falls behind its workers' heartbeats. At +10 the master gets ~8% of the CPU when it needs
-# it instead of ~1%; under `nice -n 19` the load runs SCHED_IDLE (`procctl.lower_priority`).
+# process): with a hundred load processes on two cores, a master with an equal share falls behind
+# its workers' heartbeats. At +10 the master gets ~8% of the CPU when it needs it instead of ~1%;
+# under `nice -n 19` the load runs SCHED_IDLE (`procctl.lower_priority`).
 LOAD_NICE = 10
 # What starting a run's hosts and servers can fail with, said in one line (ip, nft or tc missing or refusing too).
 START_ERRORS = (ConfigError, StartError, TargetError, hosted.HostedError, LayoutError, HostsError, FaultError,

@@ -2,7 +2,7 @@
 
 Without --apply nothing is changed: it prints each sysctl's current and needed value, why, and
 the `sysctl -w` lines to type. `--apply` (root only) writes the ones that bind, after saving every
-previous value into /run/harness-tuning.json (written before the first change, and kept from the
+previous value into /run/harness-tune.json (written before the first change, and kept from the
 first apply when applied again, so a second apply cannot lose the original values); `--restore`
 writes them back and removes the file. Runs record that file's values in run.json
 (`limits.tuned`), so a result says which sysctls were not the machine's own.

@@ -1,5 +1,5 @@
 """The sysctls as the kernel has them now, and the values `harness tune --apply` replaced (its state
-file, /run/harness-tuning.json): read by `harness tune` and by every run, which records them."""
+file, /run/harness-tune.json): read by `harness tune` and by every run, which records them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from harness.core import tuning
 from harness.core.refusal import Refused
 
-STATE = Path(os.environ.get("HARNESS_TUNE_STATE", "/run/harness-tuning.json"))
+STATE = Path(os.environ.get("HARNESS_TUNE_STATE", "/run/harness-tune.json"))
 PROC_SYS = Path("/proc/sys")
 
 

@@ -2,7 +2,7 @@
 
 Connections are adopted from our own intake (`loop.add_reader` + `connect_accepted_socket`)
 rather than `loop.create_server`, because the stock accept loop retries EMFILE `backlog` times per
-wake-up and logs a traceback each time (~19k/s at 99% CPU, measured here). Echo uses a Protocol
+wake-up and logs a traceback each time (~19k a second at 99% CPU: docs/servers.md). Echo uses a Protocol
 with transport flow control: when a client stops reading and unsent data passes MAX_PENDING,
 `pause_writing` pauses reading from it until its output drains.
 """

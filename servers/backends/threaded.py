@@ -174,8 +174,7 @@ def _pin_to_one_cpu(index: int) -> None:
     """Run every thread of this process on one core (process i on allowed core i mod n).
 
     The GIL lets one thread run at a time anyway; spread over cores, each GIL handoff also
-    crosses cores. Measured here (`harness bench echo`, 100 connections): 41k req/s unpinned,
-    120k pinned."""
+    crosses cores, and the echo rate falls to about a third (docs/benchmarks.md)."""
     allowed = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {allowed[index % len(allowed)]})
 
