@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from harness.system.files import utc_stamp, write_json_atomic
-from harness.core.backends import ServerConfig
 from harness.clients.experiments import exhaust_ports, four_tuples, hello, serve_two_ports
-from servers.gauges import ROLE_ACCEPTOR
 from harness.clients.probe import fill
+from harness.core.backends import ServerConfig
 from harness.run.check import gauges_showing
+from harness.system.files import utc_stamp, write_json_atomic
 from harness.system.ss import local_ports_in_use, run_ss
+from servers.gauges import ROLE_ACCEPTOR
 from servers.supervisor import ServerGroup
 
 ARTICLE_PORT = 9999
@@ -215,8 +215,8 @@ def step_ephemeral(quick: bool) -> Step:
 
 def step_fd_limit(quick: bool) -> Step:
     if not quick:
+        from harness.run.config import RunConfig
         from harness.run.proof import run_proof
-        from harness.run.execute import RunConfig
         code = run_proof(RunConfig())
         return Step("fd-limit", "The fd limit, not 65,535, caps connections (the default proof)", {"exit": code},
                     [], "see the proof's summary above", code == 0)

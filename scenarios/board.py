@@ -19,13 +19,21 @@ import gevent
 
 from harness.core import diagnose
 from harness.core.evidence import gather, sources_of
-from harness.core.records import (ECHO_COUNTS, STALE_COUNTS, EchoLatency, MasterStatus, ServerGauge, Totals,
-                                  WorkerReport, total_refusals)
+from harness.core.records import (
+    ECHO_COUNTS,
+    STALE_COUNTS,
+    EchoLatency,
+    MasterStatus,
+    ServerGauge,
+    Totals,
+    WorkerReport,
+    total_refusals,
+)
 from harness.system import kernel, listeners
 from harness.system.limits import read_limits
 from harness.system.ss import established_on_port
 from scenarios.chart import Series
-from scenarios.reporting import MESSAGE, PHASE_MESSAGE, RESET_MESSAGE, REPORT_INTERVAL_S
+from scenarios.reporting import MESSAGE, PHASE_MESSAGE, REPORT_INTERVAL_S, RESET_MESSAGE
 from scenarios.tally import new_latency_histogram
 from servers.gauges import ROLE_ACCEPTOR, GaugeBoard
 

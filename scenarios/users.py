@@ -19,7 +19,7 @@ from locust import User, task
 
 from harness.core import protocols
 from harness.core.connection import CLOSED, READY, VERIFYING, bind_address
-from harness.core.words import TCPError, error_name, errno_name
+from harness.core.words import TCPError, errno_name, error_name
 from harness.system.wire import client_socket, close_with_reset
 from scenarios import link
 from scenarios.driver import driver

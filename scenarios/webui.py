@@ -13,8 +13,8 @@ from pathlib import Path
 
 from flask import Response, jsonify, request, send_from_directory
 
-from scenarios.chart import SCRIPT
 from scenarios.board import BOARD, SERIES
+from scenarios.chart import SCRIPT
 
 TAB = "connections"
 COLUMNS = [("what", "What"), ("name", "Name"), ("open", "Open"), ("limit", "Limit"), ("detail", "Detail")]

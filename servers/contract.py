@@ -19,8 +19,9 @@ import selectors
 import signal
 import socket
 import time
-from dataclasses import dataclass
 from typing import Callable
+
+from harness.core.backends import ServerConfig
 from harness.system import procfs
 from servers.gauges import SERVING, STOPPED, Counters, Slot
 from servers.intake import Intake, RateLimitedLog

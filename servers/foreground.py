@@ -15,11 +15,10 @@ import signal
 import sys
 import time
 
-from harness.system import procctl
-
-from servers import registry
 from harness.core.backends import SELECTORS, SHARE_MODES, ServerConfig
 from harness.core.records import total_refusals
+from harness.system import procctl
+from servers import registry
 from servers.gauges import ROLE_ACCEPTOR, GaugeBoard
 from servers.supervisor import ConfigError, ServerGroup, StartError
 

@@ -25,14 +25,13 @@ import tempfile
 import time
 import traceback
 
-from harness.system import procctl
-
-from servers import registry
 from harness.core.backends import MEMORY_RESERVE_BYTES, SELECTORS, SERVER_PROCESS_BYTES, SHARE_MODES, ServerConfig
+from harness.core.refusal import Refused
+from harness.system import procctl
+from harness.system.wire import EchoError, echo_once
+from servers import registry
 from servers.contract import ServeContext
 from servers.gauges import ROLE_ACCEPTOR, SERVING, STARTING, GaugeBoard
-from harness.system.wire import EchoError, echo_once
-from harness.core.refusal import Refused
 
 START_DEADLINE_S = 15.0
 READY_PAYLOAD = b"HARNESS-READY-0123456789"  # the same after --upper: readiness is transform-blind

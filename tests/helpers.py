@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import psutil
-from harness.core import words
 
+from harness.core import words
 from harness.system import wire
 from servers.gauges import ROLE_ACCEPTOR, GaugeBoard
 
@@ -172,3 +172,8 @@ def wait_status(directory: Path, predicate, timeout: float = 60, pattern: str = 
                 return status
         time.sleep(0.1)
     raise AssertionError("the run never reached the expected state")
+
+
+def assert_gone(pids, within: float = 5.0, what: str = "a process of the run outlived it") -> None:
+    """Every process in `pids` exits within `within` s (waited for by condition, not by time)."""
+    wait_until(lambda: not any(process_alive(p) for p in pids), within, what)

@@ -134,7 +134,8 @@ def test_the_floor_beside_held_connections_is_measured_and_the_holders_end_with_
     before = established()
     beside = kernel_cost_beside(3_000, 500, repeats=1, quiet=0.3)
     assert beside["held"] == 3_000 and beside["median_us"] > 0 and beside["repeats"][0]["connections"] == 500
-    assert beside["background"]["cores"] >= 0 and beside["background"]["seconds"] >= 0.3
+    background = beside["background"]
+    assert background["seconds"] >= 0.3 and 0 <= background["busiest"]["cores"] <= background["cores"]
     assert beside["background"]["busiest"]["name"]  # some process on the machine is named as the busiest
     # each connector is waited for; its acceptor ends by its death signal a moment later
     wait_until(lambda: holders() == [], 10, "every holder of the helper gone")

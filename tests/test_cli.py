@@ -15,7 +15,7 @@ import time
 import pytest
 
 from servers.gauges import GaugeBoard
-from tests.helpers import ROOT, process_alive, wait_until
+from tests.helpers import ROOT, assert_gone, process_alive, wait_until
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
 
@@ -78,10 +78,7 @@ def test_kill_9_of_the_supervisor_leaves_no_orphan(tmp_path):
     pids = [g["pid"] for g in board.read_all()]
     proc.kill()
     proc.wait()
-    deadline = time.monotonic() + 5
-    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(process_alive(p) for p in pids), "server processes outlived a killed supervisor"
+    assert_gone(pids, what="server processes outlived a killed supervisor")
 
 
 @pytest.mark.parametrize("after", [0.05, 0.3, 0.8, 1.5])

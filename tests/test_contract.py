@@ -16,10 +16,9 @@ import time
 
 import pytest
 
-from harness.core.backends import SHARE_MODES
 from harness.clients.probe import fill
-from harness.core.backends import BACKENDS
-from tests.helpers import ServerProcess, connect, echo, process_alive, recv_exactly, served_or_answered
+from harness.core.backends import BACKENDS, SHARE_MODES
+from tests.helpers import ServerProcess, assert_gone, connect, echo, recv_exactly, served_or_answered
 
 FD_LIMIT = 256
 # Two processes in every share mode: each process's cap is checked exactly, and together they must
@@ -129,10 +128,7 @@ class TestContract:
     def test_clean_stop(self, group):
         pids = group.pids()
         assert group.stop() == 0
-        deadline = time.monotonic() + 5
-        while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(process_alive(p) for p in pids), "a server process outlived its supervisor"
+        assert_gone(pids, what="a server process outlived its supervisor")
         with socket.socket() as probe:  # the port is free again
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", group.port))

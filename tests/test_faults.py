@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from harness.system.files import load
-from tests.helpers import ROOT, process_alive, wait_status, wait_until
+from tests.helpers import ROOT, assert_gone, wait_status, wait_until
 
 HARNESS = [sys.executable, "-m", "harness.cli", "run"]
 
@@ -38,13 +38,6 @@ def _master_of(proc: subprocess.Popen) -> psutil.Process | None:
     return None
 
 
-def assert_all_gone(pids: list[int]) -> None:
-    deadline = time.monotonic() + 5
-    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(process_alive(p) for p in pids), "processes were left behind"
-
-
 def test_kill_9_of_a_server_process_is_reported_and_the_others_keep_serving(tmp_path):
     proc = start_run(tmp_path, "--connections", "300", "--processes", "3", "--workers", "1", "--hold", "5",
                      "--echo-interval", "0.5", "--share", "fork")
@@ -65,7 +58,7 @@ def test_kill_9_of_a_server_process_is_reported_and_the_others_keep_serving(tmp_
     counted = [p for p in after if p["kernel_counted"]]
     assert counted and all(p["kernel_established"] == 300 - victim["open"] for p in counted), counted
     assert after[-1]["echoes_verified"] > after[0]["echoes_verified"], "the other processes stopped echoing"
-    assert_all_gone(pids)
+    assert_gone(pids)
 
 
 def test_kill_9_of_a_worker_the_master_carries_on(tmp_path):
@@ -91,7 +84,7 @@ def test_kill_9_of_a_worker_the_master_carries_on(tmp_path):
     # dead worker's last report for STALE_S, and teardown follows the hold)
     after = [p for p in doc["series"] if p["phase"] == "hold" and p["kernel_counted"] and p["t"] >= fault["t"]]
     assert after and all(p["kernel_established"] == p["server_open"] == 100 for p in after), after
-    assert_all_gone(pids)
+    assert_gone(pids)
 
 
 def test_sigstop_of_a_server_shows_in_the_latency_and_clients_time_out_cleanly(tmp_path):
@@ -179,7 +172,7 @@ def test_ctrl_c_in_every_phase_leaves_a_valid_run_json_and_no_process(tmp_path, 
     else:
         assert phase == "starting" and code == 130
     assert not list(tmp_path.glob("*/.run.json.*")), "a half-written result was left"
-    assert_all_gone(pids)
+    assert_gone(pids)
 
 
 def test_a_ramp_that_would_pass_the_memory_floor_stops_there_named_memory(tmp_path):

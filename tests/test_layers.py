@@ -5,6 +5,7 @@ or Locust, and no function too long to read at once."""
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -138,3 +139,22 @@ def test_no_module_is_named_after_a_standard_one_or_after_another_of_the_project
     names = [p.stem for p in MODULES.values() if p.stem != "__init__" and p.stem != "__main__"]
     assert not set(names) & set(sys.stdlib_module_names)
     assert sorted(n for n in set(names) if names.count(n) > 1) == []
+
+
+def test_every_name_imported_from_the_project_exists():
+    """Imports inside functions run only when the function does: each is checked here, in a
+    process of its own (Locust's side monkey-patches whatever imports it)."""
+    pairs = sorted({(node.module, alias.name) for path in MODULES.values()
+                    for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
+                    and node.module and node.module.split(".")[0] in PACKAGES for alias in node.names})
+    script = ("import importlib, sys\nmissing = []\n"
+              f"for module, name in {pairs!r}:\n"
+              "    m = importlib.import_module(module)\n"
+              "    if not hasattr(m, name):\n"
+              "        try:\n"
+              "            importlib.import_module(f'{module}.{name}')\n"
+              "        except ImportError:\n"
+              "            missing.append(f'{module}.{name}')\n"
+              "print(missing)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]

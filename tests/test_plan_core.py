@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from harness.core import planning
-from harness.core.planning import plan
 from harness.core.backends import BACKENDS
+from harness.core.planning import plan
 
 THIS_MACHINE = {
     "nofile_soft": 20000, "nofile_hard": 20000, "nr_open": 1048576, "file_max": 2466165,

@@ -8,9 +8,8 @@ import os
 import shutil
 import socket
 import stat
-from harness.system import ss
 
-from harness.system import procctl
+from harness.system import procctl, ss
 
 
 def test_inherited_garbage_never_closes_an_fd_the_child_reuses():

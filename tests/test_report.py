@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.report import plots
-from harness.report import page
+from harness.report import page, plots
 from harness.report.page import build, collect
 from harness.system.files import load
 from tests.helpers import ROOT

@@ -13,12 +13,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from harness.core.backends import BACKENDS, FD_SETSIZE
 from harness.core.planning import held_fds
 from harness.core.schema import SCHEMA, SchemaError, validate
 from harness.system.files import load
-from harness.core.backends import FD_SETSIZE
-from harness.core.backends import BACKENDS
-from tests.helpers import ROOT, process_alive
+from tests.helpers import ROOT, assert_gone
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
 SMALL = ["--processes", "1", "--workers", "1", "--hold", "1", "--port", "0", "--echo-interval", "60"]
@@ -112,10 +111,7 @@ def test_interrupted_run_leaves_a_valid_run_json_and_no_process(tmp_path, how):
     assert code == 130, proc.stderr.read()
     doc = load(status_file.parent)
     assert doc["stopped_by"] == "interrupted" and doc["peak_connections"] == 200
-    deadline = time.monotonic() + 5
-    while any(process_alive(p) for p in family) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(process_alive(p) for p in family), "the interrupted run left processes behind"
+    assert_gone(family, what="the interrupted run left processes behind")
 
 
 @pytest.mark.parametrize("args, words", [

@@ -16,10 +16,10 @@ import time
 
 import pytest
 
+from harness.core.backends import BACKENDS
 from harness.run.cluster import LocustCluster
 from harness.system.ss import established_on_port
-from harness.core.backends import BACKENDS
-from tests.helpers import ROOT, ServerProcess, process_alive, wait_status
+from tests.helpers import ROOT, ServerProcess, assert_gone, wait_status
 
 
 def headless_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, hold: float = 2.0,
@@ -74,7 +74,7 @@ def run_cluster(tmp_path, server: ServerProcess, target: int, workers: int = 2, 
         code = cluster.wait_master(60)
     finally:
         cluster.stop()
-    assert not any(process_alive(p) for p in cluster.pids()), "a Locust process outlived the run"
+    assert_gone(cluster.pids(), what="a Locust process outlived the run")
     with open(tmp_path / "run_stats.csv") as f:
         stats = {row["Name"]: row for row in csv.DictReader(f)}
     log = (tmp_path / "logs" / "master.log").read_text()

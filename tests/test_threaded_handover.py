@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from servers.backends import threaded
 from harness.core.backends import ServerConfig
+from servers.backends import threaded
 from servers.gauges import Counters
 from servers.intake import RateLimitedLog
 

@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from harness import tour
-from harness.report.page import build
 from harness.core.backends import BACKENDS
+from harness.report.page import build
 from tests.helpers import ROOT, wait_until
 
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from harness.system.files import load
-from tests.helpers import ROOT, process_alive
+from tests.helpers import ROOT, assert_gone
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make test installs it)")
@@ -101,10 +101,7 @@ def test_start_a_run_from_the_form_and_watch_the_connections_tab(tmp_path):
         os.killpg(ui.pid, signal.SIGINT)  # Ctrl-C in the terminal
         code = ui.wait(30)
     assert code == 0, ui.stderr.read()
-    deadline = time.monotonic() + 5
-    while any(process_alive(c) for c in children) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(process_alive(c) for c in children), "harness ui left processes behind"
+    assert_gone(children, what="harness ui left processes behind")
 
 
 def _held(base: str) -> dict:

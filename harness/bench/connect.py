@@ -29,9 +29,9 @@ from pathlib import Path
 
 import psutil
 
-from harness.system.limits import read_limits
-from harness.core.rundoc import cpu_between
 from harness.core.refusal import Refused
+from harness.core.rundoc import cpu_between
+from harness.system.limits import read_limits
 
 SOURCE = Path(__file__).with_name("connect.c")
 CACHE = Path(tempfile.gettempdir()) / "harness-build"
@@ -174,7 +174,9 @@ def _background(seconds: float, ours: set[int]) -> dict:
 
 def harness_cost(connections: int, out: Path) -> dict:
     """One `harness run` of the same N; its CPU per connection over the whole ramp, by part."""
-    from harness.run.execute import RunConfig, execute, prepare
+    from harness.run.config import RunConfig
+    from harness.run.execute import execute
+    from harness.run.prepare import prepare
 
     doc, run_dir = execute(prepare(RunConfig(backend="selectors", connections=connections, hold=1.0,
                                              echo_interval=120.0, out=str(out))), progress=False)

@@ -22,11 +22,11 @@ import subprocess
 import time
 from collections import Counter
 
-from harness.core import planning
-from harness.system.limits import read_limits
 from harness.bench.servers import CLIENT, read_event, server_rows, start_holders
+from harness.core import planning
 from harness.core.backends import SELECTORS, ServerConfig
 from harness.core.records import refusals
+from harness.system.limits import read_limits
 from servers.supervisor import ServerGroup
 
 IDLE_POINTS = (0, 1_000, 10_000, 100_000)

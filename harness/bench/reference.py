@@ -23,10 +23,10 @@ import time
 
 import psutil
 
-from harness.run.cluster import free_port
 from harness.core.backends import ServerConfig
-from servers.supervisor import ServerGroup
 from harness.core.refusal import Refused
+from harness.run.cluster import free_port
+from servers.supervisor import ServerGroup
 
 INSTALL_HINT = ("install Debian's redis-server and redis-tools "
                 "(make reference does: apt-get install redis-server redis-tools)")

@@ -19,11 +19,11 @@ from collections import Counter
 from pathlib import Path
 
 from harness.core import planning
-from harness.system.limits import meminfo, read_limits
-from harness.system.files import machine, utc_stamp, write_json_atomic
 from harness.core.backends import ServerConfig
-from servers.gauges import ROLE_ACCEPTOR
+from harness.system.files import machine, utc_stamp, write_json_atomic
+from harness.system.limits import meminfo, read_limits
 from harness.system.ss import established_on_port
+from servers.gauges import ROLE_ACCEPTOR
 from servers.supervisor import ServerGroup
 
 CLIENT = [sys.executable, "-m", "harness.clients.instruments"]

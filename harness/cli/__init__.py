@@ -6,8 +6,21 @@ from __future__ import annotations
 
 import sys
 
-from harness.cli import (cmd_bench, cmd_check, cmd_hosts, cmd_limits, cmd_proof, cmd_report, cmd_run, cmd_serve,
-                         cmd_sweep, cmd_tour, cmd_tune, cmd_ui, cmd_worker)
+from harness.cli import (
+    cmd_bench,
+    cmd_check,
+    cmd_hosts,
+    cmd_limits,
+    cmd_proof,
+    cmd_report,
+    cmd_run,
+    cmd_serve,
+    cmd_sweep,
+    cmd_tour,
+    cmd_tune,
+    cmd_ui,
+    cmd_worker,
+)
 from harness.cli.common import OneLineErrorParser
 from harness.core.refusal import Refused
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.cli.common import (Command, OneLineErrorParser, backends, count, idle_points, positive, positive_float,
-                                seconds)
+from harness.cli.common import (
+    Command,
+    OneLineErrorParser,
+    backends,
+    count,
+    idle_points,
+    positive,
+    positive_float,
+    seconds,
+)
 from harness.core.backends import BACKENDS, SHARE_MODES
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from harness.cli.common import (Command, add_host_options, add_run_options, add_target_options, connections, fail)
+from harness.cli.common import Command, add_host_options, add_run_options, add_target_options, connections, fail
 from harness.core.rundoc import summary
 from harness.run.config import RunConfig
 from harness.run.execute import execute

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 from harness.cli.common import Command
 from servers.foreground import add_arguments, run
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli.common import (Command, add_host_options, add_load_options, add_server_options, add_target_options,
-                                positive)
+from harness.cli.common import (
+    Command,
+    add_host_options,
+    add_load_options,
+    add_server_options,
+    add_target_options,
+    positive,
+)
 from harness.run.config import RunConfig
 from harness.run.prepare import prepare
 

@@ -18,9 +18,9 @@ from typing import NoReturn
 from harness.core.backends import BACKENDS, SELECTORS, SHARE_MODES
 from harness.core.options import BY_NAME
 from harness.core.protocols import PROTOCOLS
+from harness.core.refusal import Refused
 from harness.core.words import ECHO_MODES, USER_MODES
 from harness.run.config import MAX
-from harness.core.refusal import Refused
 
 
 class UsageError(Refused, ValueError):

@@ -13,11 +13,10 @@ import selectors
 import signal
 import socket
 from dataclasses import dataclass, field
-from harness.system import ss
 
-from harness.system import procctl
-from harness.system.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
 from harness.core.words import errno_name
+from harness.system import procctl, ss
+from harness.system.wire import IP_BIND_ADDRESS_NO_PORT, LINGER_RESET
 
 IP_LOCAL_PORT_RANGE = getattr(socket, "IP_LOCAL_PORT_RANGE", 51)  # Linux 6.3+: a per-socket range
 

@@ -10,8 +10,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from harness.system.wire import EchoError, recv_exactly
 from harness.core.words import ShortRead
+from harness.system.wire import EchoError, recv_exactly
 
 
 @dataclass

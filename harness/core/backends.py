@@ -7,6 +7,7 @@ named here; nothing here imports them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from harness.core.refusal import Refused
 
 

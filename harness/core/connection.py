@@ -4,7 +4,7 @@ failed, or on what each of those is called.
 
 Theory of operation. The adapter owns the socket: it connects, sends what a call returns, feeds
 what arrives, and tells the machine when a deadline it was given has passed. The machine owns
-everything else, as a table of states (`NEXT`):
+everything else:
 
     CONNECTING --connected--> SECURING  (a TLS handshake, when the run speaks TLS)
                            -> OPENING   (an opening exchange: a WebSocket upgrade, an MQTT CONNECT)
@@ -35,14 +35,6 @@ from harness.core.protocols import HOLD_VERIFY_S, Parser, Protocol
 from harness.core.words import EOF_NAME, TIMEOUT
 
 CONNECTING, SECURING, OPENING, VERIFYING, READY, CLOSED = range(6)
-STATE_NAMES = ("connecting", "securing", "opening", "verifying", "ready", "closed")
-# (state, event) -> next state; an event not in the table for a state is a bug, not a failure.
-NEXT = {
-    (CONNECTING, "connected"): (SECURING, OPENING, VERIFYING),  # the first of these that applies
-    (SECURING, "secured"): (OPENING, VERIFYING),
-    (OPENING, "opened"): (VERIFYING,),
-    (VERIFYING, "verified"): (READY,),
-}
 CONNECT_STAGE = "connect"
 TLS_STAGE = "tls-handshake"
 

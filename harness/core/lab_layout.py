@@ -16,6 +16,7 @@ import ipaddress
 import math
 import re
 from dataclasses import dataclass, field
+
 from harness.core.refusal import Refused
 
 TEST_NET = ipaddress.ip_network("198.18.0.0/15")
@@ -79,14 +80,6 @@ def bridge_name(prefix: str) -> str:
     return f"{prefix}-br"
 
 
-def host_index(prefix: str, name: str) -> int:
-    """The 1-based index of host `name` of lab `prefix`, or LayoutError."""
-    head, _, tail = name.rpartition("-")
-    if head != prefix or not tail.isdigit():
-        raise LayoutError(f"{name!r} is not a host of {prefix!r} (its hosts are {prefix}-1, {prefix}-2, ...)")
-    return int(tail)
-
-
 @dataclass
 class Host:
     name: str  # the namespace, and the host-side veth
@@ -119,9 +112,6 @@ class Lab:
                 return h
         raise LayoutError(f"no test host {name!r}; the hosts up are "
                           f"{', '.join(h.name for h in self.hosts) or 'none'} (harness hosts up N)")
-
-    def owner_of(self, address: str) -> Host | None:
-        return next((h for h in self.hosts if address in h.addresses), None)
 
     def as_dict(self) -> dict:
         return {"prefix": self.prefix, "lab": self.lab, "owner": self.owner, "bridge": self.bridge,

@@ -1,6 +1,6 @@
 """The ramp rule the load shape follows, as a pure function of what the shape sees each tick.
 
-Theory of operation, as a table of phases (`PHASES`): the ramp adds `ramp_rate` users a second in
+Theory of operation, in three phases (ramp, hold, done): the ramp adds `ramp_rate` users a second in
 steps of `step_seconds`, never past the target or past what the workers may hold (each worker's fd
 limit minus a reserve, as the workers report it), and never more than LEAD_STEPS steps ahead of the
 connections already answered (verified or failed), so a busy machine slows the ramp down instead
@@ -26,13 +26,6 @@ from dataclasses import dataclass, field, replace
 # step of lead a step could start only once the one before was reported, not when it was answered.
 LEAD_STEPS = 2
 TIME_BOUND = "time-bound"  # why a ramp ends at --max-seconds (a connect that timed out is "timeout")
-
-PHASES = {
-    "ramp": "adding users step by step",
-    "hold": "holding the users reached; echoing every --echo-interval (workers are told by message)",
-    "done": "stopped",
-}
-
 
 @dataclass(frozen=True)
 class Settings:

@@ -8,7 +8,6 @@ rebuilt or checked from files and numbers, without running anything.
 
 from __future__ import annotations
 
-
 from harness.core.records import MasterStatus
 from harness.core.schema import SCHEMA, map_stopped_by, validate
 from harness.core.words import WORKER_FULL, WORKER_FULL_DETAIL

@@ -15,8 +15,8 @@ ended it (schema 1 said `timeout`, as for connects that timed out); the diagnosi
 from __future__ import annotations
 
 from harness.core.records import SERIES_REQUIRED
-from harness.core.words import WORKER_FULL
 from harness.core.refusal import Refused
+from harness.core.words import WORKER_FULL
 
 SCHEMA = 2
 # Every kind of result file and the schema version this harness reads and writes for it.

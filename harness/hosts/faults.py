@@ -16,8 +16,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from harness.system import procctl
 from harness.core.refusal import Refused
+from harness.system import procctl
 
 TABLE = "harness_faults"
 LOSS_SCALE = 10_000  # numgen's modulus: loss in steps of 0.01%

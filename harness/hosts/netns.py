@@ -25,10 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from harness.core import lab_layout
-from harness.core.lab_layout import Host, Lab, LayoutError
-from harness.system.files import write_json_atomic
-from harness.system import procctl
+from harness.core.lab_layout import Host, Lab
 from harness.core.refusal import Refused
+from harness.system import procctl
+from harness.system.files import write_json_atomic
 
 STATE_DIR = Path(os.environ.get("HARNESS_HOSTS_STATE", "/run/harness-hosts"))
 CAP_NET_ADMIN = 12
@@ -310,7 +310,3 @@ class Reaper:
         if self.proc.stdin:
             self.proc.stdin.close()
         self.proc.wait(30)
-
-
-def lab_error(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, (HostsError, LayoutError)) else f"{type(exc).__name__}: {exc}"

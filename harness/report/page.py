@@ -16,11 +16,10 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from harness.report import plots
-from harness.core.rundoc import held_key
-from harness.system.files import write_bytes_atomic
-from harness.system.files import load_result
 from harness.core.refusal import Refused
+from harness.core.rundoc import held_key
+from harness.report import plots
+from harness.system.files import load_result, write_bytes_atomic
 
 PNG_DPI = 90
 # The page is a Jinja2 template (Flask's, installed with Locust), every value autoescaped.

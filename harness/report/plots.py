@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from harness.core.planning import PORT_NUMBERS
 from harness.core.backends import FD_SETSIZE
+from harness.core.planning import PORT_NUMBERS
 
 THOUSANDS = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")
 PARTS = (("server_rss_per_conn_bytes", "server userland"), ("locust_rss_per_conn_bytes", "Locust"),

@@ -11,11 +11,10 @@ import os
 import tempfile
 import time
 
-from harness.core.backends import SHARE_MODES, ServerConfig
+from harness.clients.probe import fill
+from harness.core.backends import BACKENDS, SHARE_MODES, ServerConfig
 from harness.core.records import total_refusals
 from servers.gauges import ROLE_ACCEPTOR
-from harness.clients.probe import fill
-from harness.core.backends import BACKENDS
 from servers.supervisor import ServerGroup
 
 CHECK_FD_LIMIT = 64

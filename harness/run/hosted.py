@@ -17,12 +17,11 @@ import time
 from dataclasses import dataclass, field, replace
 
 from harness.core import lab_layout
-
-from harness.hosts import faults, netns
 from harness.core.lab_layout import Lab
 from harness.core.records import MasterStatus, Totals
-from harness.run.cluster import WorkerGroup
 from harness.core.refusal import Refused
+from harness.hosts import faults, netns
+from harness.run.cluster import WorkerGroup
 
 LINK_DOWN_MAX_S = 60.0
 

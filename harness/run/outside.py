@@ -11,10 +11,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from harness.system import listeners
-from harness.core.protocols import PROTOCOLS
 from harness.core.addresses import AddressError, split_host_port, target_error
+from harness.core.protocols import PROTOCOLS
 from harness.core.refusal import Refused
+from harness.system import listeners
 
 CONNECT_CHECK_S = 5.0
 

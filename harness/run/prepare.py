@@ -17,6 +17,7 @@ from harness.core.addresses import AddressError, is_loopback, split_host_port
 from harness.core.backends import UnknownBackend, backend
 from harness.core.diagnose import predicted_cap
 from harness.core.lab_layout import HOST_PORT_RANGE, LayoutError, per_address
+from harness.core.refusal import Refused
 from harness.hosts import netns
 from harness.run import hosted
 from harness.run.config import RunConfig
@@ -24,7 +25,6 @@ from harness.run.hosted import HostLayout
 from harness.run.outside import OutsideServer, TargetError, check_target, is_local
 from harness.system import listeners
 from harness.system.limits import read_limits
-from harness.core.refusal import Refused
 
 DEFAULT_RAMP_RATE = 10_000.0  # the shape slows down by itself where the machine cannot keep up
 # The ramp's default time bound: 240 s, or long enough for the target at this many connections a

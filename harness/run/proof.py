@@ -16,15 +16,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from harness.core.backends import BACKENDS
 from harness.core.planning import PORT_NUMBERS, proof_target
-from harness.system.limits import read_limits
-from harness.report.page import build as build_report
 from harness.core.rundoc import summary
+from harness.report.page import build as build_report
 from harness.run.config import RunConfig
 from harness.run.execute import execute
 from harness.run.prepare import RunError, prepare
 from harness.run.sweep import sweep, table
-from harness.core.backends import BACKENDS
+from harness.system.limits import read_limits
 
 SWEEP_LIMITS = [256, 1024]
 

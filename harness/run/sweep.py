@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.core.fits import fit
-from harness.system.files import machine, utc_stamp, write_json_atomic
 from harness.run.config import RunConfig
 from harness.run.execute import execute
 from harness.run.prepare import prepare
+from harness.system.files import machine, utc_stamp, write_json_atomic
 
 OVERSHOOT = 1.25  # ask for this much more than the limit, so every run meets its cap
 

@@ -15,13 +15,13 @@ import signal
 import subprocess
 import sys
 
-from harness.core.planning import CLIENT_FD_RESERVE, MIN_WORKER_FD_LIMIT, usable_fd_limit
-from harness.system.limits import read_limits
-from harness.run.cluster import LOCUST
 from harness.core.addresses import is_lab_address, is_loopback, source_error
-from harness.hosts.netns import lab_addresses
-from harness.system import procctl
+from harness.core.planning import CLIENT_FD_RESERVE, MIN_WORKER_FD_LIMIT, usable_fd_limit
 from harness.core.refusal import Refused
+from harness.hosts.netns import lab_addresses
+from harness.run.cluster import LOCUST
+from harness.system import procctl
+from harness.system.limits import read_limits
 
 
 class WorkerError(Refused, ValueError):

@@ -9,9 +9,9 @@ import gc
 import os
 import resource
 import signal
-import subprocess
 import sys
 from contextlib import contextmanager
+
 from harness.core.refusal import Refused
 
 _PR_SET_PDEATHSIG = 1

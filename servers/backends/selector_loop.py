@@ -12,8 +12,8 @@ from __future__ import annotations
 import selectors
 import socket
 
-from servers.contract import RECV_BYTES, IntakeWatch, ServeContext, StopSignal
 from harness.core.backends import FD_SETSIZE
+from servers.contract import RECV_BYTES, IntakeWatch, ServeContext, StopSignal
 
 MECHANISMS = {
     "epoll": getattr(selectors, "EpollSelector", None),
