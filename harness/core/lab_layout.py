@@ -141,3 +141,19 @@ def split(total: int, parts: int) -> list[int]:
     """`total` split over `parts` as evenly as Locust splits users (differing by at most one)."""
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+# What a --link-down fault does next, from where it is: the link goes down halfway through the
+# hold's time left around the outage, comes up `down` seconds later, and its cost is counted until
+# a quarter of that time after (at least half a second), before the hold ends and teardown's resets.
+LINK_DOWN, LINK_UP, LINK_COUNTED = "down", "up", "counted"
+
+
+def link_action(now: float, hold_started: float, hold: float, down: float, phase: str,
+                down_at: float | None, up_at: float | None) -> str | None:
+    """The next step of a link-down fault at `now` (`down_at`/`up_at`: when those steps were taken)."""
+    if up_at is not None:
+        return LINK_COUNTED if now >= up_at + max(0.5, (hold - down) / 4) or phase != "hold" else None
+    if down_at is None:
+        return LINK_DOWN if now >= hold_started + max(0.0, (hold - down) / 2) else None
+    return LINK_UP if now >= down_at + down else None

@@ -171,26 +171,23 @@ class HostedRun:
         return {name: faults.tcp_counters(name) for name in [self.plan.server, *self.plan.clients]}
 
     def tick(self, phase: str, hold_started: float | None, hold: float, totals: Totals, t: float) -> None:
-        """Take the first client host's link down mid-hold for --link-down seconds, then up; its
-        cost is counted until halfway through the rest of the hold (called every loop, 20 times a second)."""
+        """Take the first client host's link down mid-hold for --link-down seconds, then up, and
+        count its cost (`lab_layout.link_action` says when; called 20 times a second)."""
         down = self.plan.link_down
         if not down or hold_started is None or "after" in self._link:
             return
-        now = time.monotonic()
-        veth = self.plan.clients[0]
-        if self._link.get("done"):
-            # the cost is counted until a second before the hold ends, not into the teardown's resets
-            if now >= self._link["up_at"] + max(0.5, (hold - down) / 4) or phase != "hold":
-                self._link.update(after=faults.tcp_counters(veth), totals=replace(totals))
-            return
-        now = time.monotonic()
-        if "down_at" not in self._link and now >= hold_started + max(0.0, (hold - down) / 2):
+        now, veth = time.monotonic(), self.plan.clients[0]
+        action = lab_layout.link_action(now, hold_started, hold, down, phase, self._link.get("down_at"),
+                                        self._link.get("up_at"))
+        if action == lab_layout.LINK_DOWN:
             self._link.update(down_at=now, t=t, held=totals.held, echo_failed=dict(totals.echo_failed),
                               counters=faults.tcp_counters(veth))
             faults.set_link(veth, up=False)
-        elif "down_at" in self._link and now >= self._link["down_at"] + down:
+        elif action == lab_layout.LINK_UP:
             faults.set_link(veth, up=True)
-            self._link.update(done=True, up_at=now, up_t=t)
+            self._link.update(up_at=now, up_t=t)
+        elif action == lab_layout.LINK_COUNTED:
+            self._link.update(after=faults.tcp_counters(veth), totals=replace(totals))
 
     def link_fault(self, totals: Totals, series: list[dict]) -> dict | None:
         """What the link outage cost, read at the end of the run: connections lost (held before it
