@@ -30,11 +30,19 @@ locustfile, so they apply in every Locust process of a run and nowhere else.
   `runner.shape_greenlet`. The web UI already shows STOPPED (the workers reported), but a START
   in that second is dropped ("There is an ongoing shape test running. Editing is disabled"). Once
   the runner is stopped, START now waits (at most SHAPE_END_WAIT_S) for the ending shape greenlet.
+- A headless master polls for its `--expect-workers` once a second (main.py), and its first poll
+  comes before the workers started beside it have connected: a second lost at every run's start.
+  `wait_for_workers` (called at init) waits for them in WORKERS_POLL_S steps, for up to
+  WORKERS_WAIT_S, so Locust's own poll finds them ready.
+- `MasterRunner.quit` sleeps half a second "for final stats report from all workers", and a headless
+  shape test calls it twice (when the shape ends, and again at shutdown): the second call, on a
+  runner that has already quit, returns at once.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 
 import gevent
 from gevent.lock import RLock
@@ -43,6 +51,8 @@ from locust.runners import STATE_STOPPED, MasterRunner, Runner
 
 runners.HEARTBEAT_LIVENESS = 30
 SHAPE_END_WAIT_S = 5.0
+WORKERS_POLL_S = 0.05
+WORKERS_WAIT_S = 10.0
 
 if not hasattr(argument_parser.default_args_dict, "cache_info"):
     argument_parser.default_args_dict = functools.cache(argument_parser.default_args_dict)
@@ -100,3 +110,23 @@ def _start_shape_after_the_last(self) -> None:
 
 if Runner.start_shape is _start_shape:
     Runner.start_shape = _start_shape_after_the_last
+
+
+def wait_for_workers(runner: MasterRunner, expected: int) -> None:
+    deadline = time.monotonic() + WORKERS_WAIT_S
+    while len(runner.clients.ready) < expected and time.monotonic() < deadline:
+        gevent.sleep(WORKERS_POLL_S)
+
+
+_quit = MasterRunner.quit
+
+
+def _quit_once(self) -> None:
+    if getattr(self, "_harness_quit", False):
+        return
+    self._harness_quit = True
+    _quit(self)
+
+
+if MasterRunner.quit is _quit:
+    MasterRunner.quit = _quit_once

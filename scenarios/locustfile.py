@@ -103,3 +103,5 @@ def on_init(environment, runner, web_ui=None, **kwargs) -> None:
             environment.events.test_stopping.add_listener(lambda **_: environment.shape_class.stopped())
     if web_ui is not None:
         webui.extend(web_ui)
+    if isinstance(runner, MasterRunner) and opts.headless and opts.expect_workers:
+        locust_fixes.wait_for_workers(runner, opts.expect_workers)  # its reports are heard by now
