@@ -133,11 +133,12 @@ class Driver:
         self.holding = False
         self.open_loop = getattr(self.opts, "echo_mode", "closed") == "open"
         self.protocol = protocols.from_options(self.opts, environment.host)
+        self.tls = link.tls_sessions(self.opts, environment.host)
         self.greenlet = gevent.spawn(self.run)
 
     # -- users arriving and leaving (called from Locust's spawning greenlet) ------------------
     def adopt(self, user, group) -> Conn:
-        conn = Conn(user, self.protocol, None)
+        conn = Conn(user, self.protocol, self.tls.client() if self.tls else None)
         user._greenlet = conn  # Locust finds the user as greenlet.args[0] and stops it with kill()
         user._group = group
         group.add(conn)  # counted by the runner: its user count is this group's length

@@ -10,17 +10,36 @@ Every stage and request is a Locust `request` event of type "TCP", named by what
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+from harness.core.addresses import split_host_port
 from harness.core.connection import CONNECT_STAGE, Connection
+from harness.core.tls import TlsSessions, TlsSettings, client_context
 from harness.core.words import TCPError
 from scenarios.tally import TALLY
 
 _fire = None  # this process's environment.events.request.fire, set by `bind` at init
+_tls: dict[str, TlsSessions | None] = {}  # by Locust's --host: this process's TLS client side, made once
 
 
 def bind(environment) -> None:
     global _fire
     _fire = environment.events.request.fire
+
+
+def tls_sessions(opts, host: str | None) -> TlsSessions | None:
+    """The TLS client side of this process for --host, where the run speaks TLS (`--tls`)."""
+    if not getattr(opts, "tls", False):
+        return None
+    if host not in _tls:
+        ca = Path(opts.ca).read_text() if opts.ca else None
+        settings = TlsSettings(server_name=opts.server_name or None, ca_pem=ca, insecure=opts.insecure,
+                               version=opts.tls_version or None,
+                               alpn=tuple(a for a in opts.alpn.split(",") if a), resume=opts.tls_resume,
+                               group=opts.tls_group)
+        address = split_host_port(host or "", "--host")[0] if host else "localhost"
+        _tls[host] = TlsSessions(client_context(settings), settings.server_name or address, settings)
+    return _tls[host]
 
 
 def fire(name: str, seconds: float, length: int, failure: str | None) -> None:

@@ -37,6 +37,9 @@ locustfile, so they apply in every Locust process of a run and nowhere else.
 - `MasterRunner.quit` sleeps half a second "for final stats report from all workers", and a headless
   shape test calls it twice (when the shape ends, and again at shutdown): the second call, on a
   runner that has already quit, returns at once.
+- The `--csv` files are rewritten by a greenlet once a second and never at shutdown, so a run's
+  last second (its final stats, which the workers send as they quit) may be missing from them. They
+  are written once more as they are closed.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import time
 
 import gevent
 from gevent.lock import RLock
-from locust import argument_parser, runners
+from locust import argument_parser, runners, stats
 from locust.runners import STATE_STOPPED, MasterRunner, Runner
 
 runners.HEARTBEAT_LIVENESS = 30
@@ -130,3 +133,24 @@ def _quit_once(self) -> None:
 
 if MasterRunner.quit is _quit:
     MasterRunner.quit = _quit_once
+
+
+_close_files = stats.StatsCSVFileWriter.close_files
+
+
+def _close_files_after_a_last_write(self) -> None:
+    for handle, writer, columns, rows in (
+            (self.requests_csv_filehandle, self.requests_csv_writer, self.requests_csv_columns, self._requests_data_rows),
+            (self.failures_csv_filehandle, self.failures_csv_writer, self.failures_columns, self._failures_data_rows),
+            (self.exceptions_csv_filehandle, self.exceptions_csv_writer, self.exceptions_columns,
+             self._exceptions_data_rows)):
+        handle.seek(0)
+        writer.writerow(columns)
+        rows(writer)
+        handle.truncate()
+    self._stats_history_data_rows(self.stats_history_csv_writer, time.time())
+    _close_files(self)
+
+
+if stats.StatsCSVFileWriter.close_files is _close_files:
+    stats.StatsCSVFileWriter.close_files = _close_files_after_a_last_write

@@ -58,7 +58,8 @@ class StepRampShape(LoadTestShape):
         return ramp.Settings(target=BOARD.connections,
                              ramp_rate=(opts.spawn_rate if ui and opts.spawn_rate else opts.ramp_rate),
                              step_seconds=opts.step_seconds, max_seconds=opts.max_seconds,
-                             hold_seconds=opts.hold, memory_floor=opts.memory_reserve)
+                             hold_seconds=opts.hold, memory_floor=opts.memory_reserve,
+                             bytes_per_connection=opts.connection_bytes)
 
     def _seen(self) -> ramp.Seen:
         totals = BOARD.totals()

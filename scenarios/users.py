@@ -33,8 +33,8 @@ class GreenletLink(link.LocustLink):
 
     __slots__ = ("user", "deadline")
 
-    def __init__(self, user: "EchoUser", protocol: protocols.Protocol) -> None:
-        super().__init__(protocol, None)
+    def __init__(self, user: "EchoUser", protocol: protocols.Protocol, tls) -> None:
+        super().__init__(protocol, tls)
         self.user = user
         self.deadline = (0, 0.0)  # (op, when)
 
@@ -72,7 +72,8 @@ class EchoUser(User):
         self.sock: socket.socket | None = None
         self._intended = 0.0  # open loop: the intended send time of the next request
         self.timeout = opts.echo_timeout
-        self.link = GreenletLink(self, protocols.from_options(opts, self.host))
+        tls = link.tls_sessions(opts, self.host)
+        self.link = GreenletLink(self, protocols.from_options(opts, self.host), tls.client() if tls else None)
         started = time.perf_counter()
         try:
             host, port = TALLY.destination(self.host)

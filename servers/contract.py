@@ -7,8 +7,10 @@ and must:
   output is above `MAX_PENDING` (a client that never reads cannot grow server memory),
 - call `ctx.ready()` once it is set up, and `ctx.tick()` about every `TICK_S`,
 - return when SIGTERM arrives (`StopSignal` or the event loop's signal handler).
-The supervisor (`servers.supervisor`) owns processes, sockets and the fd limit; the registry
-(`servers.registry`) names the backends.
+With TLS (`ServerConfig.tls_cert`), `ctx.tls` is the server context, and every backend hands each
+connection it takes to it before echoing; a connection refused at a limit is refused by the intake
+before that, so it costs no handshake. The supervisor (`servers.supervisor`) owns processes,
+sockets and the fd limit; the registry (`servers.registry`) names the backends.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import resource
 import selectors
 import signal
 import socket
+import ssl
 import time
 from typing import Callable
 
@@ -29,6 +32,16 @@ from servers.intake import Intake, RateLimitedLog
 TICK_S = 0.25
 RECV_BYTES = 64 * 1024
 MAX_PENDING = 64 * 1024  # per connection: stop reading above this much unsent echo
+
+
+def server_tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The server side of TLS for a config that asks for it (its certificate and key loaded now)."""
+    if not config.tls_cert:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    context.num_tickets = config.tls_tickets
+    return context
 
 
 class ServeContext:
@@ -53,6 +66,7 @@ class ServeContext:
         self.fd_soft, self.fd_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         self._rss = procfs.RssReader()
         self.log = RateLimitedLog(f"{config.backend}[pid {os.getpid()}]", self.status)
+        self.tls = server_tls_context(config)  # loaded before the first connection, as every fd is
 
     def make_intake(self, fd_ceiling: int | None = None) -> Intake:
         self.fd_ceiling = fd_ceiling

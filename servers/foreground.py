@@ -13,7 +13,9 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from harness.core.backends import SELECTORS, SHARE_MODES, ServerConfig
 from harness.core.records import total_refusals
@@ -40,12 +42,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gauges", default=None, help="gauge file to create (default: in /dev/shm)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between gauge lines")
     parser.add_argument("--json", action="store_true", help="gauge lines as JSON objects")
+    parser.add_argument("--tls", action="store_true", help="serve TLS: with --cert/--key, or a certificate made now "
+                        "(ECDSA P-256, self-signed for --host and localhost; its path is printed for clients' --ca)")
+    parser.add_argument("--cert", default=None, help="TLS: the server's certificate (PEM)")
+    parser.add_argument("--key", default=None, help="TLS: the certificate's private key (PEM)")
+    parser.add_argument("--tls-tickets", type=int, default=2,
+                        help="TLS 1.3 session tickets sent after each handshake (default 2, OpenSSL's)")
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    cert, key = tls_files(args)
     return ServerConfig(backend=args.backend, host=args.host, port=args.port,
                         processes=args.processes, share=args.share, fd_limit=args.fd_limit,
-                        selector=args.selector, upper=args.upper)
+                        selector=args.selector, upper=args.upper, tls_cert=cert, tls_key=key,
+                        tls_tickets=args.tls_tickets)
+
+
+def tls_files(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """--tls's certificate and key: the ones given, or one made now for --host."""
+    if not (args.tls or args.cert or args.key):
+        return None, None
+    if bool(args.cert) != bool(args.key):
+        raise ConfigError("--cert and --key go together: give both, or neither for a certificate made now")
+    if args.cert:
+        for flag, path in (("--cert", args.cert), ("--key", args.key)):
+            if not os.path.isfile(path):
+                raise ConfigError(f"{flag} {path} is not a file; give the PEM file, or drop --cert/--key")
+        return args.cert, args.key
+    from harness.system.certs import self_signed
+
+    cert, key = self_signed(Path(tempfile.mkdtemp(prefix="harness-serve-tls-")), [args.host])
+    return str(cert), str(key)
 
 
 def snapshot(board: GaugeBoard) -> list[dict]:
@@ -98,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(f"listening on {config.host}:{group.port} ({config.backend}, {config.processes} "
               f"process(es), share={config.share}, fd limit {group.fd_limit} each, "
-              f"gauges {group.gauges_path})", flush=True)
+              f"gauges {group.gauges_path})" + (f"; TLS with {config.tls_cert} (clients: --tls --ca "
+                                                f"{config.tls_cert})" if config.tls_cert else ""), flush=True)
         _show_gauges(group, args.interval, args.json, stopping)
         return 0
     finally:

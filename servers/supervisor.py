@@ -20,6 +20,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import time
@@ -235,13 +236,22 @@ class ServerGroup:
                 raise StartError(f"server processes not ready after {START_DEADLINE_S:.0f} s{self._log_tail()}")
             time.sleep(0.02)
         try:
-            echo_once(self.config.host, self.port, READY_PAYLOAD, timeout=max(1.0, deadline - time.monotonic()))
+            echo_once(self.config.host, self.port, READY_PAYLOAD, timeout=max(1.0, deadline - time.monotonic()),
+                      tls=self._readiness_tls())
         except (OSError, EchoError) as exc:
             raise StartError(f"the servers on port {self.port} did not answer an echo ({exc}){self._log_tail()}") from None
         reservation = getattr(self, "_reservation", None)
         if reservation is not None:
             reservation.close()
             self._reservation = None
+
+    def _readiness_tls(self) -> ssl.SSLContext | None:
+        """The readiness echo's TLS: trusting exactly the servers' own certificate."""
+        if not self.config.tls_cert:
+            return None
+        context = ssl.create_default_context(cafile=self.config.tls_cert)
+        context.check_hostname = False  # our own certificate, whatever names it carries
+        return context
 
     def _log_tail(self) -> str:
         """'; its error: LAST LOG LINE (all of it in LOG)', or where the error went."""

@@ -176,17 +176,18 @@ def test_ctrl_c_in_every_phase_leaves_a_valid_run_json_and_no_process(tmp_path, 
 
 
 def test_a_ramp_that_would_pass_the_memory_floor_stops_there_named_memory(tmp_path):
-    """--memory-reserve set 40 MB below this machine's MemAvailable: 40,000 connections would
-    take ten times that, so the ramp stops itself with stopped_by memory, holds what it has,
-    and the diagnosis says memory with MemAvailable against the floor."""
+    """--memory-reserve set 120 MB below this machine's MemAvailable and --connections max: the plan
+    lets the run look for memory (a plain N would be refused before it starts), the ramp stops
+    itself with stopped_by memory, holds what it has, and the diagnosis says memory with
+    MemAvailable against the floor."""
     with open("/proc/meminfo") as f:
         available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    reserve = available - (40 << 20)
-    proc = start_run(tmp_path, "--connections", "40000", "--processes", "3", "--workers", "3", "--hold", "1",
+    reserve = available - (120 << 20)  # the 6 processes (~50 MB) fit, and ~7,000 connections beside them
+    proc = start_run(tmp_path, "--connections", "max", "--processes", "3", "--workers", "3", "--hold", "1",
                      "--memory-reserve", str(reserve))
     code = proc.wait(120)
     doc = load(next(tmp_path.iterdir()))
     assert code == 0, proc.stderr.read()
-    assert doc["stopped_by"] == "memory" and doc["peak_connections"] < 40000
+    assert doc["stopped_by"] == "memory" and doc["peak_connections"] < doc["target_connections"]
     assert doc["diagnosis"]["limit"] == "memory" and "floor" in doc["diagnosis"]["evidence"][0]
     assert doc["echo"]["mismatched"] == 0 and doc["connects"]["failed"] == {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from harness.core import planning
-from harness.core.backends import BACKENDS
+from harness.core.backends import BACKENDS, connection_bytes
 from harness.core.planning import plan
 
 THIS_MACHINE = {
@@ -65,8 +65,11 @@ def test_proof_target(limits, target):
 
 def test_memory_is_the_binding_limit_when_it_is_smaller_and_a_run_is_refused():
     p = plan({**THIS_MACHINE, "mem_available": 2 << 30}, 1_000_000)
-    # what is left above the reserve that is always kept free, at the measured cost a connection
-    assert p.binding == "memory" and p.predicted_cap == ((2 << 30) - planning.MEMORY_RESERVE_BYTES) // planning.BYTES_PER_CONNECTION
+    # what is left above the reserve that is always kept free and the processes' own memory, at the
+    # measured cost a connection
+    processes = p.server_processes * planning.SERVER_PROCESS_BYTES + p.workers * planning.WORKER_PROCESS_BYTES
+    assert p.binding == "memory"
+    assert p.predicted_cap == ((2 << 30) - planning.MEMORY_RESERVE_BYTES - processes) // planning.BYTES_PER_CONNECTION
     assert "memory cap" in p.problems[0]
     assert p.error.endswith("on this machine; lower --connections")
 
@@ -142,10 +145,27 @@ def test_connections_max_plans_for_the_machines_first_own_limit_and_may_meet_it(
     assert planning.machine_cap(THIS_MACHINE)[1] == "fs.file-max"
     unbounded = {**THIS_MACHINE, "file_max": 2 ** 62}
     cap, name = planning.machine_cap(unbounded, "selectors")
-    assert name == "memory" and cap < (unbounded["mem_available"] - planning.MEMORY_RESERVE_BYTES) // planning.BYTES_PER_CONNECTION
+    # the processes' own memory is counted beside the selectors backend's own cost per connection
+    assert name == "memory" and cap < (unbounded["mem_available"] - planning.MEMORY_RESERVE_BYTES) // connection_bytes("selectors")
     p = plan(unbounded, cap, backend="selectors", fill=True)
     assert p.error is None  # the processes fit beside the connections
     cap, name = planning.machine_cap(THIS_MACHINE, "threaded")
     assert name == "threads" and plan(THIS_MACHINE, cap + 1000, backend="threaded", fill=True).error is None
     assert plan(THIS_MACHINE, 5_000_000, fill=False).error  # a plain run may not go looking for them
+
+
+def test_tls_costs_memory_by_backend_and_the_plan_counts_it():
+    """With TLS memory binds long before the file table, and earlier still for asyncio, whose SSL
+    protocol keeps a 256 KiB buffer for every connection."""
+    unbounded = {**THIS_MACHINE, "file_max": 2 ** 62}
+    plain, _ = planning.machine_cap(THIS_MACHINE, "selectors")
+    selectors, name = planning.machine_cap(THIS_MACHINE, "selectors", tls=True)
+    asyncio, _ = planning.machine_cap(unbounded, "asyncio", tls=True)
+    assert name == "memory" and asyncio < selectors / 5 < plain
+    assert connection_bytes("asyncio", tls=True) > 256 * 1024 > connection_bytes("selectors", tls=True)
+    p = plan(THIS_MACHINE, 10_000, backend="asyncio", tls=True)
+    assert p.connection_bytes == connection_bytes("asyncio", tls=True) and p.caps["memory"] < 100_000
+    reserved = plan(THIS_MACHINE, 10_000, backend="asyncio", tls=True, reserve=THIS_MACHINE["mem_available"] - (1 << 30))
+    one_of_each = planning.SERVER_PROCESS_BYTES + planning.WORKER_PROCESS_BYTES
+    assert reserved.caps["memory"] == ((1 << 30) - one_of_each) // connection_bytes("asyncio", tls=True)
 

@@ -23,7 +23,7 @@ from servers.intake import RateLimitedLog
 
 @pytest.fixture
 def handover():
-    ctx = SimpleNamespace(counters=Counters(), config=ServerConfig("threaded"),
+    ctx = SimpleNamespace(counters=Counters(), config=ServerConfig("threaded"), tls=None,
                           log=RateLimitedLog("threaded[test]", lambda: "status"))
     return threaded.Handover(ctx)
 

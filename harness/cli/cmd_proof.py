@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli.common import Command, add_run_options
+from harness.cli.common import Command, add_run_options, add_tls_options
 from harness.run.config import RunConfig
 
 
@@ -14,5 +14,10 @@ def run(args: argparse.Namespace) -> int:
     return run_proof(RunConfig.from_args(args), as_json=args.json, prog=f"harness {args.command}")
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_run_options(p)
+    add_tls_options(p)
+
+
 COMMAND = Command("proof", "the default proof (make run): >65,535 connections on one port planned from this "
-                  "machine's limits, an fd-limit sweep of every backend, a summary and a report", add_run_options, run)
+                  "machine's limits, an fd-limit sweep of every backend, a summary and a report", add_arguments, run)

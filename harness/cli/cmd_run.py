@@ -7,7 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from harness.cli.common import Command, add_host_options, add_run_options, add_target_options, connections, fail
+from harness.cli.common import (
+    Command,
+    add_host_options,
+    add_run_options,
+    add_target_options,
+    add_tls_options,
+    connections,
+    fail,
+)
 from harness.core.rundoc import summary
 from harness.run.config import RunConfig
 from harness.run.execute import execute
@@ -21,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "`harness proof`)")
     p.add_argument("--report", action="store_true", help="also write RUN_DIR/report/report.html")
     add_target_options(p)
+    add_tls_options(p)
     add_host_options(p)
 
 

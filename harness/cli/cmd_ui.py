@@ -10,6 +10,7 @@ from harness.cli.common import (
     add_load_options,
     add_server_options,
     add_target_options,
+    add_tls_options,
     positive,
 )
 from harness.run.config import RunConfig
@@ -24,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the start form's Number of users: the connections to ramp to")
     add_load_options(p)
     add_target_options(p)
+    add_tls_options(p)
     add_host_options(p, make=False)
 
 

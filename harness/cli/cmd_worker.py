@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli.common import Command, addresses, positive
+from harness.cli.common import Command, add_tls_options, addresses, positive
 from harness.run.worker import run_worker
 
 
@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-non-loopback", action="store_true",
                    help="the master, or the target it names, is outside loopback and the test hosts, and yours")
     p.add_argument("--log", default=None, help="write the workers' log here (default: the terminal)")
+    add_tls_options(p, server=False)
 
 
 COMMAND = Command("worker", "Locust workers here that join a master elsewhere (harness run --master-bind ... "

@@ -191,6 +191,23 @@ def add_target_options(p: argparse.ArgumentParser) -> None:
                    help="allow a --target outside 127.0.0.0/8 (only a host that is yours to load)")
 
 
+def add_tls_options(p: argparse.ArgumentParser, server: bool = True) -> None:
+    """TLS on every connection, under whatever protocol the run speaks (`harness.core.tls`)."""
+    p.add_argument("--tls", action="store_true", help=_help("tls"))
+    p.add_argument("--server-name", default=None, metavar="NAME", help=_help("server_name"))
+    p.add_argument("--ca", default=None, metavar="FILE", help=_help("ca"))
+    p.add_argument("--insecure", action="store_true", help=_help("insecure"))
+    p.add_argument("--tls-version", choices=("1.2", "1.3"), default=None, help=_help("tls_version"))
+    p.add_argument("--alpn", default=None, metavar="P1,P2", help=_help("alpn"))
+    p.add_argument("--tls-resume", action="store_true", help=_help("tls_resume"))
+    p.add_argument("--tls-group", default=None, metavar="GROUP", help=_help("tls_group") + " (default X25519)")
+    if server:
+        p.add_argument("--cert", default=None, metavar="FILE",
+                       help="TLS: the harness's own servers' certificate (PEM; default: one made for the run, "
+                            "ECDSA P-256, which the clients are given to trust)")
+        p.add_argument("--key", default=None, metavar="FILE", help="TLS: --cert's private key (PEM)")
+
+
 def add_host_options(p: argparse.ArgumentParser, make: bool = True) -> None:
     """Running on test hosts (network namespaces standing in for other machines) and with
     workers from other machines."""

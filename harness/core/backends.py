@@ -34,6 +34,22 @@ SERVER_PROCESS_BYTES = 9 << 20
 MEMORY_RESERVE_BYTES = 1 << 30
 
 
+# Memory of one idle connection, by part, in bytes (`harness bench memory`; docs/benchmarks.md): each
+# backend's server userland, plain and with TLS; a Locust worker's in driver mode, plain and with its
+# TLS client (`harness.core.tls`: ~21 KB of OpenSSL state); the kernel's socket objects, both ends.
+SERVER_BYTES = {"threaded": (37_900, 100_600), "selectors": (260, 15_000), "asyncio": (1_700, 284_000),
+                "uvloop": (1_400, 23_900)}
+CLIENT_BYTES = (1_000, 22_000)
+KERNEL_BYTES = 6_300
+
+
+def connection_bytes(backend: str | None, tls: bool = False) -> int:
+    """What one more connection costs this machine, both ends: the server's part only for a backend of
+    the harness's own (a target's is measured, not assumed: `harness.core.diagnose`)."""
+    server = SERVER_BYTES[backend][tls] if backend in SERVER_BYTES else 0
+    return server + CLIENT_BYTES[tls] + KERNEL_BYTES
+
+
 class UnknownBackend(Refused, ValueError):
     pass
 
@@ -66,3 +82,6 @@ class ServerConfig:
     upper: bool = False  # threaded only: send back the upper-cased data (the seed article's demo)
     nice: int = 0  # added to each server process's nice value (a run lowers its load below its control)
     netns: str | None = None  # a test host's network namespace to serve in (None: this one)
+    tls_cert: str | None = None  # serve TLS with this certificate (PEM) and key; None: plain TCP
+    tls_key: str | None = None
+    tls_tickets: int = 2  # TLS 1.3 session tickets sent after each handshake (OpenSSL's default)

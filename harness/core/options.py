@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.core.backends import MEMORY_RESERVE_BYTES
+from harness.core.backends import MEMORY_RESERVE_BYTES, connection_bytes
 from harness.core.protocols import PROTOCOLS
 from harness.core.words import ECHO_MODES, USER_MODES
 
@@ -51,9 +51,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("step_seconds", float, 1.0, "the ramp's step"),
     Option("max_seconds", float, 240.0, "the ramp's time bound"),
     Option("memory_reserve", int, MEMORY_RESERVE_BYTES, "bytes of MemAvailable the ramp leaves free"),
+    Option("connection_bytes", int, connection_bytes("asyncio"), "bytes one more connection costs, both ends: "
+           "the ramp's memory floor counts the connections still to come at this"),
     Option("source_addresses", str, "auto", "'auto' (worker i binds 127.0.i+1.2, ...) or a comma list", workers=True),
     Option("worker_fd_limit", int, 0, "soft RLIMIT_NOFILE of each worker (0: keep Locust's)", workers=True),
     Option("allow_non_loopback", bool, False, "the target is outside loopback and yours to load", workers=True),
+    Option("tls", bool, False, "speak TLS on every connection, under the protocol", workers=True),
+    Option("server_name", str, "", "TLS: the name sent (SNI) and verified (default: the target's address)",
+           workers=True),
+    Option("ca", str, "", "TLS: a PEM file of the certificates to trust (default: the system's; the harness's "
+           "own servers: the certificate it made)", workers=True),
+    Option("insecure", bool, False, "TLS: do not verify the server's certificate", workers=True),
+    Option("tls_version", str, "", "TLS: exactly this version (default: 1.2 or 1.3)", workers=True,
+           choices=("", "1.2", "1.3")),
+    Option("alpn", str, "", "TLS: the ALPN protocols offered, comma-separated (e.g. h2,http/1.1)", workers=True),
+    Option("tls_resume", bool, False, "TLS: offer the session of an earlier handshake, as reconnecting clients do",
+           workers=True),
+    Option("tls_group", str, "X25519", "TLS: the key exchange group offered (e.g. X25519, prime256v1)", workers=True),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 

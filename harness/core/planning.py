@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from harness.core.backends import FD_SETSIZE, MEMORY_RESERVE_BYTES, SERVER_PROCESS_BYTES, held_fds
+from harness.core.backends import FD_SETSIZE, MEMORY_RESERVE_BYTES, SERVER_PROCESS_BYTES, connection_bytes, held_fds
 from harness.core.words import WORKER_FD_RESERVE
 
-# Measured on this kind of machine (shared/FACTS.md): all-in kernel + userland cost of one
-# connection with both ends local, and the spread of SO_REUSEPORT's hash over processes.
-BYTES_PER_CONNECTION = 9 * 1024
+# One plain connection to the default backend, both ends (the costs by backend and TLS are
+# `harness.core.backends.connection_bytes`), and the spread of SO_REUSEPORT's hash over processes.
+BYTES_PER_CONNECTION = connection_bytes("asyncio")
 REUSEPORT_HEADROOM = 0.85
 PORT_NUMBERS = 65_535
 MIN_FD_LIMIT = 64  # below this a server process has no room for its own fds
@@ -65,6 +65,8 @@ class Plan:
     server_reasons: list[str] = field(default_factory=list)  # the first of `reasons`: the servers' part
     problems: list[str] = field(default_factory=list)
     error: str | None = None  # why a run with this plan must not start, naming the flag to change
+    tls: bool = False
+    connection_bytes: int = BYTES_PER_CONNECTION  # what one more connection costs here, both ends
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -104,8 +106,11 @@ def users_per_client(fd_limit: int) -> int:
 
 def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int | None = None,
          processes: int | None = None, selector: str = "epoll", workers: int | None = None,
-         worker_fd_limit: int | None = None, fill: bool = False) -> Plan:
+         worker_fd_limit: int | None = None, fill: bool = False, tls: bool = False,
+         reserve: int = MEMORY_RESERVE_BYTES) -> Plan:
     usable = usable_fd_limit(limits)
+    cost = connection_bytes(backend, tls)
+    given = processes is not None or workers is not None
     fd_limit = fd_limit or usable
     held = held_fds(backend, selector)
     per_process = fd_limit - held
@@ -127,7 +132,10 @@ def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int
     caps = {("FD_SETSIZE" if select_wall else "fd limit"): processes * per_process}
     free_files = limits["file_max"] - limits["file_nr"]
     caps["fs.file-max"] = free_files // 2  # both ends are on this machine
-    caps["memory"] = max(0, limits["mem_available"] - MEMORY_RESERVE_BYTES) // BYTES_PER_CONNECTION
+    # memory: what is left beside the reserve and the processes themselves (the workers as planned below)
+    per_worker = max(1, users_per_client(worker_fd_limit or usable))
+    process_bytes = processes * SERVER_PROCESS_BYTES + (workers or math.ceil(connections / per_worker)) * WORKER_PROCESS_BYTES
+    caps["memory"] = max(0, limits["mem_available"] - reserve - process_bytes) // cost
     if backend == "threaded":
         thread_room = min(limits["threads_max"], limits["pid_max"], limits["max_map_count"] // 2)
         caps["threads"] = max(0, thread_room - limits.get("threads_in_use", 0))
@@ -142,12 +150,18 @@ def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int
     clients = _clients(limits, connections, predicted, workers, worker_fd_limit)
     error = clients.pop("error")
     if problems and binding not in (FILL_FINDS if fill else RUN_FINDS):
-        error = f"{problems[0]} on this machine; lower --connections"
-    error = error or processes_error(limits, processes, clients["workers"], predicted)
+        too_many = given and process_bytes > limits["mem_available"] - reserve  # say which of those fit
+        error = error or (too_many and processes_error(limits, processes, clients["workers"], connections, cost,
+                                                       reserve)) or f"{problems[0]} on this machine; lower --connections"
+    error = error or processes_error(limits, processes, clients["workers"], predicted, cost, reserve)
+    if tls or backend != "asyncio":
+        reasons.append(f"{cost / 1024:,.1f} KB of memory per connection, both ends ({backend}"
+                       f"{' with TLS' if tls else ''}: server, Locust and kernel, measured)")
     return Plan(connections=connections, backend=backend, fd_limit=fd_limit, held_fds=held,
                 per_process=per_process, per_source=per_source_address(limits), server_processes=processes,
                 predicted_cap=predicted, binding=binding, caps=caps, reasons=reasons + clients.pop("reasons"),
-                server_reasons=server_reasons, problems=problems, error=error, **clients)
+                server_reasons=server_reasons, problems=problems, error=error, tls=tls, connection_bytes=cost,
+                **clients)
 
 
 def _clients(limits: dict, connections: int, predicted: int, workers: int | None, worker_fd_limit: int | None,
@@ -196,7 +210,7 @@ def full_port_range(limits: dict) -> int:
 
 def plan_target(limits: dict, connections: int, *, local: bool, target_room: int | None = None,
                 workers: int | None = None, worker_fd_limit: int | None = None,
-                sources_given: list[str] | None = None) -> Plan:
+                sources_given: list[str] | None = None, tls: bool = False) -> Plan:
     """The plan for loading a server the harness did not start: no server processes; the caps are
     the client side's (source ports when the addresses are given, the file table: both ends when
     the target is on this machine, memory) and, for a local target, the fd room its processes
@@ -207,7 +221,8 @@ def plan_target(limits: dict, connections: int, *, local: bool, target_room: int
     if sources_given:
         caps["source ports"] = len(sources_given) * full_port_range(limits)
     caps["fs.file-max"] = (limits["file_max"] - limits["file_nr"]) // (2 if local else 1)
-    caps["memory"] = limits["mem_available"] // BYTES_PER_CONNECTION
+    cost = connection_bytes(None, tls)  # the client's and the kernel's part: the target's own is measured
+    caps["memory"] = limits["mem_available"] // cost
     binding = min(caps, key=caps.get)
     predicted = min(connections, caps[binding])
     problems = []
@@ -225,38 +240,42 @@ def plan_target(limits: dict, connections: int, *, local: bool, target_room: int
     return Plan(connections=connections, backend="target", fd_limit=0, held_fds=0, per_process=0,
                 per_source=per_source_address(limits), server_processes=0, predicted_cap=predicted,
                 binding=binding, caps=caps, reasons=reasons + clients.pop("reasons"), problems=problems,
-                error=error, **clients)
+                error=error, tls=tls, connection_bytes=cost, **clients)
 
 
-def machine_cap(limits: dict, backend: str = "asyncio") -> tuple[int, str]:
+def machine_cap(limits: dict, backend: str = "asyncio", tls: bool = False,
+                reserve: int = MEMORY_RESERVE_BYTES) -> tuple[int, str]:
     """The connections this machine holds before one of its own limits binds (the file table,
     memory, threads), whatever the harness's process layout: what `--connections max` plans for."""
-    caps = plan(limits, PORT_NUMBERS, backend=backend, fill=True).caps
+    caps = plan(limits, PORT_NUMBERS, backend=backend, fill=True, tls=tls, reserve=reserve).caps
     machine = {k: v for k, v in caps.items() if k not in RUN_FINDS}
     # memory: the server processes and workers those connections need cost memory too
-    per_connection = (BYTES_PER_CONNECTION + SERVER_PROCESS_BYTES / (usable_fd_limit(limits) * REUSEPORT_HEADROOM)
+    per_connection = (connection_bytes(backend, tls)
+                      + SERVER_PROCESS_BYTES / (usable_fd_limit(limits) * REUSEPORT_HEADROOM)
                       + WORKER_PROCESS_BYTES / max(1, users_per_client(usable_fd_limit(limits))))
-    machine["memory"] = int(max(0, limits["mem_available"] - MEMORY_RESERVE_BYTES) / per_connection)
+    machine["memory"] = int(max(0, limits["mem_available"] - reserve) / per_connection)
     for _ in range(20):  # the processes come in whole numbers: step down until they fit beside the connections
-        p = plan(limits, max(1, machine["memory"]), backend=backend, fill=True)
-        if not processes_error(limits, p.server_processes, p.workers, machine["memory"]):
+        p = plan(limits, max(1, machine["memory"]), backend=backend, fill=True, tls=tls, reserve=reserve)
+        if not processes_error(limits, p.server_processes, p.workers, machine["memory"], p.connection_bytes,
+                               reserve):
             break
         machine["memory"] = int(machine["memory"] * 0.99)
     name = min(machine, key=machine.get)
     return machine[name], name
 
 
-def processes_error(limits: dict, servers: int, workers: int, connections: int) -> str | None:
+def processes_error(limits: dict, servers: int, workers: int, connections: int,
+                    cost: int = BYTES_PER_CONNECTION, reserve: int = MEMORY_RESERVE_BYTES) -> str | None:
     """Why this many server processes and Locust workers cannot run here beside `connections`
-    connections: the memory they cost (measured per process and per connection, with a reserve
-    kept free) or the pids and threads left; None when they fit."""
-    room = limits["mem_available"] - MEMORY_RESERVE_BYTES - connections * BYTES_PER_CONNECTION
+    connections of `cost` bytes each: the memory they cost (measured per process and per
+    connection, with a reserve kept free) or the pids and threads left; None when they fit."""
+    room = limits["mem_available"] - reserve - connections * cost
     need = servers * SERVER_PROCESS_BYTES + workers * WORKER_PROCESS_BYTES
     if need > room:
         fit = max(0, (room - workers * WORKER_PROCESS_BYTES) // SERVER_PROCESS_BYTES)
         return (f"{servers:,} server processes and {workers:,} Locust workers need {need / 2**30:.1f} GiB beside "
                 f"{connections:,} connections, and {max(0, room) / 2**30:.1f} GiB is left of MemAvailable "
-                f"({MEMORY_RESERVE_BYTES >> 30} GiB kept free): at most {fit:,} server processes fit; lower "
+                f"({reserve / 2**30:.1f} GiB kept free): at most {fit:,} server processes fit; lower "
                 "--processes or --workers")
     threads = servers + workers * THREADS_PER_WORKER
     free = min(limits["pid_max"], limits["threads_max"]) - limits.get("threads_in_use", 0)

@@ -113,6 +113,7 @@ class Totals:
     echo_failed: dict[str, int] = field(default_factory=dict)
     evidence: dict[str, str] = field(default_factory=dict)
     stages: dict[str, int] = field(default_factory=dict)
+    tls: dict[str, dict[str, int]] = field(default_factory=dict)  # what handshakes agreed, counted by value
     bytes_echoed: int = 0
     rss_bytes: int = 0
     rss_base_bytes: int = 0
@@ -121,18 +122,21 @@ class Totals:
 
     @classmethod
     def of(cls, reports: list[WorkerReport]) -> "Totals":
-        failed, echo_failed, stages, evidence = Counter(), Counter(), Counter(), {}
+        failed, echo_failed, stages, evidence, tls = Counter(), Counter(), Counter(), {}, {}
         for r in reports:
             failed.update(r["connects_failed"])
             echo_failed.update(r["echo_failed"])
             stages.update(r.get("stages", {}))
             for name, words in r["evidence"].items():
                 evidence.setdefault(name, words)
+            for key, counts in r.get("tls", {}).items():
+                tls.setdefault(key, Counter()).update(counts)
         return cls(open=sum(r["open"] for r in reports), held=sum(r["held"] for r in reports),
                    connects_ok=sum(r["connects_ok"] for r in reports), connects_failed=dict(failed),
                    echoes_sent=sum(r["echoes_sent"] for r in reports),
                    echoes_verified=sum(r["echoes_verified"] for r in reports), echo_failed=dict(echo_failed),
-                   evidence=evidence, stages=dict(stages), bytes_echoed=sum(r["bytes_echoed"] for r in reports),
+                   evidence=evidence, stages=dict(stages), tls={k: dict(v) for k, v in tls.items()},
+                   bytes_echoed=sum(r["bytes_echoed"] for r in reports),
                    rss_bytes=sum(r["rss_bytes"] for r in reports),
                    rss_base_bytes=sum(r["rss_base_bytes"] for r in reports),
                    max_users=sum(r["max_users"] for r in reports), workers=len(reports))

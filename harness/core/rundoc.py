@@ -59,6 +59,7 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
         "connects": {"ok": totals.connects_ok, "failed": totals.connects_failed,
                      "server_refused": status.server_refusals, "evidence": totals.evidence,
                      "stages": totals.stages},
+        "tls": tls_summary(config, totals.tls),
         "memory": {"server_rss_per_conn_bytes": per_conn("server_rss_bytes", first and first["server_rss_bytes"]),
                    "locust_rss_per_conn_bytes": per_conn("locust_rss_bytes", totals.rss_base_bytes),
                    "kernel_slab_per_conn_bytes": per_conn("slab_bytes", first and first["slab_bytes"]),
@@ -74,6 +75,16 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
         "latency_series": latency_series, "files": files,
     }
     return validate(doc)
+
+
+def tls_summary(config: dict, agreed: dict[str, dict[str, int]]) -> dict | None:
+    """What a TLS run's handshakes agreed: each value seen (version, cipher, group, ALPN) and how
+    many handshakes agreed on it, and how many resumed a session; None for a plain run."""
+    if not config.get("tls"):
+        return None
+    resumed = agreed.get("resumed", {})
+    return {"handshakes": sum(resumed.values()), "resumed": resumed.get("True", 0),
+            **{key: counts for key, counts in agreed.items() if key != "resumed"}}
 
 
 # each part's CPU seconds in a sample, and its name per connection in µs

@@ -49,12 +49,25 @@ class RunConfig:
     rate: str | None = None  # each client host's link shaped to this rate (tc tbf)
     link_down: float = 0.0  # seconds the first client host's link goes down mid-hold
     memory_reserve: int = MEMORY_RESERVE_BYTES  # MemAvailable the ramp leaves free (stopped_by memory)
+    tls: bool = False  # TLS on every connection (`harness.core.tls`)
+    server_name: str | None = None
+    ca: str | None = None
+    insecure: bool = False
+    tls_version: str | None = None
+    alpn: str | None = None
+    tls_resume: bool = False
+    tls_group: str | None = None
+    cert: str | None = None  # the harness's own servers' certificate and key (default: made for the run)
+    key: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> "RunConfig":
         """The configuration a subcommand's parsed arguments ask for: each field from the flag of
         the same name where the subcommand has it, else its default."""
         values = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+        if values.get("cert") or values.get("ca") or values.get("server_name") or values.get("tls_version") \
+                or values.get("alpn") or values.get("tls_resume") or values.get("insecure"):
+            values["tls"] = True  # a TLS option says the run speaks TLS
         connections = values.pop("connections", None)
         if connections == MAX:
             values["fill"], values["connections"] = True, 0

@@ -7,6 +7,7 @@ is started here: a run that cannot work is refused before it costs anything.
 
 from __future__ import annotations
 
+import ssl
 import sys
 import tempfile
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ from harness.core.backends import UnknownBackend, backend
 from harness.core.diagnose import predicted_cap
 from harness.core.lab_layout import HOST_PORT_RANGE, LayoutError, per_address
 from harness.core.refusal import Refused
+from harness.core.tls import DEFAULT_GROUP, TlsSettings, client_context
 from harness.hosts import netns
 from harness.run import hosted
 from harness.run.config import RunConfig
@@ -64,9 +66,12 @@ class Prepared:
                 "echo_interval": self.echo_interval, "echo_mode": cfg.echo_mode, "echo_timeout": self.echo_timeout,
                 "payload_size": cfg.payload_size, "protocol": cfg.protocol or "echo", "send": cfg.send,
                 "expect": cfg.expect, "path": cfg.path, "user_mode": cfg.user_mode, "max_seconds": self.max_seconds,
-                "memory_reserve": cfg.memory_reserve, "worker_fd_limit": self.worker_fd_limit,
+                "memory_reserve": cfg.memory_reserve, "connection_bytes": self.plan.connection_bytes,
+                "worker_fd_limit": self.worker_fd_limit,
                 "source_addresses": ",".join(cfg.source_addresses) if cfg.source_addresses else None,
-                "allow_non_loopback": cfg.allow_non_loopback}
+                "allow_non_loopback": cfg.allow_non_loopback, "tls": cfg.tls, "server_name": cfg.server_name,
+                "ca": cfg.ca, "insecure": cfg.insecure, "tls_version": cfg.tls_version, "alpn": cfg.alpn,
+                "tls_resume": cfg.tls_resume, "tls_group": cfg.tls_group}
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -92,6 +97,7 @@ def check_flags(cfg: RunConfig) -> None:
         hosted.check(cfg)
     except (UnknownBackend, ValueError, hosted.HostedError, LayoutError) as exc:
         raise RunError(str(exc)) from None
+    check_tls_flags(cfg)
     for address in cfg.source_addresses or []:
         if not is_loopback(address):
             raise RunError(f"--source-addresses {address} is not on loopback; use addresses of 127.0.0.0/8 or ::1")
@@ -105,6 +111,22 @@ def check_flags(cfg: RunConfig) -> None:
             netns.require_net_admin()
         except netns.HostsError as exc:
             raise RunError(str(exc)) from None
+
+
+def check_tls_flags(cfg: RunConfig) -> None:
+    if bool(cfg.cert) != bool(cfg.key):
+        raise RunError("--cert and --key go together: give both, or neither for a certificate made for the run")
+    if cfg.cert and cfg.target:
+        raise RunError("--cert is the harness's own servers' certificate; a --target has its own: drop --cert")
+    for flag, path in (("--cert", cfg.cert), ("--key", cfg.key), ("--ca", cfg.ca)):
+        if path and not Path(path).is_file():
+            raise RunError(f"{flag} {path} is not a file; give a PEM file")
+    if cfg.tls:
+        try:
+            client_context(TlsSettings(group=cfg.tls_group or DEFAULT_GROUP, version=cfg.tls_version))
+        except (ValueError, ssl.SSLError) as exc:
+            raise RunError(f"--tls-group {cfg.tls_group}: {exc}; give a group OpenSSL knows, e.g. X25519 or "
+                           "prime256v1") from None
 
 
 def master_address(cfg: RunConfig) -> tuple[str, int]:
@@ -148,7 +170,8 @@ def _prepare_own_servers(cfg: RunConfig, limits: dict) -> Prepared:
         raise RunError(f"--connections {cfg.connections} must be at least 1")
     plan = planning.plan(limits, cfg.connections, backend=cfg.backend, fd_limit=cfg.fd_limit,
                          processes=cfg.processes, selector=cfg.selector, workers=_planned_workers(cfg),
-                         worker_fd_limit=cfg.worker_fd_limit, fill=cfg.fill)
+                         worker_fd_limit=cfg.worker_fd_limit, fill=cfg.fill, tls=cfg.tls,
+                         reserve=cfg.memory_reserve)
     if plan.error:
         raise RunError(plan.error)
     prepared = _finish(cfg, limits, plan)
@@ -162,9 +185,9 @@ def _fill(cfg: RunConfig, limits: dict) -> RunConfig:
     where they stop."""
     if cfg.processes:  # those processes' fd limit
         caps = planning.plan(limits, 1, backend=cfg.backend, fd_limit=cfg.fd_limit, processes=cfg.processes,
-                             selector=cfg.selector).caps
+                             selector=cfg.selector, tls=cfg.tls, reserve=cfg.memory_reserve).caps
         return replace(cfg, connections=int(min(caps.values()) * FILL_OVERSHOOT) + 50)
-    cap, name = planning.machine_cap(limits, cfg.backend)  # the machine's own first limit, a little past it
+    cap, name = planning.machine_cap(limits, cfg.backend, tls=cfg.tls, reserve=cfg.memory_reserve)  # a little past it
     # memory: no further (the processes are planned within it; the floor stops the ramp there)
     return replace(cfg, connections=cap if name == "memory" else int(cap * FILL_MACHINE_OVERSHOOT) + 50)
 
@@ -212,7 +235,7 @@ def _prepare_target(cfg: RunConfig, limits: dict) -> Prepared:
         raise RunError(f"--connections {cfg.connections} must be at least 1")
     plan = planning.plan_target(limits, cfg.connections, local=local, target_room=room,
                                 workers=_planned_workers(cfg), worker_fd_limit=cfg.worker_fd_limit,
-                                sources_given=cfg.source_addresses)
+                                sources_given=cfg.source_addresses, tls=cfg.tls)
     if plan.error:
         raise RunError(plan.error)
     prepared = _finish(cfg, limits, plan)
@@ -244,9 +267,10 @@ def replan(prepared: Prepared, connections: int) -> Prepared:
         plan = planning.plan_target(prepared.limits, connections, local=prepared.target.local,
                                     target_room=predicted_cap(prepared.target.processes),
                                     workers=prepared.workers, worker_fd_limit=prepared.worker_fd_limit,
-                                    sources_given=cfg.source_addresses)
+                                    sources_given=cfg.source_addresses, tls=cfg.tls)
     else:
         plan = planning.plan(prepared.limits, connections, backend=cfg.backend, fd_limit=prepared.plan.fd_limit,
                              processes=prepared.plan.server_processes, selector=cfg.selector,
-                             workers=prepared.workers or None, worker_fd_limit=prepared.worker_fd_limit)
+                             workers=prepared.workers or None, worker_fd_limit=prepared.worker_fd_limit,
+                             tls=cfg.tls, reserve=cfg.memory_reserve)
     return replace(prepared, config=cfg, plan=plan)

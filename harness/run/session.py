@@ -27,6 +27,7 @@ from harness.run.cluster import LocustCluster
 from harness.run.hosted import HostedRun
 from harness.run.outside import OutsideServer, TargetError
 from harness.run.prepare import Prepared, RunError
+from harness.system import certs
 from servers.supervisor import ConfigError, ServerGroup, StartError
 
 # The load (servers and Locust workers) runs below the control plane (the Locust master and this
@@ -62,6 +63,7 @@ class Session:
         self.lab: HostedRun | None = None
         self.group: ServerGroup | OutsideServer | None = None
         self.cluster: LocustCluster | None = None
+        self.tls_ca: str | None = None  # what the clients trust: --ca, or the certificate made for the run
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "Session":
@@ -82,13 +84,14 @@ class Session:
                 self.lab = HostedRun(prepared.hosts)
                 self._release(self.lab.stop)
                 self.lab.start()
+            self.tls_ca = cfg.ca
             if prepared.target is not None:
                 self.group = prepared.target.start()
             else:
                 lab = self.lab
                 config = ServerConfig(backend=cfg.backend, port=cfg.port, processes=prepared.plan.server_processes,
                                       share=cfg.share, fd_limit=prepared.plan.fd_limit, selector=cfg.selector,
-                                      nice=LOAD_NICE,
+                                      nice=LOAD_NICE, **self._server_tls(),
                                       **({"host": lab.server.address, "netns": lab.server.name} if lab else {}))
                 self.group = ServerGroup(config, log_file=str(self.scratch / "servers.log"))
                 self._release(self.group.stop)
@@ -96,11 +99,25 @@ class Session:
         except START_ERRORS as exc:
             raise RunError(str(exc)) from None
 
+    def _server_tls(self) -> dict:
+        """The servers' TLS: --cert/--key, or a certificate made now for their address, which the
+        clients then trust (and nothing else). Session tickets only where the run resumes sessions:
+        a client keeps the tickets it gets (~13 KB a connection)."""
+        cfg = self.prepared.config
+        if not cfg.tls:
+            return {}
+        cert, key = cfg.cert, cfg.key
+        if not cert:
+            made = certs.self_signed(self.scratch, [self.host])
+            cert, key = str(made[0]), str(made[1])
+            self.tls_ca = self.tls_ca or cert
+        return {"tls_cert": cert, "tls_key": key, "tls_tickets": 2 if cfg.tls_resume else 0}
+
     def start_cluster(self, log_dir: Path, master_args: list[str], worker_args: list[str] = ()) -> LocustCluster:
         """The Locust master and workers, started: the run's options (`harness.core.options`) under
         their own flags, the plumbing, and `master_args`/`worker_args` besides."""
         prepared, lab = self.prepared, self.lab
-        values = prepared.locust_values()
+        values = {**prepared.locust_values(), "ca": self.tls_ca}
         plumbing = ["--test-hosts"] if lab is not None else []
         gauges = ["--server-gauges", self.group.gauges_path] if self.group.gauges_path else []
         netns = ["--server-netns", lab.server.name] if lab is not None else []

@@ -16,12 +16,15 @@ import subprocess
 import sys
 
 from harness.core.addresses import is_lab_address, is_loopback, source_error
+from harness.core.options import locust_args
 from harness.core.planning import CLIENT_FD_RESERVE, MIN_WORKER_FD_LIMIT, usable_fd_limit
 from harness.core.refusal import Refused
 from harness.hosts.netns import lab_addresses
 from harness.run.cluster import LOCUST
 from harness.system import procctl
 from harness.system.limits import read_limits
+
+TLS_OPTIONS = ("tls", "server_name", "ca", "insecure", "tls_version", "alpn", "tls_resume", "tls_group")
 
 
 class WorkerError(Refused, ValueError):
@@ -48,7 +51,8 @@ def worker_command(args: argparse.Namespace, limits: dict) -> list[str]:
     return [*LOCUST, "--worker", "--processes", str(args.processes), "--master-host", host, "--master-port", port,
             "--worker-fd-limit", str(fd_limit), "--source-addresses", ",".join(sources),
             *(["--worker-host", args.name] if args.name else []), "--test-hosts",
-            *(["--allow-non-loopback"] if args.allow_non_loopback else [])]
+            *(["--allow-non-loopback"] if args.allow_non_loopback else []),
+            *locust_args({name: getattr(args, name) for name in TLS_OPTIONS}, workers=True)]
 
 
 def run_worker(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import struct
 import time
 
@@ -31,14 +32,16 @@ class EchoError(RuntimeError):
     pass
 
 
-def echo_once(host: str, port: int, payload: bytes | None = None, timeout: float = 5.0) -> float:
-    """Connect, send `payload`, check the echo byte for byte; retries refused connects until
-    `timeout`. Returns the round-trip seconds of the successful echo."""
+def echo_once(host: str, port: int, payload: bytes | None = None, timeout: float = 5.0,
+              tls: ssl.SSLContext | None = None) -> float:
+    """Connect (over TLS with `tls`), send `payload`, check the echo byte for byte; retries refused
+    connects until `timeout`. Returns the round-trip seconds of the successful echo."""
     payload = payload or os.urandom(64)
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.create_connection((host, port), timeout=max(0.1, deadline - time.monotonic())) as sock:
+            with socket.create_connection((host, port), timeout=max(0.1, deadline - time.monotonic())) as plain, \
+                    (tls.wrap_socket(plain, server_hostname=host) if tls else plain) as sock:
                 start = time.perf_counter()
                 sock.sendall(payload)
                 echoed = recv_exactly(sock, len(payload))

@@ -4,7 +4,9 @@ Connections are adopted from our own intake (`loop.add_reader` + `connect_accept
 rather than `loop.create_server`, because the stock accept loop retries EMFILE `backlog` times per
 wake-up and logs a traceback each time (~19k a second at 99% CPU: docs/servers.md). Echo uses a Protocol
 with transport flow control: when a client stops reading and unsent data passes MAX_PENDING,
-`pause_writing` pauses reading from it until its output drains.
+`pause_writing` pauses reading from it until its output drains. With TLS, asyncio's own SSL
+protocol (`asyncio/sslproto.py`) runs under the echo, and keeps a 256 KiB read buffer for every
+connection: the cost docs/benchmarks.md measures.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ async def _serve(ctx: ServeContext, loop: asyncio.AbstractEventLoop) -> None:
 
     def adopt(conn) -> None:
         protocol = EchoProtocol()
-        task = loop.create_task(loop.connect_accepted_socket(lambda: protocol, conn))
+        task = loop.create_task(loop.connect_accepted_socket(lambda: protocol, conn, ssl=ctx.tls))
         task.add_done_callback(_adopted(conn, counters))
 
     def on_readable() -> None:

@@ -218,6 +218,8 @@ def _echo(handover: Handover, key: int) -> None:
         return  # refused by the main thread before this thread ran
     conn = entry[0]
     try:
+        if handover.ctx.tls is not None:  # the handshake in this thread, blocking like its echo
+            conn = handover.ctx.tls.wrap_socket(conn, server_side=True)
         counters, upper, lock = handover.ctx.counters, handover.ctx.config.upper, handover.lock
         while data := conn.recv(RECV_BYTES):
             conn.sendall(data.upper() if upper else data)
