@@ -87,3 +87,13 @@ def test_the_ramp_stops_at_the_memory_floor_counting_what_is_still_coming():
     assert state.phase == "ramp"
     state, _ = tick(State(dispatched=300), 3.5, floored, Seen(connects_ok=200, mem_available=0))
     assert state.phase == "ramp"
+
+
+def test_a_step_never_asks_for_more_than_the_memory_above_the_floor_holds():
+    """One step of 1,000 where 3 MB above the floor holds 300 at 10 KB each: 300 are asked for,
+    and the ramp goes on as they are answered (the floor, not the step, decides)."""
+    floored = Settings(target=10_000, ramp_rate=1000, memory_floor=1 << 30, bytes_per_connection=10_000)
+    state, decision = tick(State(), 0.5, floored, Seen(mem_available=(1 << 30) + 3_000_000))
+    assert state.phase == "ramp" and decision[0] == 300
+    state, decision = tick(state, 1.5, floored, Seen(connects_ok=300, open=300, mem_available=(1 << 30) + 1_000_000))
+    assert state.phase == "ramp" and decision[0] == 400

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -260,7 +261,9 @@ def test_a_target_restarted_mid_run_is_a_fault_with_the_connections_it_dropped(t
     doc = json.loads(out)
     assert proc.returncode == 1 and doc["stopped_by"] == "interrupted"
     lost = sum(f["connections_lost"] for f in doc["faults"])
-    assert lost == 100 and all(f["what"].startswith("the target closed") for f in doc["faults"])
+    assert lost == 100 and all("the target closed" in f["what"] for f in doc["faults"])
+    [died] = [f for f in doc["faults"] if f["kind"] == "process-died"]  # one fault, with the closes it caused
+    assert re.match(r"target process python \(pid \d+\) died \(exited\): the target closed", died["what"])
     assert "fault at" in err
 
 

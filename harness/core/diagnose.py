@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from harness.core.costs import Costs
+from harness.core.costs import describe as describe_costs
 from harness.core.evidence import Evidence
 from harness.core.records import ProcessInfo
 from harness.core.words import EOF_NAME, TIMEOUT, WORKER_FULL
@@ -112,9 +114,39 @@ def memory_floor(ev: Evidence) -> Verdict | None:
              f"{_n(floor)} ({floor / 2**30:.2f} GiB) kept free"]
     if ev.held:
         lines.append(f"{_n(ev.held)} held when the ramp stopped")
-    return Verdict("memory", MEMORY, "memory: the ramp stopped at the floor of MemAvailable it keeps free, before "
-                   "the machine ran out", "hold fewer connections here (--connections), a leaner backend, or a "
+    summary = "memory: the ramp stopped at the floor of MemAvailable it keeps free, before the machine ran out"
+    costs, prediction = _serving(ev)
+    if costs.get("rss_bytes"):
+        who = f"{ev.backend} ({len(ev.servers)} process{'es' if len(ev.servers) != 1 else ''})" if ev.backend \
+            else _who(_accepting(ev.processes))
+        caps = (prediction or {}).get("caps", {})
+        fd_cap = caps.get("fd limit") or sum(s["cap"] for s in ev.servers) or None
+        memory_cap = caps.get("memory (MemAvailable)") or ev.held  # predicted early, or where the floor was met
+        summary = (f"memory: {who} costs {costs['rss_bytes'] / 1024:,.0f} KB per {'TLS ' if ev.tls else ''}"
+                   f"connection: memory binds at ~{_n(memory_cap)}"
+                   + (f", before its fd limit at {_n(fd_cap)}" if fd_cap and fd_cap > memory_cap else ""))
+    return Verdict("memory", MEMORY, summary, "hold fewer connections here (--connections), a leaner backend, or a "
                    "machine with more memory (--memory-reserve lowers the floor)", lines)
+
+
+def oom_killed(ev: Evidence) -> Verdict | None:
+    """A server process the kernel's OOM killer ended while it held connections: memory."""
+    killed = [f for f in ev.faults if f.get("kind") == "oom-kill"]
+    if not killed:
+        return None
+    gone = [p for p in ev.processes if p.get("gone")]
+    p = max(gone, key=lambda q: q.get("rss_bytes", 0)) if gone else None
+    costs, _ = _serving(ev)
+    lines = [f"{f['what']} at {f['t']:.1f} s: {_n(f['connections_lost'])} connections lost" for f in killed]
+    if p:
+        lines.append(f"its last RSS {p.get('rss_bytes', 0) / 2**20:,.0f} MiB"
+                     + (f", its cgroup's memory.max {p['memory_max'] / 2**20:,.0f} MiB" if p.get("memory_max") else ""))
+    if costs.get("rss_bytes"):
+        lines.append(f"each connection cost it {costs['rss_bytes'] / 1024:,.1f} KB of RSS")
+    who = f"{p['name']} (pid {p['pid']})" if p else killed[0]["what"].split(" died")[0]
+    return Verdict("memory", MEMORY, f"memory: the OOM killer ended {who} at {_n(ev.held)} held",
+                   "give the server more memory (its cgroup's memory.max, the machine's), or make each connection "
+                   "cost it less", lines, process=p)
 
 
 def own_servers(ev: Evidence) -> Verdict | None:
@@ -286,7 +318,7 @@ def _failing(ev: Evidence) -> bool:
 
 
 RULES: tuple[Callable[[Evidence], Verdict | None], ...] = (
-    memory_floor, own_servers, client_side, target_fd_limit, target_own_limit, accept_queue, timeouts)
+    oom_killed, memory_floor, own_servers, client_side, target_fd_limit, target_own_limit, accept_queue, timeouts)
 
 
 def next_limit(ev: Evidence) -> Verdict:
@@ -322,10 +354,34 @@ def diagnose(ev: Evidence) -> Verdict:
             str(ev.stopped_by), UNKNOWN, f"stopped by {ev.stopped_by} at {_n(ev.held)} held",
             "see the run's failures and logs", [f"failed connects: {ev.connects_failed or {}}"])
     verdict.measured = ev.held
+    _, prediction = _serving(ev)
+    # made before the cap was met, and of the limit that stopped the run ('fd limit' of a 'target fd limit')
+    if (prediction and prediction.get("cap") and verdict.cause != REACHED
+            and prediction["binding"].split()[0] in verdict.limit.split()):
+        verdict.predicted_cap = prediction["cap"]
     if verdict.predicted_cap is None and ev.processes:
         verdict.predicted_cap = predicted_cap(ev.processes)
-    verdict.evidence += kernel_notes(ev.kernel_after or {})
+    verdict.evidence += cost_lines(ev) + kernel_notes(ev.kernel_after or {})
     return verdict
+
+
+def _serving(ev: Evidence) -> tuple[dict, dict | None]:
+    serving = ev.serving or {}
+    return serving.get("costs") or {}, serving.get("prediction")
+
+
+def cost_lines(ev: Evidence) -> list[str]:
+    """What a connection cost the serving processes, and what that predicted before the cap."""
+    costs, prediction = _serving(ev)
+    lines = []
+    if costs:
+        lines.append(f"the processes serving the port cost {describe_costs(Costs(**costs))} (/proc, from the "
+                     "first sample to the hold)")
+    if prediction and prediction.get("binding"):
+        off = (100.0 * (ev.held - prediction["cap"]) / prediction["cap"]) if prediction["cap"] else 0.0
+        lines.append(f"predicted at {_n(prediction['held'])} held ({prediction['t']:.0f} s in): the {prediction['binding']}"
+                     f" binds at {_n(prediction['cap'])}; measured {_n(ev.held)} ({off:+.1f}%)")
+    return lines
 
 
 def kernel_notes(kernel: dict) -> list[str]:

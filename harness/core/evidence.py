@@ -47,6 +47,10 @@ class Evidence:
     server_host: str | None = None
     memory_reserve: int = 0
     mem_available_at_stop: int | None = None
+    tls: bool = False
+    backend: str | None = None  # the harness's own servers' backend (None: a target)
+    serving: dict | None = None  # the serving processes' costs per connection and the prediction made from them
+    faults: list[dict] = field(default_factory=list)  # what happened that the run did not plan
 
     @property
     def connects_failed(self) -> dict[str, int]:

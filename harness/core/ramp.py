@@ -84,12 +84,21 @@ def tick(state: State, now: float, settings: Settings, seen: Seen) -> tuple[Stat
             return _hold(state, "memory", now, settings)
         step = max(1, int(settings.ramp_rate * settings.step_seconds))
         answered = seen.connects_ok + sum(seen.failures.values())
-        users = min(target, step * (math.floor(now / settings.step_seconds) + 1), answered + LEAD_STEPS * step)
+        users = min(target, step * (math.floor(now / settings.step_seconds) + 1), answered + LEAD_STEPS * step,
+                    memory_room(settings, seen, answered))
         state = replace(state, dispatched=max(users, state.dispatched))
         return state, (state.dispatched, min(settings.ramp_rate * 2, max(1.0, float(step))))
     if state.phase == "hold" and now - state.hold_started < settings.hold_seconds:
         return state, (state.held_users, max(1.0, float(settings.ramp_rate)))
     return replace(state, phase="done"), None
+
+
+def memory_room(settings: Settings, seen: Seen, answered: int) -> int:
+    """With a memory floor: the users that fit, those answered and as many more as MemAvailable
+    above the floor holds at their cost, so one big step cannot pass the floor before it is seen."""
+    if not settings.memory_floor or not seen.mem_available:
+        return math.inf  # type: ignore[return-value]
+    return answered + max(0, seen.mem_available - settings.memory_floor) // settings.bytes_per_connection
 
 
 def memory_low(state: State, settings: Settings, seen: Seen) -> bool:

@@ -222,12 +222,14 @@ class SeriesPoint(TypedDict, total=False):
     # a run across test hosts: each host's held connections and CPU seconds
     held_by_host: dict[str, int]
     cpu_by_host: dict[str, float]
-    # a target on this machine: its processes in all, as /proc has them
-    target_rss_bytes: int
-    target_fds: int
-    target_threads: int
-    target_processes: int
-    target_cpu_s: float
+    # the processes serving the port (a target's on this machine, or the harness's own), in all, as
+    # /proc has them: what the costs per connection are fitted from
+    serving_fds: int
+    serving_threads: int
+    serving_rss_bytes: int
+    serving_vsz_bytes: int
+    serving_data_bytes: int
+    serving_cpu_s: float
 
 
 SERIES_REQUIRED = ("t", "kernel_established", "server_open", "server_open_by_process", "locust_open",
@@ -267,7 +269,10 @@ class ProcessInfo(TypedDict, total=False):
     fds: int
     threads: int
     rss_bytes: int
+    vsz_bytes: int  # VmSize: what RLIMIT_AS bounds
+    data_bytes: int  # VmData: what RLIMIT_DATA bounds
     memory_max: int  # its cgroup's memory limit, where one is set
+    memory_used: int  # ...and what the cgroup uses now
     pids_max: int  # its cgroup's pids limit, where one is set
     as_limit: int | None  # RLIMIT_AS (Max address space), None where unlimited
     data_limit: int | None  # RLIMIT_DATA (Max data size), None where unlimited
@@ -279,6 +284,7 @@ class ProcessInfo(TypedDict, total=False):
     rss_before: int
     rss_peak: int
     cpu_s: float
+    gone: bool  # it exited (or was killed) during the run
 
 
 class ServerAtPeak(TypedDict):

@@ -18,7 +18,7 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
                    latency_series: list[dict], files: dict, stop_reason: str | None, master_code: int | None,
                    error: str | None, faults: list[dict], memory_before: int | None = None,
                    host: str = "127.0.0.1", target: dict | None = None, diagnosis: dict | None = None,
-                   hosts: dict | None = None) -> dict:
+                   hosts: dict | None = None, serving: dict | None = None) -> dict:
     held = held_count(target is not None)
     peak = max(series, key=held) if series else None
     first = series[0] if series else None
@@ -60,6 +60,7 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
                      "server_refused": status.server_refusals, "evidence": totals.evidence,
                      "stages": totals.stages},
         "tls": tls_summary(config, totals.tls),
+        "serving": serving,
         "memory": {"server_rss_per_conn_bytes": per_conn("server_rss_bytes", first and first["server_rss_bytes"]),
                    "locust_rss_per_conn_bytes": per_conn("locust_rss_bytes", totals.rss_base_bytes),
                    "kernel_slab_per_conn_bytes": per_conn("slab_bytes", first and first["slab_bytes"]),

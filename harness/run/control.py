@@ -13,9 +13,11 @@ from harness.core.records import Fault, MasterStatus
 from harness.run.progress import RunProgress
 from harness.run.sampler import Sampler
 from harness.run.session import Session
+from harness.system import kernel
 from harness.system.procctl import describe_exit
 
 WORKER_EXIT_GRACE_S = 3.0
+DEATH_MATCH_S = 2.0  # a target's process gone and its connections' closes, one event within this long
 # After a ramp stopped because the target shed held connections, the users already asked for (up to
 # LEAD_STEPS steps) still arrive and it sheds for those too; worker reports come once a second.
 SHED_SETTLE_S = 4.0
@@ -36,6 +38,8 @@ class Control:
     _reported: set[str] = field(default_factory=set)
     _drops: dict = field(default_factory=lambda: {"lost": 0, "failed": {}})
     _hold_started: float | None = None
+    _oom_kills: int = field(default_factory=kernel.oom_kills)
+    _deaths: list[Fault] = field(default_factory=list)  # a target's processes gone, before their closes came
 
     def run(self) -> None:
         """Until the master exits, a signal, or the deadline; then one fresh sample."""
@@ -61,6 +65,7 @@ class Control:
                 self._tick_lab()
                 time.sleep(LOOP_S)
             self.sampler.sample(fresh=True)
+            self.faults += self._deaths  # gone with no connections seen closing
         except Exception as exc:  # noqa: BLE001 - whatever happened, stop everything and record it
             self.error = f"{type(exc).__name__}: {exc}"
             self.stop.append("error")
@@ -89,12 +94,35 @@ class Control:
         return False
 
     def _reap_servers(self) -> None:
+        """Server processes that died (the harness's own by their wait status; a target's when /proc
+        no longer has them), and whether the kernel's OOM killer ended them."""
         group = self.session.group
         for index, status in group.reap().items():
-            # its slot keeps the last numbers it published (every 0.25 s); a sample may be a second older
-            lost = group.board.read(index)["open"] if group.board is not None else 0
-            self.faults.append(self._fault(f"server process {index} died ({describe_exit(status)})", lost,
-                                           kind="process-died"))
+            how = "killed by the OOM killer" if self._oom_killed() else None
+            kind = "oom-kill" if how else "process-died"
+            if group.board is not None:
+                # its slot keeps the last numbers it published (every 0.25 s); a sample may be a second older
+                lost = group.board.read(index)["open"]
+                self.faults.append(self._fault(f"server process {index} died ({how or describe_exit(status)})", lost,
+                                               kind=kind))
+                continue
+            # a target's process (`index` is its pid): the connections it held close with it, and the
+            # workers report them lost, before or after /proc shows it gone; one fault says both
+            proc = next(p for p in group.processes if p["pid"] == index)
+            death = f"target process {proc['name']} (pid {index}) died ({how or 'exited'})"
+            fault = self._fault(death, 0, kind=kind)
+            drop = next((f for f in reversed(self.faults) if f.get("kind") == "target-drop"
+                         and f["t"] >= fault["t"] - DEATH_MATCH_S), None)
+            if drop is not None:
+                drop.update(what=f"{death}: {drop['what']}", kind=kind)
+            else:
+                self._deaths.append(fault)
+
+    def _oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer has ended a process since it was last asked."""
+        now = kernel.oom_kills()
+        killed, self._oom_kills = now > self._oom_kills, now
+        return killed
 
     def _sample(self) -> None:
         point = self.sampler.sample()
@@ -140,6 +168,9 @@ class Control:
         fault = self._fault(f"the target closed {lost - seen['lost']:,} held connection(s) ({how})",
                             lost - seen["lost"], kind="target-drop", phase=status.phase)
         seen.update(lost=lost, failed=dict(failed))
+        if self._deaths:  # the process whose end closed them, seen first
+            death = self._deaths.pop(0)
+            fault.update(what=f"{death['what']}: {fault['what']}", kind=death["kind"])
         return [fault]
 
     def mark_shedding(self) -> None:

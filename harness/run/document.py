@@ -14,12 +14,14 @@ from importlib.metadata import version
 from pathlib import Path
 
 from harness.core import diagnose
+from harness.core.backends import connection_bytes
 from harness.core.evidence import Evidence, gather, on_hosts, sources_of
 from harness.core.records import Fault, MasterStatus, SeriesPoint
 from harness.core.rundoc import build_document, held_count
 from harness.run import locust_csv
 from harness.run.prepare import Prepared
 from harness.run.sampler import Sampler
+from harness.run.watch import CostWatch
 from harness.system import kernel
 from harness.system.files import machine
 from servers.gauges import ROLE_ACCEPTOR
@@ -41,6 +43,16 @@ def quietly(read, *args):
         return read(*args)
     except Exception:  # noqa: BLE001
         return None
+
+
+def cost_watch(prepared: Prepared) -> CostWatch | None:
+    """A watch of what each connection costs the processes serving the port, where they are on this
+    machine (the harness's own servers, or a target on loopback)."""
+    cfg = prepared.config
+    if prepared.target is not None and not prepared.target.local:
+        return None
+    return CostWatch(target=cfg.connections, client_bytes=connection_bytes(None, cfg.tls), reserve=cfg.memory_reserve,
+                     limits=prepared.limits)
 
 
 def observe_end(session, sampler: Sampler) -> End:
@@ -77,7 +89,8 @@ def cpu_by_host_of(series: list[SeriesPoint]) -> dict[str, float]:
 
 
 def run_evidence(prepared: Prepared, *, series: list[SeriesPoint], status: MasterStatus, stopped_by: str | None,
-                 host: str, port: int, end: End, kernel_before: dict | None, processes: list[dict]) -> Evidence:
+                 host: str, port: int, end: End, kernel_before: dict | None, processes: list[dict],
+                 watch: CostWatch | None = None, faults: list[Fault] = ()) -> Evidence:
     cfg = prepared.config
     workers = status.workers
     evidence = gather(stopped_by=stopped_by or status.stopped_by,
@@ -87,7 +100,9 @@ def run_evidence(prepared: Prepared, *, series: list[SeriesPoint], status: Maste
                       server_refused=status.server_refusals, servers=end.servers, processes=processes,
                       kernel_before=kernel_before, kernel_after=end.kernel_after, protocol=cfg.protocol or "echo",
                       connections=cfg.connections, memory_reserve=cfg.memory_reserve,
-                      mem_available_at_stop=min((p.get("mem_available_bytes", 0) for p in series), default=None))
+                      mem_available_at_stop=min((p.get("mem_available_bytes", 0) for p in series), default=None),
+                      tls=cfg.tls, serving=watch.as_dict() if watch else None, faults=faults,
+                      backend=None if cfg.target else cfg.backend)
     if end.hosts:
         on_hosts(evidence, end.hosts)
     return evidence
@@ -104,7 +119,7 @@ def document(prepared: Prepared, *, run_dir: Path | None, started_at: str, durat
     processes = target.processes if target is not None else []
     verdict = quietly(lambda: diagnose.diagnose(run_evidence(
         prepared, series=sampler.series, status=status, stopped_by=stopped_by, host=host, port=port, end=end,
-        kernel_before=kernel_before, processes=processes)))
+        kernel_before=kernel_before, processes=processes, watch=sampler.watch, faults=list(faults))))
     return build_document(
         config={**cfg.as_dict(), "echo_timeout": prepared.echo_timeout, "echo_interval": prepared.echo_interval},
         plan=prepared.plan.as_dict(), limits=prepared.limits, machine={**machine(), "locust": version("locust")},
@@ -115,4 +130,5 @@ def document(prepared: Prepared, *, run_dir: Path | None, started_at: str, durat
         faults=faults + end.injected, memory_before=memory_before,
         target=None if target is None else {"host": target.host, "port": target.port, "protocol": cfg.protocol,
                                             "local": target.local, "processes": target.processes},
-        diagnosis=verdict.as_dict() if verdict else None, hosts=end.hosts)
+        diagnosis=verdict.as_dict() if verdict else None, hosts=end.hosts,
+        serving=sampler.watch.as_dict() if sampler.watch else None)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from harness.core.schema import run_dir_name
 from harness.run.control import Control
-from harness.run.document import document, observe_end, quietly
+from harness.run.document import cost_watch, document, observe_end, quietly
 from harness.run.prepare import Prepared
 from harness.run.progress import RunProgress
 from harness.run.sampler import Sampler
@@ -42,6 +42,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
             kernel_before = quietly(kernel.snapshot, session.group.port, session.server_netns)
             sampler = Sampler(session.group, run_dir / "status.json", t0, netns=session.server_netns,
                               by_host=session.lab is not None)
+            sampler.watch = cost_watch(prepared)
             control = Control(session, sampler, stop,
                               RunProgress(prepared.config.connections, "starting") if progress else None)
             if not stop:  # Ctrl-C while the servers were starting: no Locust to start

@@ -71,8 +71,12 @@ class OutsideServer:
         if self.local:
             listeners.track(self.processes)
 
-    def reap(self) -> dict[int, int]:
-        return {}
+    def reap(self) -> dict[int, None]:
+        """The target's processes that /proc no longer has since the last call (pid: no status: they
+        are not ours to wait for)."""
+        gone = {p["pid"]: None for p in self.processes if p.get("gone") and p["pid"] not in self.exited}
+        self.exited.update(gone)
+        return gone
 
     def stop(self) -> None:
         pass

@@ -11,7 +11,8 @@ from pathlib import Path
 from harness.core.records import MasterStatus, SeriesPoint, total_refusals
 from harness.run.cluster import LocustCluster
 from harness.run.outside import OutsideServer
-from harness.system import ss
+from harness.run.watch import CostWatch
+from harness.system import listeners, ss
 from harness.system.limits import meminfo
 from harness.system.procfs import cpu_times, files_open
 from servers.gauges import ROLE_ACCEPTOR
@@ -23,6 +24,7 @@ KERNEL_CPU_SHARE = 0.1  # ...and long enough that ss takes at most this share of
 # machine); the servers' own gauges count every second, so the kernel is counted as each phase
 # begins and, during the ramp, with this smaller share.
 KERNEL_RAMP_CPU_SHARE = 0.02
+TARGET_KERNEL_EVERY_S = 1.0  # a target's: its cost per connection is read at each count
 
 
 class Sampler:
@@ -40,10 +42,13 @@ class Sampler:
         self.held_key = "server_open" if self.target is None else "locust_held"
         self.series: list[SeriesPoint] = []
         self.status = MasterStatus()
-        self._kernel = (0, -KERNEL_EVERY_S)  # (count, when)
-        self._kernel_every = KERNEL_EVERY_S
+        self._kernel_least = KERNEL_EVERY_S if self.target is None else TARGET_KERNEL_EVERY_S
+        self._kernel = (0, -self._kernel_least)  # (count, when)
+        self._kernel_every = self._kernel_least
         self._phase = "starting"
         self._status_written: tuple = ()  # the status file's inode, mtime and size when last read
+        self.watch: CostWatch | None = None  # the serving processes' costs, where the run watches them
+        self._serving: list[dict] = []  # the harness's own servers, as /proc has them (a target's are its own)
 
     def read_status(self) -> MasterStatus:
         try:
@@ -83,14 +88,14 @@ class Sampler:
                 self.target.sample()
             took = time.monotonic() - now
             self._kernel = (count, now)
-            self._kernel_every = max(KERNEL_EVERY_S, took / (KERNEL_RAMP_CPU_SHARE if ramping else KERNEL_CPU_SHARE))
+            self._kernel_every = max(self._kernel_least, took / (KERNEL_RAMP_CPU_SHARE if ramping else KERNEL_CPU_SHARE))
             return count, True
         return self._kernel[0], False
 
     def sample(self, fresh: bool = False) -> SeriesPoint:
         status = self.read_status()
         rows = self.group.board.read_all() if self.group.board is not None else []
-        for index in self.group.exited:  # a dead process's slot keeps its last numbers: it holds nothing
+        for index in self.group.exited if rows else ():  # a dead process's slot keeps its last numbers
             rows[index]["open"] = 0
         servers = [r for r in rows if r["role"] != ROLE_ACCEPTOR]
         totals = status.totals
@@ -116,6 +121,8 @@ class Sampler:
             system = sum(times.get(pid, (0.0, 0.0))[1] for pid in pids)
             point[f"{side}_cpu_s"] = round(user + system, 2)
             point[f"{side}_cpu_user_s"], point[f"{side}_cpu_system_s"] = round(user, 2), round(system, 2)
+        if self.watch is not None:
+            self._observe_serving(point, rows)
         if self.by_host:
             held: dict[str, int] = {}
             for w in status.workers:
@@ -126,3 +133,24 @@ class Sampler:
             point["held_by_host"], point["cpu_by_host"] = held, cpu
         self.series.append(point)
         return point
+
+    def _observe_serving(self, point: SeriesPoint, rows: list[dict]) -> None:
+        """The serving processes' totals into the point, and into the cost watch."""
+        if self.target is not None:
+            # the workers report once a second, behind their handshakes: the kernel's count, taken with
+            # the processes' own reading (kernel_count), is what they held then
+            procs = self.target.processes
+            held = point["kernel_established"] if point["kernel_counted"] else None
+            if not point["kernel_counted"]:
+                listeners.track(procs)
+        else:
+            pids = {r["pid"] for r in rows if r["pid"]}
+            if {p["pid"] for p in self._serving} != pids:
+                self._serving = listeners.tracked([d for d in (listeners.describe(pid) for pid in pids) if d])
+            else:
+                listeners.track(self._serving)
+            procs, held = self._serving, point["server_open"]
+        state = self.watch.observe(procs, held, point["phase"], point["t"], point["mem_available_bytes"])
+        for key in ("threads", "rss_bytes", "vsz_bytes", "data_bytes", "cpu_s"):
+            point[f"serving_{key}"] = state[key]
+        point["serving_fds"] = state["held_fds"]

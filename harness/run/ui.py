@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.run.document import cost_watch
 from harness.run.prepare import Prepared
 from harness.run.sampler import Sampler
 from harness.run.session import Session, interruptible
@@ -29,6 +30,7 @@ def run_ui(prepared: Prepared, web_port: int) -> int:
     with interruptible() as stop, Session(prepared, workdir) as session:
         sampler = Sampler(session.group, workdir / "status.json", time.monotonic(), netns=session.server_netns,
                           by_host=session.lab is not None)
+        sampler.watch = cost_watch(prepared)
         runs = UiRuns(prepared, session, sampler, out)
         try:
             sampler.cluster = session.start_cluster(workdir, master_args=[

@@ -73,4 +73,10 @@ def snapshot(port: int, netns: str | None = None) -> dict:
     """Everything above at one moment, for one port; the counters and the queue of the test host
     `netns` where the server runs there (tcp_mem and conntrack's max are the machine's)."""
     return {"netstat": netstat(netns=netns), "listen": listen_queue(port, netns), "tcp_memory": tcp_memory(),
-            "conntrack": conntrack()}
+            "conntrack": conntrack(), "oom_kills": oom_kills()}
+
+
+def oom_kills() -> int:
+    """How many processes the kernel's OOM killer has ended since boot (/proc/vmstat oom_kill)."""
+    with open("/proc/vmstat") as f:
+        return next((int(line.split()[1]) for line in f if line.startswith("oom_kill ")), 0)

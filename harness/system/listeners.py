@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 
+from harness.core.records import ProcessInfo
+
 LISTEN = "0A"
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def listening_inodes(port: int) -> set[int]:
@@ -49,13 +52,27 @@ def pids_holding(inodes: set[int]) -> list[int]:
     return sorted(found)
 
 
-def _limits(pid: int) -> tuple[int | None, int | None]:
+LIMITS = {"Max open files": "fd", "Max address space": "as", "Max data size": "data"}
+
+
+def _limits(pid: int) -> dict[str, int | None]:
+    """The soft and hard fd limit and the soft address-space and data-size limits (None: unlimited)."""
+    out: dict[str, int | None] = {}
     with open(f"/proc/{pid}/limits") as f:
         for line in f:
-            if line.startswith("Max open files"):
-                soft, hard = line.split()[3:5]
-                return (None if soft == "unlimited" else int(soft), None if hard == "unlimited" else int(hard))
-    return None, None
+            for title, key in LIMITS.items():
+                if line.startswith(title):
+                    soft, hard = line[len(title):].split()[:2]
+                    out[key] = None if soft == "unlimited" else int(soft)
+                    if key == "fd":
+                        out["fd_hard"] = None if hard == "unlimited" else int(hard)
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime and stime (fields 14 and 15)
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -88,23 +105,37 @@ def _cgroup_limits(pid: int) -> dict:
                 continue
             if text and text != "max" and int(text) < 1 << 60:  # v1 says "no limit" with a huge number
                 out[key] = int(text)
+                used = file.replace("memory.max", "memory.current").replace("memory.limit_in_bytes",
+                                                                            "memory.usage_in_bytes")
+                if key == "memory_max" and used != file:
+                    try:
+                        with open(used) as f:
+                            out["memory_used"] = int(f.read())
+                    except (OSError, ValueError):
+                        pass
     return out
 
 
-def describe(pid: int) -> dict | None:
-    """One process's name and limits, or None if it is gone."""
+def describe(pid: int) -> ProcessInfo | None:
+    """One process's name, limits and costs now, or None if it is gone."""
     try:
-        soft, hard = _limits(pid)
+        limits = _limits(pid)
         status = _status(pid)
         fds = len(os.listdir(f"/proc/{pid}/fd"))
+        cpu = _cpu_seconds(pid)
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
+    except (OSError, IndexError, ValueError):
         return None
-    return {"pid": pid, "ppid": int(status.get("PPid", "0")), "name": status.get("Name", "?"),
-            "cmdline": cmdline[:200], "fd_soft": soft,
-            "fd_hard": hard, "fds": fds, "threads": int(status.get("Threads", "0")),
-            "rss_bytes": int(status.get("VmRSS", "0 kB").split()[0]) * 1024, **_cgroup_limits(pid)}
+
+    def kb(name: str) -> int:
+        return int(status.get(name, "0 kB").split()[0]) * 1024
+
+    return ProcessInfo(pid=pid, ppid=int(status.get("PPid", "0")), name=status.get("Name", "?"), cmdline=cmdline[:200],
+                       fd_soft=limits.get("fd"), fd_hard=limits.get("fd_hard"), fds=fds,
+                       threads=int(status.get("Threads", "0")), rss_bytes=kb("VmRSS"), vsz_bytes=kb("VmSize"),
+                       data_bytes=kb("VmData"), as_limit=limits.get("as"), data_limit=limits.get("data"), cpu_s=cpu,
+                       **_cgroup_limits(pid))
 
 
 def listeners(port: int) -> list[dict]:
@@ -119,13 +150,44 @@ def refresh(procs: list[dict]) -> list[dict]:
 
 def tracked(procs: list[dict]) -> list[dict]:
     """`procs` marked to be followed by `track`: the fds each held before, and its most so far."""
-    return [{**p, "fds_before": p["fds"], "fds_peak": p["fds"]} for p in procs]
+    return [{**p, "fds_before": p["fds"], "fds_peak": p["fds"], "threads_before": p["threads"],
+             "rss_before": p["rss_bytes"]} for p in procs]
 
 
-def track(procs: list[dict]) -> None:
-    """Read the processes again, in place: now, the most fds each has held, and what it gained."""
+def track(procs: list[dict]) -> list[int]:
+    """Read the processes again, in place: now, the most fds each has held, and what it gained.
+    Returns the pids that are gone (each keeps its last reading, marked `gone`)."""
     by_pid = {p["pid"]: p for p in procs}
+    seen_now = set()
     for now in refresh(procs):
         seen = by_pid[now["pid"]]
+        seen_now.add(now["pid"])
         peak = max(seen["fds_peak"], now["fds"])
         seen.update(now, fds_peak=peak, fds_gained=peak - seen["fds_before"])
+    gone = [p["pid"] for p in procs if p["pid"] not in seen_now and not p.get("gone")]
+    for pid in gone:
+        by_pid[pid]["gone"] = True
+    return gone
+
+
+def server_state(procs: list[dict], limits: dict) -> dict:
+    """What a server's processes have left now, for `harness.core.costs.predict`: fd room (their
+    fd limits less the fds they hold), room under their cgroup's memory.max and pids.max, under
+    their RLIMIT_AS and RLIMIT_DATA, and the machine's pids; its totals for the cost fit."""
+    live = [p for p in procs if not p.get("gone")]
+
+    def total(key: str) -> int:
+        return sum(p.get(key) or 0 for p in live)
+
+    def least_room(limit: str, used: str) -> int | None:
+        rooms = [p[limit] - p.get(used, 0) for p in live if p.get(limit)]
+        return sum(rooms) if rooms and len(rooms) == len(live) else None
+
+    cgroups = {p["memory_max"]: p.get("memory_used", 0) for p in live if p.get("memory_max")}
+    return {"held_fds": total("fds"), "threads": total("threads"), "rss_bytes": total("rss_bytes"),
+            "vsz_bytes": total("vsz_bytes"), "data_bytes": total("data_bytes"), "cpu_s": sum(p.get("cpu_s", 0.0) for p in live),
+            "fd_room": least_room("fd_soft", "fds"), "as_room": least_room("as_limit", "vsz_bytes"),
+            "data_room": least_room("data_limit", "data_bytes"),
+            "cgroup_room": min((m - used for m, used in cgroups.items()), default=None),
+            "pids_room": min((p["pids_max"] - p["threads"] for p in live if p.get("pids_max")), default=None),
+            "thread_room": min(limits["pid_max"], limits["threads_max"]) - limits.get("threads_in_use", 0)}
