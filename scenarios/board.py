@@ -59,6 +59,7 @@ class Board:
     host: str = "127.0.0.1"
     runner: object = None  # the master's runner: its state goes into the status
     connections: int = 0  # what the current test ramps to
+    options: dict = field(default_factory=dict)  # the current test's options from the start form
     ui_results: str = ""  # where harness ui writes each test's run directory (ui-runs.json)
     status_file: str = ""  # --status-file: written every REPORT_INTERVAL_S and as each phase begins
     test: int = 0  # each START (or headless run) is a new test; workers' reports carry its number
@@ -203,6 +204,7 @@ class Board:
         workers = [{k: v for k, v in r.items() if k != "latency"} for r in self.live_workers()]
         return MasterStatus(
             test=self.test, locust_state=getattr(self.runner, "state", None), connections=self.connections,
+            options=self.options,
             phase=self.phase, stopped_by=self.stopped_by, shed=self.shed, totals=totals,
             workers=sorted(workers, key=lambda r: r["worker_index"]), echo_latency=self.echo_latency(),
             servers=self.servers(), server_refusals=self.server_refusals(),

@@ -32,8 +32,8 @@ import gevent
 from gevent import GreenletExit, monkey
 from gevent.event import Event
 
-from harness.core import protocols
 from harness.core.connection import CONNECTING, READY, VERIFYING, bind_address
+from harness.core.protocol_base import Protocol
 from harness.core.words import TCPError, errno_name
 from harness.system.wire import client_socket, close_with_reset, is_established
 from scenarios import link
@@ -131,14 +131,21 @@ class Driver:
         self.sources_turn = 0
         self.adopted = 0
         self.holding = False
-        self.open_loop = getattr(self.opts, "echo_mode", "closed") == "open"
-        self.protocol = protocols.from_options(self.opts, environment.host)
-        self.tls = link.tls_sessions(self.opts, environment.host)
         self.greenlet = gevent.spawn(self.run)
+
+    # The options as this test has them: a test started from the web UI's form may change them.
+    @property
+    def protocol(self) -> Protocol:
+        return link.protocol_for(self.opts, self.environment.host)
+
+    @property
+    def open_loop(self) -> bool:
+        return getattr(self.opts, "echo_mode", "closed") == "open"
 
     # -- users arriving and leaving (called from Locust's spawning greenlet) ------------------
     def adopt(self, user, group) -> Conn:
-        conn = Conn(user, self.protocol, self.tls.client() if self.tls else None)
+        tls = link.tls_sessions(self.opts, self.environment.host)
+        conn = Conn(user, self.protocol, tls.client() if tls else None)
         user._greenlet = conn  # Locust finds the user as greenlet.args[0] and stops it with kill()
         user._group = group
         group.add(conn)  # counted by the runner: its user count is this group's length
@@ -256,7 +263,7 @@ class Driver:
 
     def _connected(self, conn: Conn, now: float) -> None:
         self._send(conn, conn.connected(now, self.opts.echo_timeout))
-        if conn.state == VERIFYING and not self.protocol.sends and conn.sock is not None:
+        if conn.state == VERIFYING and not conn.protocol.sends and conn.sock is not None:
             self.verifying.append((conn.verify_at, conn))
 
     def _on_event(self, conn: Conn, events: int) -> None:
@@ -280,7 +287,7 @@ class Driver:
         now = time.perf_counter()
         was_ready = conn.state == READY
         self._send(conn, conn.received(data, now, self.opts.echo_timeout))
-        if conn.sock is None or not self.protocol.sends:
+        if conn.sock is None or not conn.protocol.sends:
             return
         if conn.state == READY and not conn.marks and self.holding and (not self.open_loop or not was_ready):
             # closed loop: the next request an interval after this answer; open loop: a connection

@@ -9,22 +9,43 @@ Every stage and request is a Locust `request` event of type "TCP", named by what
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
+from harness.core import protocols
 from harness.core.addresses import split_host_port
 from harness.core.connection import CONNECT_STAGE, Connection
+from harness.core.protocol_base import Protocol
 from harness.core.tls import TlsSessions, TlsSettings, client_context
 from harness.core.words import TCPError
 from scenarios.tally import TALLY
 
 _fire = None  # this process's environment.events.request.fire, set by `bind` at init
 _tls: dict[str, TlsSessions | None] = {}  # by Locust's --host: this process's TLS client side, made once
+_protocols: dict[str | None, Protocol] = {}  # by Locust's --host: what this process's connections speak
 
 
 def bind(environment) -> None:
     global _fire
+    if _fire is None:
+        environment.events.test_start.add_listener(new_test)
     _fire = environment.events.request.fire
+
+
+def protocol_for(opts, host: str | None) -> Protocol:
+    """The protocol this process's connections speak to --host, made once a test."""
+    if host not in _protocols:
+        # an MQTT client id must be unique at the broker: this process's host and pid tell it apart
+        _protocols[host] = protocols.from_options(opts, host, identity=f"{TALLY.host}-{os.getpid():x}")
+    return _protocols[host]
+
+
+def new_test(**_) -> None:
+    """A test starts (on a worker, once the master's options have come): the web UI's start form
+    may have changed the protocol or TLS, so both are made again."""
+    _protocols.clear()
+    _tls.clear()
 
 
 def tls_sessions(opts, host: str | None) -> TlsSessions | None:

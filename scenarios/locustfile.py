@@ -41,7 +41,12 @@ PLUMBING = (
 def add_arguments(parser) -> None:
     # include_in_web_ui is understood by Locust's parser: the start form shows the run's knobs
     for option in OPTIONS:
-        kwargs = {"action": "store_true"} if option.kind is bool else {"type": option.kind, "default": option.default}
+        if option.kind is bool:
+            kwargs = {"action": "store_true"}
+        elif option.kind is list:
+            kwargs = {"action": "append", "default": option.default}
+        else:
+            kwargs = {"type": option.kind, "default": option.default}
         if option.choices:
             kwargs["choices"] = option.choices
         parser.add_argument(option.flag, include_in_web_ui=option.web_ui, help=option.help, **kwargs)

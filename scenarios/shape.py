@@ -10,6 +10,7 @@ from dataclasses import replace
 from locust import LoadTestShape
 
 from harness.core import ramp
+from harness.core.options import OPTIONS
 from harness.system.limits import meminfo
 from scenarios.board import BOARD
 
@@ -55,6 +56,8 @@ class StepRampShape(LoadTestShape):
         # -u and -r to 1 by itself).
         ui = not getattr(opts, "headless", False)
         BOARD.connections = opts.num_users if ui and opts.num_users else opts.connections
+        # what this test speaks and how, as the start form (or the command line) set it
+        BOARD.options = {o.name: getattr(opts, o.name, o.default) for o in OPTIONS if o.web_ui}
         return ramp.Settings(target=BOARD.connections,
                              ramp_rate=(opts.spawn_rate if ui and opts.spawn_rate else opts.ramp_rate),
                              step_seconds=opts.step_seconds, max_seconds=opts.max_seconds,

@@ -9,7 +9,7 @@ import errno
 from hdrh.histogram import HdrHistogram
 
 from harness.core.addresses import AddressError, split_host_port, target_error
-from harness.core.protocols import evidence_text
+from harness.core.protocol_base import evidence_text
 from harness.core.words import LATENCY_DIGITS, LATENCY_MAX_US, WORKER_FULL, TCPError
 from harness.hosts.netns import lab_addresses
 

@@ -17,8 +17,8 @@ import time
 
 from locust import User, task
 
-from harness.core import protocols
 from harness.core.connection import CLOSED, READY, VERIFYING, bind_address
+from harness.core.protocol_base import Protocol
 from harness.core.words import TCPError, errno_name, error_name
 from harness.system.wire import client_socket, close_with_reset
 from scenarios import link
@@ -33,7 +33,7 @@ class GreenletLink(link.LocustLink):
 
     __slots__ = ("user", "deadline")
 
-    def __init__(self, user: "EchoUser", protocol: protocols.Protocol, tls) -> None:
+    def __init__(self, user: "EchoUser", protocol: Protocol, tls) -> None:
         super().__init__(protocol, tls)
         self.user = user
         self.deadline = (0, 0.0)  # (op, when)
@@ -73,7 +73,7 @@ class EchoUser(User):
         self._intended = 0.0  # open loop: the intended send time of the next request
         self.timeout = opts.echo_timeout
         tls = link.tls_sessions(opts, self.host)
-        self.link = GreenletLink(self, protocols.from_options(opts, self.host), tls.client() if tls else None)
+        self.link = GreenletLink(self, link.protocol_for(opts, self.host), tls.client() if tls else None)
         started = time.perf_counter()
         try:
             host, port = TALLY.destination(self.host)

@@ -81,8 +81,18 @@ FORM_RULES = (("user_count", int, 1, 10_000_000), ("spawn_rate", float, 1.0, 1_0
               ("hold", float, 0.0, 86_400.0))
 
 
+# What the servers were started with: the form may change what the clients speak, not the servers.
+STARTED: dict = {"own_servers": False, "tls": False}
+
+
 def form_error(form) -> str | None:
     """What is wrong with the start form's harness fields, said so a user can fix it; or None."""
+    if STARTED["own_servers"] and form.get("protocol", "echo") not in ("echo", "hold"):
+        return (f"protocol {form['protocol']}: the harness's own servers echo; choose echo or hold, or start "
+                "harness ui --target HOST:PORT for a server that speaks it")
+    if STARTED["own_servers"] and "tls" in form and (form["tls"] == "true") != STARTED["tls"]:
+        return ("tls: the harness's own servers were started " + ("with" if STARTED["tls"] else "without")
+                + " TLS (harness ui --tls); leave it " + ("on" if STARTED["tls"] else "off"))
     for key, kind, low, high in FORM_RULES:
         if key not in form or form[key] == "":
             continue
@@ -96,6 +106,8 @@ def form_error(form) -> str | None:
 
 
 def extend(web_ui) -> None:
+    opts = web_ui.environment.parsed_options
+    STARTED.update(own_servers=bool(getattr(opts, "server_gauges", "")), tls=bool(getattr(opts, "tls", False)))
     web_ui.template_args["extended_tabs"] = [{"title": "Connections", "key": TAB}]
     web_ui.template_args["extended_tables"] = [
         {"key": TAB, "structure": [{"key": k, "title": t} for k, t in COLUMNS]}]

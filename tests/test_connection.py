@@ -11,7 +11,7 @@ import pytest
 from harness.clients.instruments import Holder
 from harness.core import connection, protocols
 from harness.core.connection import CLOSED, READY, VERIFYING, Connection
-from harness.core.protocols import HOLD_VERIFY_S
+from harness.core.protocol_base import HOLD_VERIFY_S
 
 
 class Recorder(Connection):

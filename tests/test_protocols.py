@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.core import protocols
-from harness.core.protocols import EVIDENCE_BYTES, make
+from harness.core.protocol_base import EVIDENCE_BYTES, MAX_REPLY_BYTES
+from harness.core.protocols import make
 
 
 def feed_in_chunks(parser, data: bytes, cuts: list[int]) -> tuple[int, str | None]:
@@ -158,7 +159,7 @@ def test_a_reply_nobody_asked_for_and_one_that_never_ends_are_named():
     assert parser.feed(b"+PONG\r\n") == (0, "unasked")
     parser = make("line", send="x", expect="y").parser()
     parser.sent(b"x")
-    assert parser.feed(b"y" * (protocols.MAX_REPLY_BYTES + 1)) == (0, "too-long")
+    assert parser.feed(b"y" * (MAX_REPLY_BYTES + 1)) == (0, "too-long")
 
 
 def test_unknown_protocol_is_refused():

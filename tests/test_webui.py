@@ -219,3 +219,47 @@ def _reachable(base: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_the_forms_protocol_reaches_the_workers_and_the_runs_record(tmp_path, outside, monkeypatch):
+    """`harness ui --target` started speaking echo; the start form asks for WebSocket: every
+    connection of that test upgrades (the workers make their protocol again as a test starts), and
+    the test's run.json records what it spoke. The form refuses what the harness's own servers
+    cannot speak."""
+    from harness.run.cluster import free_port
+    from tests.helpers import wait_until
+    from tests.test_protocol_servers import NODE, NODE_PATH, WS_ECHO
+
+    monkeypatch.setenv("NODE_PATH", NODE_PATH)
+    server = outside([NODE, WS_ECHO, "127.0.0.1", "0"])
+    web_port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--target", f"127.0.0.1:{server.port}",
+                           "--protocol", "echo", "--web-port", str(web_port), "--workers", "1", "--out", str(tmp_path)],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{web_port}"
+    try:
+        wait_until(lambda: _reachable(base) and _held(base)["totals"]["workers"] == 1, 30, "the worker reporting",
+                   every=0.5)
+        _post(base, "/swarm", user_count=100, spawn_rate=1000, hold=1, protocol="websocket", ws_mode="ping")
+        status = wait_until(lambda: (s := _held(base))["test"] == 1 and s["stopped_by"] == "target" and s, 30,
+                            "the WebSocket test reaching 100", every=0.5)
+        assert status["totals"]["stages"] == {"ws-upgrade": 100} and status["totals"]["connects_failed"] == {}
+        run = wait_until(lambda: next(tmp_path.glob("*/run.json"), None), 30, "the test's run.json", every=0.5)
+    finally:
+        os.killpg(ui.pid, signal.SIGINT)
+        code = ui.wait(30)
+    doc = load(run.parent)
+    assert doc["config"]["protocol"] == "websocket" and doc["config"]["ws_mode"] == "ping"
+    assert doc["connects"]["stages"] == {"ws-upgrade": 100} and doc["peak_connections"] == 100
+    assert code == 0, ui.stderr.read()
+
+
+def test_the_form_refuses_a_protocol_or_tls_the_harnesss_own_servers_do_not_speak():
+    from scenarios import webui
+
+    webui.STARTED.update(own_servers=True, tls=False)
+    assert "choose echo or hold" in webui.form_error({"protocol": "mqtt"})
+    assert "started without TLS" in webui.form_error({"protocol": "echo", "tls": "true"})
+    assert webui.form_error({"protocol": "hold", "tls": "false"}) is None
+    webui.STARTED.update(own_servers=False)
+    assert webui.form_error({"protocol": "mqtt", "tls": "true"}) is None  # a target speaks what it speaks

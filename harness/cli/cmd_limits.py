@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_fd_limit(p)
     p.add_argument("--target", default=None, metavar="HOST:PORT",
                    help="a server the harness does not start: its processes' limits and predicted cap")
+    p.add_argument("--tls", action="store_true",
+                   help="plan TLS connections: each costs the backend and the clients more memory (docs/tls.md)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--hosts", action="store_true", help="also each test host's own limits (harness hosts up)")
 
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     error = planning.fd_limit_error("--fd-limit", args.fd_limit, limits)
     if error:
         raise UsageError(error)
-    plan = planning.plan(limits, args.connections, backend=args.backend, fd_limit=args.fd_limit)
+    plan = planning.plan(limits, args.connections, backend=args.backend, fd_limit=args.fd_limit, tls=args.tls)
     print(json.dumps({"limits": limits, "plan": plan.as_dict()}, indent=2) if args.json else format_limits(limits, plan))
     return 0
 
@@ -73,7 +75,7 @@ def _of_target(args: argparse.Namespace, limits: dict) -> int:
         raise UsageError(str(exc)) from None
     procs = listeners.listeners(port) if is_local(host) else []
     predicted = predicted_cap(procs) if procs else None
-    plan = planning.plan_target(limits, args.connections, local=is_local(host), target_room=predicted)
+    plan = planning.plan_target(limits, args.connections, local=is_local(host), target_room=predicted, tls=args.tls)
     if args.json:
         print(json.dumps({"target": {"host": host, "port": port}, "processes": procs, "predicted_cap": predicted,
                           "plan": plan.as_dict()}, indent=2))

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from harness.core.backends import BACKENDS, SELECTORS, SHARE_MODES
+from harness.core.mqtt import MAX_KEEPALIVE
 from harness.core.options import BY_NAME
 from harness.core.protocols import PROTOCOLS
 from harness.core.refusal import Refused
+from harness.core.websocket import WS_MODES
 from harness.core.words import ECHO_MODES, USER_MODES
 from harness.run.config import MAX
 
@@ -181,14 +183,31 @@ def add_target_options(p: argparse.ArgumentParser) -> None:
                         "--allow-non-loopback; an IPv6 address in brackets); needs --protocol")
     p.add_argument("--protocol", choices=PROTOCOLS, default=None,
                    help="what the target speaks: echo (byte for byte), hold (connect and hold), line (--send, "
-                        "--expect), redis (PING), http (GET --path); default echo for the harness's own servers")
+                        "--expect), redis (PING), http (GET --path), websocket (an upgrade, then echoes or pings), "
+                        "mqtt (CONNECT, then pings or --mqtt-echo); default echo for the harness's own servers")
     p.add_argument("--send", default="", help=_help("send"))
     p.add_argument("--expect", default="", help="line: what the reply starts with, e.g. 'VERSION '")
-    p.add_argument("--path", default="/", help="http: the path to GET (default /)")
+    p.add_argument("--path", default="/", help="http, websocket: the path to request (default /)")
+    add_protocol_options(p)
     p.add_argument("--source-addresses", type=addresses, default=None,
                    help="every Locust worker binds these (default: 127.0.i+1.2 … per worker, planned)")
     p.add_argument("--allow-non-loopback", action="store_true",
                    help="allow a --target outside 127.0.0.0/8 (only a host that is yours to load)")
+
+
+def add_protocol_options(p: argparse.ArgumentParser) -> None:
+    """WebSocket's and MQTT's own flags (`harness.core.websocket`, `harness.core.mqtt`)."""
+    p.add_argument("--header", action="append", default=None, metavar="NAME:VALUE", help=_help("header"))
+    p.add_argument("--subprotocol", default="", help=_help("subprotocol"))
+    p.add_argument("--ws-mode", choices=WS_MODES, default="echo", help=_help("ws_mode"))
+    p.add_argument("--client-id-prefix", default="fdcap-", help=_help("client_id_prefix"))
+    p.add_argument("--keepalive", type=ranged(int, 0, MAX_KEEPALIVE, "{value} s: use 0 (none) to 65,535"),
+                   default=None, help="mqtt: the keep-alive the CONNECT asks for, seconds (default: planned, longer "
+                   "than the ramp and a request interval, so the broker closes no connection idle while the ramp "
+                   "goes on; 0: none)")
+    p.add_argument("--username", default="", help=_help("username"))
+    p.add_argument("--password", default="", help=_help("password"))
+    p.add_argument("--mqtt-echo", action="store_true", help=_help("mqtt_echo"))
 
 
 def add_tls_options(p: argparse.ArgumentParser, server: bool = True) -> None:

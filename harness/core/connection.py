@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from harness.core.protocols import HOLD_VERIFY_S, Parser, Protocol
+from harness.core.protocol_base import HOLD_VERIFY_S, Parser, Protocol
 from harness.core.words import EOF_NAME, TIMEOUT
 
 CONNECTING, SECURING, OPENING, VERIFYING, READY, CLOSED = range(6)
@@ -126,7 +126,7 @@ class Connection:
 
     def request(self, now: float, intended: float | None, timeout: float) -> bytes:
         """A periodic request (the adapter's schedule says when): its bytes, with its reply owed."""
-        payload = self.protocol.request()
+        payload = self.protocol.request(id(self))
         self._owe(payload, now, intended, timeout)
         return self._wrap(payload)
 
@@ -184,7 +184,7 @@ class Connection:
         opening = self.protocol.opening(id(self))  # unique among the process's live connections
         if opening is not None:
             self.state, self.stage_at = OPENING, now
-            self.parser = self.protocol.opening_parser()
+            self.parser = self.protocol.opening_parser(opening)
             self._ask(now + timeout)
             return self._wrap(opening)
         return self._first_request(now, timeout)
@@ -199,6 +199,7 @@ class Connection:
     def _owe(self, payload: bytes, now: float, intended: float | None, timeout: float) -> None:
         if self.marks is None:
             self.marks = deque()
+        if self.parser is None:  # an idle connection's parser may be part way through unasked bytes
             self.parser = self.protocol.parser()
         self.parser.sent(payload)
         self.marks.append((len(payload), now, intended))
@@ -234,6 +235,6 @@ class Connection:
         if wrong:
             self.fail(wrong)
             return b""
-        if not marks and self.protocol.sends:
+        if not marks and self.protocol.sends and self.parser.idle():
             self.parser = self.marks = None  # an idle connection keeps no parser
         return out

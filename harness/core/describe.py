@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.core.planning import BYTES_PER_CONNECTION, CLIENT_FD_RESERVE, Plan
+from harness.core.planning import CLIENT_FD_RESERVE, Plan
 
 
 def format_limits(limits: dict, p: Plan) -> str:
@@ -33,8 +33,8 @@ def format_limits(limits: dict, p: Plan) -> str:
         f"  client source addresses        {p.source_addresses} ({p.sources_per_worker} per worker: 127.0.i+1.2 …; "
         "all of 127/8 is local)",
         f"  file handles (both ends)       {2 * p.connections:,} of {limits['file_max'] - limits['file_nr']:,} free",
-        f"  memory (~{BYTES_PER_CONNECTION // 1024} KB a connection)    "
-        f"{p.connections * BYTES_PER_CONNECTION / gib:.1f} GiB of {limits['mem_available'] / gib:.1f} GiB available",
+        f"  memory (~{p.connection_bytes // 1024} KB a connection)    "
+        f"{p.connections * p.connection_bytes / gib:.1f} GiB of {limits['mem_available'] / gib:.1f} GiB available",
     ]
     rows += [f"  why: {r}" for r in p.reasons]
     rows.append("  verdict: " + ("; ".join(p.problems) if p.problems else "fits: the fd limit per process, "

@@ -16,7 +16,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from harness.core.backends import FD_SETSIZE, MEMORY_RESERVE_BYTES, SERVER_PROCESS_BYTES, connection_bytes, held_fds
+from harness.core.backends import (
+    FD_SETSIZE,
+    MEMORY_RESERVE_BYTES,
+    SERVER_PROCESS_BYTES,
+    connection_bytes,
+    held_fds,
+)
+from harness.core.mqtt import MAX_KEEPALIVE
 from harness.core.words import WORKER_FD_RESERVE
 
 # One plain connection to the default backend, both ends (the costs by backend and TLS are
@@ -327,6 +334,7 @@ def proof_target(limits: dict, backend: str) -> tuple[int, str]:
 REQUESTS_PER_S_PER_CORE = 10_000
 DEFAULT_ECHO_INTERVAL = 5.0
 DEFAULT_ECHO_TIMEOUT = 10.0
+MQTT_KEEPALIVE = 300  # an MQTT run's keep-alive where the ramp is shorter (emqtt-bench's default)
 # A connect or a reply waits its turn behind every other load process on its core: the default
 # timeout holds up to this many load processes per core, and grows in step beyond.
 PROCESSES_PER_CORE_IN_TIMEOUT = 30
@@ -360,3 +368,18 @@ def timing(limits: dict, connections: int, load_processes: int, echo_timeout: fl
                            f"{per_core:.0f} a core, each waiting its turn; {DEFAULT_ECHO_TIMEOUT:g} s holds "
                            f"{PROCESSES_PER_CORE_IN_TIMEOUT} a core")
     return Timing(echo_interval, echo_timeout, reasons)
+
+
+def mqtt_keepalive(given: int | None, ramp_seconds: float, echo_interval: float) -> tuple[int | None, str]:
+    """The keep-alive an MQTT run's CONNECTs ask for, and why; (None, the refusal) where the one
+    given cannot work. A broker closes a connection silent for 1.5 keep-alives (MQTT 3.1.1 section
+    3.1.2.10), and a connection made early in the ramp is silent until the hold's first request."""
+    if given is None:
+        keepalive = min(MAX_KEEPALIVE, max(MQTT_KEEPALIVE, math.ceil(ramp_seconds + 2 * echo_interval)))
+        return keepalive, (f"--keepalive {keepalive} s: longer than the ramp's bound ({ramp_seconds:g} s) and two "
+                           "request intervals, so the broker closes no connection that waits for the hold"
+                           if keepalive > MQTT_KEEPALIVE else "")
+    if given and given * 1.5 < echo_interval:
+        return None, (f"--keepalive {given}: the broker closes a connection silent for {given * 1.5:g} s, and "
+                      f"requests come every {echo_interval:g} s; raise --keepalive or lower --echo-interval")
+    return given, ""

@@ -1,12 +1,6 @@
-"""The request-reply protocols a run speaks to its target, sans-I/O: no socket is touched here.
-
-A `Protocol` says what bytes one request is; its `parser()` is fed the bytes that come back, in
-any chunking, and says after each feed how many replies were completed (in order: requests may be
-pipelined) and, if the next one is wrong, why, in one short word that Locust can group failures
-by. The bytes a wrong reply began with, or bytes that came unasked for, are kept word for word (the
-first EVIDENCE_BYTES) as `parser.evidence`: "-ERR max number of clients reached" says more than EOF.
-The driver and greenlet user modes (`scenarios/`) and the lean clients (`harness.clients`) all use
-these, so "a good reply" means one thing everywhere.
+"""The request-reply protocols a run speaks to its target, sans-I/O (their contract:
+`harness.core.protocol_base`). The driver and greenlet user modes (`scenarios/`) and the lean
+clients (`harness.clients`) all use these, so "a good reply" means one thing everywhere.
 
 - echo: a random payload, echoed byte for byte ("mismatch" otherwise: wrong bytes or bytes
   nobody asked for).
@@ -19,6 +13,10 @@ these, so "a good reply" means one thing everywhere.
 - http: an HTTP/1.1 keep-alive GET of `path`; a whole response (Content-Length, chunked, or none
   for 1xx/204/304) with a status below 400 ("http-503" and so on otherwise; "bad-response" for
   bytes that are not HTTP).
+- websocket: an HTTP/1.1 upgrade, then masked frames echoed back or pings answered by pongs
+  (`harness.core.websocket`).
+- mqtt: CONNECT and its CONNACK, then PINGREQ/PINGRESP, or a PUBLISH to the connection's own topic
+  that the broker sends back (`harness.core.mqtt`).
 """
 
 from __future__ import annotations
@@ -26,90 +24,16 @@ from __future__ import annotations
 import random
 from collections import deque
 
-EVIDENCE_BYTES = 200
-# hold: a connection counts as verified once it has stayed open this long (a target at its limit
-# often accepts and closes at once)
-HOLD_VERIFY_S = 0.5
-PROTOCOLS = ("echo", "hold", "line", "redis", "http")
-MAX_REPLY_BYTES = 1 << 20  # a reply longer than this is refused as "too-long" (nothing grows unbounded)
+from harness.core import mqtt, websocket
+from harness.core.protocol_base import (
+    EVIDENCE_BYTES,
+    Parser,
+    Protocol,
+    http_head,
+    unescape,
+)
 
-
-class Parser:
-    """Replies to the requests `sent` so far, fed the bytes that come back."""
-
-    __slots__ = ("buf", "pending", "evidence")
-    # Bytes the protocol must send back unasked (a WebSocket pong to the server's ping); a parser
-    # that ever has some keeps them in an `outgoing` slot of its own.
-    outgoing = b""
-
-    def __init__(self) -> None:
-        self.buf = b""  # received, not yet a whole reply
-        self.pending = 0  # requests sent and not yet answered
-        self.evidence = b""
-
-    def sent(self, request: bytes) -> None:
-        self.pending += 1
-
-    def feed(self, data: bytes) -> tuple[int, str | None]:
-        """(replies completed by `data`, why the next reply is wrong or None)."""
-        self.buf += data
-        done = 0
-        while self.buf:
-            size, why = self.reply(self.buf)
-            if why is not None:
-                self.evidence = self.buf[:EVIDENCE_BYTES]
-                return done, why
-            if size == 0:
-                if len(self.buf) > MAX_REPLY_BYTES:
-                    self.evidence = self.buf[:EVIDENCE_BYTES]
-                    return done, "too-long"
-                break
-            if self.pending == 0:  # a whole reply that nobody asked for
-                self.evidence = self.buf[:EVIDENCE_BYTES]
-                return done, "unasked"
-            self.buf = self.buf[size:]
-            self.pending -= 1
-            done += 1
-        return done, None
-
-    def reply(self, buf: bytes) -> tuple[int, str | None]:
-        """The first reply in `buf`: (0, None) if it is not whole yet, (size, None) if whole and
-        good, (_, why) if wrong."""
-        raise NotImplementedError
-
-    def leftover(self) -> bytes:
-        """What came and was not a whole reply: evidence when the target closes."""
-        return self.evidence or self.buf[:EVIDENCE_BYTES]
-
-    def rest(self) -> bytes:
-        """An opening's parser: the bytes that came after the whole opening reply."""
-        return self.buf
-
-    def take_outgoing(self) -> bytes:
-        out, self.outgoing = self.outgoing, b""
-        return out
-
-
-class Protocol:
-    name = ""
-    sends = True  # False: the connection is held without requests
-    opening_stage = ""  # the name of the opening exchange's stage, where the protocol has one
-
-    def request(self) -> bytes:
-        raise NotImplementedError
-
-    def parser(self) -> Parser:
-        raise NotImplementedError
-
-    def opening(self, unique: int) -> bytes | None:
-        """What a connection sends before its first request (an upgrade, a CONNECT), or None;
-        `unique` tells it from the process's other live connections (an MQTT client id)."""
-        return None
-
-    def opening_parser(self) -> Parser:
-        """The parser of the opening's reply: done (1) once it came whole and right."""
-        raise NotImplementedError
-
+PROTOCOLS = ("echo", "hold", "line", "redis", "http", "websocket", "mqtt")
 
 # -- echo --------------------------------------------------------------------------------------
 class EchoParser(Parser):
@@ -158,7 +82,7 @@ class Echo(Protocol):
     def __init__(self, size: int = 64) -> None:
         self.size = size
 
-    def request(self) -> bytes:
+    def request(self, unique: int = 0) -> bytes:
         # unpredictable enough to catch a wrong or stale echo, and no getrandom(2) per echo
         return random.randbytes(self.size)
 
@@ -180,7 +104,7 @@ class Hold(Protocol):
     name = "hold"
     sends = False
 
-    def request(self) -> bytes:
+    def request(self, unique: int = 0) -> bytes:
         return b""
 
     def parser(self) -> Parser:
@@ -210,7 +134,7 @@ class Line(Protocol):
             raise ValueError("the line protocol needs --send, e.g. --send 'version\\r\\n'")
         self.send, self.expect = send, expect
 
-    def request(self) -> bytes:
+    def request(self, unique: int = 0) -> bytes:
         return self.send
 
     def parser(self) -> Parser:
@@ -262,7 +186,7 @@ class Redis(Protocol):
     name = "redis"
     PING = b"*1\r\n$4\r\nPING\r\n"
 
-    def request(self) -> bytes:
+    def request(self, unique: int = 0) -> bytes:
         return self.PING
 
     def parser(self) -> Parser:
@@ -273,43 +197,34 @@ class Redis(Protocol):
 def http_response(buf: bytes) -> tuple[int, int]:
     """(end offset of the whole response, status) of the HTTP/1.1 response starting `buf`; end 0
     if it is not whole yet; ValueError if it is not HTTP."""
-    first_end = buf.find(b"\r\n")
-    if first_end < 0:
-        return 0, 0  # judged once the status line is whole, so the evidence is the whole line
-    parts = buf[:first_end].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise ValueError("not HTTP")
-    status = int(parts[1])
-    head_end = buf.find(b"\r\n\r\n")
-    if head_end < 0:
+    body, status, headers = http_head(buf)
+    if not body:
         return 0, status
-    lines = buf[:head_end].split(b"\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip().lower()
-    body = head_end + 4
     if status < 200 or status in (204, 304):
         return body, status
-    if b"chunked" in headers.get(b"transfer-encoding", b""):
-        at = body
-        while True:
-            size_end = buf.find(b"\r\n", at)
-            if size_end < 0:
-                return 0, status
-            size = int(buf[at:size_end].split(b";")[0], 16)
-            if size == 0:
-                trailer_end = buf.find(b"\r\n\r\n", size_end)
-                if buf[size_end:size_end + 4] == b"\r\n\r\n":
-                    return size_end + 4, status
-                return (trailer_end + 4, status) if trailer_end >= 0 else (0, status)
-            at = size_end + 2 + size + 2
-            if len(buf) < at:
-                return 0, status
+    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        return _chunked_end(buf, body), status
     if b"content-length" in headers:
         end = body + int(headers[b"content-length"])
-        return (end, status) if len(buf) >= end else (0, status)
+        return (end if len(buf) >= end else 0), status
     raise ValueError("no length: the body runs to the close, so the connection cannot be kept")
+
+
+def _chunked_end(buf: bytes, at: int) -> int:
+    """The end of a chunked body starting at `at` (with its trailer), 0 if it is not whole yet."""
+    while True:
+        size_end = buf.find(b"\r\n", at)
+        if size_end < 0:
+            return 0
+        size = int(buf[at:size_end].split(b";")[0], 16)
+        if size == 0:
+            if buf[size_end:size_end + 4] == b"\r\n\r\n":
+                return size_end + 4
+            trailer_end = buf.find(b"\r\n\r\n", size_end)
+            return trailer_end + 4 if trailer_end >= 0 else 0
+        at = size_end + 2 + size + 2
+        if len(buf) < at:
+            return 0
 
 
 class HttpParser(Parser):
@@ -334,7 +249,7 @@ class Http(Protocol):
         self.bytes = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n"
                       "User-Agent: fdcap-harness\r\n\r\n").encode()
 
-    def request(self) -> bytes:
+    def request(self, unique: int = 0) -> bytes:
         return self.bytes
 
     def parser(self) -> Parser:
@@ -342,9 +257,12 @@ class Http(Protocol):
 
 
 def make(name: str, *, payload_size: int = 64, send: str = "", expect: str = "", host: str = "",
-         path: str = "/") -> Protocol:
+         path: str = "/", headers: tuple[str, ...] = (), subprotocol: str = "", ws_mode: str = "echo",
+         identity: str = "", keepalive: int = 0, username: str = "", password: str = "",
+         mqtt_echo: bool = False) -> Protocol:
     """The protocol `name` with its options (as the command line gives them; `send` and `expect`
-    take backslash escapes such as \\r\\n)."""
+    take backslash escapes such as \\r\\n). `identity` tells this process from the others that load
+    the same target (an MQTT client id must be unique at the broker)."""
     if name == "echo":
         return Echo(payload_size)
     if name == "hold":
@@ -355,23 +273,23 @@ def make(name: str, *, payload_size: int = 64, send: str = "", expect: str = "",
         return Redis()
     if name == "http":
         return Http(host or "localhost", path)
+    if name == "websocket":
+        return websocket.WebSocket(host or "localhost", path, headers, subprotocol, ws_mode, payload_size)
+    if name == "mqtt":
+        return mqtt.Mqtt(identity, keepalive, username, password, mqtt_echo, payload_size)
     raise ValueError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
 
 
-def from_options(opts, host: str | None) -> Protocol:
+def from_options(opts, host: str | None, identity: str = "") -> Protocol:
     """The run's protocol from Locust's parsed options (--protocol, --payload-size, --send,
-    --expect, --path) and the target's address (the HTTP Host header)."""
+    --expect, --path, --header, --subprotocol, --ws-mode, --client-id-prefix, --keepalive,
+    --username, --password, --mqtt-echo) and the target's address (the HTTP Host header)."""
     address = host.split("://", 1)[-1].rstrip("/") if host else ""
+    headers = tuple(getattr(opts, "header", None) or ())
     return make(getattr(opts, "protocol", "echo"), payload_size=getattr(opts, "payload_size", 64),
                 send=getattr(opts, "send", ""), expect=getattr(opts, "expect", ""), host=address,
-                path=getattr(opts, "path", "/"))
-
-
-def unescape(text: str) -> bytes:
-    """'version\\r\\n' as typed on a command line -> b'version\\r\\n'."""
-    return text.encode("latin-1", "backslashreplace").decode("unicode_escape").encode("latin-1")
-
-
-def evidence_text(data: bytes) -> str:
-    """Evidence bytes as text a person can read (and JSON can hold), word for word."""
-    return data[:EVIDENCE_BYTES].decode("utf-8", "backslashreplace")
+                path=getattr(opts, "path", "/"), headers=headers, subprotocol=getattr(opts, "subprotocol", ""),
+                ws_mode=getattr(opts, "ws_mode", "echo"),
+                identity=getattr(opts, "client_id_prefix", "fdcap-") + identity,
+                keepalive=getattr(opts, "keepalive", 0), username=getattr(opts, "username", ""),
+                password=getattr(opts, "password", ""), mqtt_echo=getattr(opts, "mqtt_echo", False))

@@ -170,6 +170,7 @@ class MasterStatus:
     test: int = 0
     locust_state: str | None = None
     connections: int = 0  # the connections the current test ramps to
+    options: dict = field(default_factory=dict)  # the current test's options (the web UI's form may set them)
     phase: str = "starting"
     stopped_by: str | None = None
     shed: bool = False  # the ramp stopped because the target closed connections it had answered

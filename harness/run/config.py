@@ -38,6 +38,14 @@ class RunConfig:
     send: str = ""
     expect: str = ""
     path: str = "/"
+    header: list[str] | None = None  # websocket: the upgrade's own headers, NAME:VALUE
+    subprotocol: str = ""
+    ws_mode: str = "echo"
+    client_id_prefix: str = "fdcap-"
+    keepalive: int | None = None  # mqtt; None: planned (longer than the ramp and an interval)
+    username: str = ""
+    password: str = ""
+    mqtt_echo: bool = False
     source_addresses: list[str] | None = None  # every worker binds these (default: planned per worker)
     allow_non_loopback: bool = False
     hosts: int = 0  # --hosts N: make N test hosts for this run (1 server host, N-1 client hosts)

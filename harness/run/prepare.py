@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from harness.core import planning, protocols
@@ -55,6 +55,7 @@ class Prepared:
     max_seconds: float
     echo_timeout: float
     echo_interval: float
+    keepalive: int = 0  # mqtt: the keep-alive each CONNECT asks for
     target: OutsideServer | None = None
     hosts: HostLayout | None = None  # the run across test hosts, if it is one
     master: tuple[str, int] = ("127.0.0.1", 0)  # where the master listens (port 0: a free one)
@@ -71,7 +72,10 @@ class Prepared:
                 "source_addresses": ",".join(cfg.source_addresses) if cfg.source_addresses else None,
                 "allow_non_loopback": cfg.allow_non_loopback, "tls": cfg.tls, "server_name": cfg.server_name,
                 "ca": cfg.ca, "insecure": cfg.insecure, "tls_version": cfg.tls_version, "alpn": cfg.alpn,
-                "tls_resume": cfg.tls_resume, "tls_group": cfg.tls_group}
+                "tls_resume": cfg.tls_resume, "tls_group": cfg.tls_group, "header": cfg.header,
+                "subprotocol": cfg.subprotocol, "ws_mode": cfg.ws_mode, "client_id_prefix": cfg.client_id_prefix,
+                "keepalive": self.keepalive, "username": cfg.username, "password": cfg.password,
+                "mqtt_echo": cfg.mqtt_echo}
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -93,7 +97,10 @@ def check_flags(cfg: RunConfig) -> None:
     """Flags that are wrong, or do not go together, whatever the machine."""
     try:
         backend(cfg.backend)
-        protocols.make(cfg.protocol or "echo", send=cfg.send, expect=cfg.expect, path=cfg.path)
+        protocols.make(cfg.protocol or "echo", send=cfg.send, expect=cfg.expect, path=cfg.path,
+                       headers=tuple(cfg.header or ()), subprotocol=cfg.subprotocol, ws_mode=cfg.ws_mode,
+                       keepalive=cfg.keepalive or 0, username=cfg.username, password=cfg.password,
+                       mqtt_echo=cfg.mqtt_echo)
         hosted.check(cfg)
     except (UnknownBackend, ValueError, hosted.HostedError, LayoutError) as exc:
         raise RunError(str(exc)) from None
@@ -255,14 +262,23 @@ def _finish(cfg: RunConfig, limits: dict, plan: planning.Plan) -> Prepared:
     timing = planning.timing(limits, cfg.connections, plan.server_processes + plan.workers,
                              echo_timeout=cfg.echo_timeout, echo_interval=cfg.echo_interval)
     plan.reasons += timing.reasons  # the plan says which timeout and interval it chose, and why
+    keepalive = 0
+    if cfg.protocol == "mqtt":
+        keepalive, why = planning.mqtt_keepalive(cfg.keepalive, max_seconds, timing.echo_interval)
+        if keepalive is None:
+            raise RunError(why)
+        plan.reasons += [why] if why else []
     return Prepared(cfg, limits, plan, plan.workers, plan.worker_fd_limit, ramp, max_seconds,
-                    timing.echo_timeout, timing.echo_interval)
+                    timing.echo_timeout, timing.echo_interval, keepalive)
 
 
-def replan(prepared: Prepared, connections: int) -> Prepared:
-    """The same run planned for another number of connections (a web UI test's own): what its
-    run.json predicts for it. The plan's refusals do not apply: the test has run."""
-    cfg = replace(prepared.config, connections=connections, fill=False)
+def replan(prepared: Prepared, connections: int, options: dict | None = None) -> Prepared:
+    """The same run planned for another number of connections and the start form's options (a web
+    UI test's own): what its run.json predicts for it. The plan's refusals do not apply: the test
+    has run."""
+    known = {f.name for f in fields(RunConfig)}
+    cfg = replace(prepared.config, connections=connections, fill=False,
+                  **{k: v for k, v in (options or {}).items() if k in known})
     if prepared.target is not None:
         plan = planning.plan_target(prepared.limits, connections, local=prepared.target.local,
                                     target_room=predicted_cap(prepared.target.processes),

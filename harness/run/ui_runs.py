@@ -82,7 +82,7 @@ class UiRuns:
         status = self.own_status
         series = list(self.sampler.series)
         connections = status.connections or max((p["locust_open"] for p in series), default=0) or 1
-        prepared = replan(self.prepared, int(connections))
+        prepared = replan(self.prepared, int(connections), status.options)
         run_dir = self.out / run_dir_name(self.started_at, prepared.config.backend if prepared.target is None
                                           else f"target-{prepared.target.port}", prepared.config.connections)
         run_dir.mkdir(parents=True, exist_ok=True)
