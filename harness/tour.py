@@ -17,7 +17,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from harness.clients.experiments import exhaust_ports, four_tuples, hello, serve_two_ports
+from harness.clients.experiments import (
+    exhaust_ports,
+    four_tuples,
+    hello,
+    serve_two_ports,
+)
 from harness.clients.probe import fill
 from harness.core.backends import ServerConfig
 from harness.run.check import gauges_showing

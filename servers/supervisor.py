@@ -79,7 +79,11 @@ def validate(config: ServerConfig) -> None:
 
 
 def _bind(host: str, port: int, reuseport: bool) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """The listening socket on `host` (an IPv4 or IPv6 address; an IPv6 one takes only IPv6)."""
+    v6 = ":" in host
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
+    if v6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuseport:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -91,7 +95,7 @@ def _bind(host: str, port: int, reuseport: bool) -> socket.socket:
             raise ConfigError(f"port {port} on {host} is already in use; choose another --port "
                               f"or stop the process that holds it (ss -ltnp 'sport = :{port}')") from None
         if exc.errno == errno.EADDRNOTAVAIL:
-            raise ConfigError(f"cannot bind {host}: no such local address; use 127.0.0.1") from None
+            raise ConfigError(f"cannot bind {host}: no such local address; use 127.0.0.1 or ::1") from None
         raise
     return sock
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.helpers import ServerProcess
+from tests.helpers import Outside, ServerProcess
 
 _skipped: list[str] = []
 
@@ -19,6 +19,21 @@ def start_server(tmp_path):
 
     def start(backend: str, *args: str, **kwargs) -> ServerProcess:
         server = ServerProcess(tmp_path, backend, *args, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def outside():
+    """Start servers the harness does not start; each is stopped after the test, whatever happened."""
+    started: list[Outside] = []
+
+    def start(*args, **kwargs) -> Outside:
+        server = Outside(*args, **kwargs)
         started.append(server)
         return server
 

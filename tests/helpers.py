@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import psutil
 
 from harness.core import words
 from harness.system import wire
+from harness.system.procctl import die_with_parent
 from servers.gauges import ROLE_ACCEPTOR, GaugeBoard
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,3 +179,74 @@ def wait_status(directory: Path, predicate, timeout: float = 60, pattern: str = 
 def assert_gone(pids, within: float = 5.0, what: str = "a process of the run outlived it") -> None:
     """Every process in `pids` exits within `within` s (waited for by condition, not by time)."""
     wait_until(lambda: not any(process_alive(p) for p in pids), within, what)
+
+
+# -- servers the harness does not start, and runs against them ---------------------------------
+HARNESS_RUN = [sys.executable, "-m", "harness.cli", "run"]
+QUICK = ["--workers", "1", "--hold", "2", "--echo-timeout", "3", "--echo-interval", "60"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Outside:
+    """A server process the harness does not start: started here, stopped in `stop` whatever happened.
+    Its output goes to a file (a pipe nobody reads would stop a server that logs each client)."""
+
+    def __init__(self, cmd: list[str], port: int | None = None, prlimit_nofile: int | None = None) -> None:
+        if prlimit_nofile:
+            cmd = ["prlimit", f"--nofile={prlimit_nofile}:{prlimit_nofile}", *cmd]
+        self.log = tempfile.NamedTemporaryFile(prefix="outside-", suffix=".log", delete=False)
+        # It dies with this test process even if pytest itself is killed (PR_SET_PDEATHSIG survives exec).
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True, preexec_fn=die_with_parent)
+        if port is None:  # it says where it listens
+            line = wait_until(lambda: self._said("listening on") or self.proc.poll() is not None and "exited", 10,
+                              f"{cmd[0]} saying where it listens")
+            assert line.startswith("listening on"), self.output()
+            port = int(line.split()[2].rsplit(":", 1)[1])
+        self.port = port
+        wait_until(lambda: _accepts(port), 10, f"{cmd[0]} listening on {port}")
+
+    def _said(self, start: str) -> str | None:
+        return next((line for line in self.output().splitlines() if line.startswith(start)), None)
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        finally:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+            self.log.close()
+            Path(self.log.name).unlink(missing_ok=True)  # stopped twice: by the test, then its fixture
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def target_run(tmp_path: Path, port: int, *args: str, timeout: float = 150) -> tuple[int, dict, str]:
+    result = subprocess.run([*HARNESS_RUN, "--target", f"127.0.0.1:{port}", *QUICK, "--out", str(tmp_path), "--json",
+                             *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.stdout, result.stderr
+    return result.returncode, json.loads(result.stdout), result.stderr
+
+
+def within_1_percent(measured: int, predicted: int) -> bool:
+    return abs(measured - predicted) <= 0.01 * predicted

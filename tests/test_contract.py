@@ -18,7 +18,14 @@ import pytest
 
 from harness.clients.probe import fill
 from harness.core.backends import BACKENDS, SHARE_MODES
-from tests.helpers import ServerProcess, assert_gone, connect, echo, recv_exactly, served_or_answered
+from tests.helpers import (
+    ServerProcess,
+    assert_gone,
+    connect,
+    echo,
+    recv_exactly,
+    served_or_answered,
+)
 
 FD_LIMIT = 256
 # Two processes in every share mode: each process's cap is checked exactly, and together they must

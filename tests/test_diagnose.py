@@ -107,7 +107,41 @@ def test_an_accept_queue_that_overflowed():
                                     kernel_after={"listen": [{"queued": 0, "backlog": 16, "local": "127.0.0.1:80"}]}))
     assert alone.limit == "timeouts"
     assert d.evidence[:2] == ["TcpExt ListenOverflows +37, ListenDrops +37 during the run (/proc/net/netstat)",
-                                 "accept queue of 127.0.0.1:80: 17 waiting of a backlog of 16 (ss -ltn)"]
+                                 "accept queue of 127.0.0.1:80 at the end: 17 waiting of a backlog of 16 (ss -ltn)"]
+
+
+def test_a_target_that_stops_accepting_with_fds_to_spare_is_its_own_limit():
+    """HAProxy at its maxconn pauses its listener: the accept queue fills while the ramp goes on
+    (read at the run's counts; it drains once the run closes its connections)."""
+    haproxy = [proc(40, "haproxy", 609, 20_000, before=9, gained=600)]
+    peak = {"queued": 301, "backlog": 300, "local": "127.0.0.1:8080", "t": 2.1}
+    d = diagnose.diagnose(evidence(connects_failed={"timeout": 400}, held=300, processes=haproxy, accept_queue=peak,
+                                kernel_deltas={"ListenOverflows": 297, "ListenDrops": 297},
+                                kernel_after={"listen": [{"queued": 0, "backlog": 300, "local": "127.0.0.1:8080"}]}))
+    assert (d.limit, d.cause) == ("target's own connection limit", diagnose.STOPPED_ACCEPTING)
+    assert d.summary.startswith("the target's own connection limit (it stopped accepting at 300): haproxy")
+    assert "maxconn" in d.fix and "accept queue of 127.0.0.1:8080 at 2.1 s: 301 waiting of a backlog of 300 (ss -ltn)" \
+        in d.evidence
+    never = diagnose.diagnose(evidence(connects_failed={"timeout": 80}, held=0, processes=haproxy, accept_queue=peak))
+    assert never.limit == "accept queue"  # it never accepted: stuck, not a limit of its own
+
+
+def test_a_proxy_at_its_fd_limit_is_predicted_at_the_fds_a_connection_costs_it():
+    haproxy = [proc(40, "haproxy", 593, 600, before=7, gained=586)]  # maxconn from ulimit -n: 7 fds kept back
+    serving = {"costs": {"fds": 2.0, "rss_bytes": 3400.0}, "prediction": None}
+    d = diagnose.diagnose(evidence(connects_failed={"timeout": 400}, held=293, processes=haproxy, serving=serving))
+    assert d.limit == "target fd limit" and "2 fds a connection" in d.summary and d.predicted_cap == (600 - 7) // 2
+    one_fd = diagnose.diagnose(evidence(connects_failed={"timeout": 400}, held=293, processes=haproxy))
+    assert one_fd.limit != "target fd limit"  # at one fd a connection, 593 of 600 is not its limit
+
+
+def test_a_full_conntrack_table_is_named_with_its_drops():
+    before = {"netstat": {}, "conntrack": {"count": 3, "max": 300, "drop": 0, "early_drop": 0}}
+    after = {"netstat": {}, "listen": [], "conntrack": {"count": 300, "max": 300, "drop": 112, "early_drop": 0}}
+    d = diagnose.diagnose(evidence(connects_failed={"timeout": 200}, held=297, kernel_before=before,
+                                kernel_after=after, server_host="t1-1"))
+    assert (d.limit, d.cause) == ("conntrack table", diagnose.CONNTRACK) and "dropped 112" in d.summary
+    assert "in server host t1-1" in d.summary and "nf_conntrack_max" in d.fix
 
 
 def test_a_run_at_its_target_gets_the_next_limit_and_its_distance():

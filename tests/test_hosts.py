@@ -212,6 +212,45 @@ def test_a_run_across_two_worker_hosts_and_a_worker_joining_from_a_third(tmp_pat
     assert _left(prefix) == []
 
 
+CONNTRACK_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
+# A stateful firewall, as a server's machine often has: every connection is a conntrack entry.
+STATEFUL_RULES = """table inet fdcap_ct {
+  chain input { type filter hook input priority 0; policy accept; ct state established,related,new accept; }
+}"""
+
+
+@needs_net_admin
+def test_a_full_conntrack_table_in_the_server_host_is_named_with_its_drops(tmp_path):
+    """A stateful rule in the server host, and the table's max at 300: the kernel drops the SYNs
+    past it ("nf_conntrack: table full, dropping packet"), the clients' connects time out, and the
+    diagnosis names the table, its count and its drops, read in that host."""
+    prefix = _prefix()
+    with open(CONNTRACK_MAX) as f:
+        saved = f.read().strip()
+    with open("/proc/sys/net/netfilter/nf_conntrack_count") as f:
+        # the max is the machine's: lowered only where nothing outside the test's host tracks connections
+        assert int(f.read()) == 0, "connections are tracked outside the test's hosts here; lowering the max is unsafe"
+    try:
+        netns.up(2, prefix)
+        subprocess.run(["ip", "netns", "exec", f"{prefix}-1", "nft", "-f", "-"], input=STATEFUL_RULES, text=True,
+                       check=True)
+        with open(CONNTRACK_MAX, "w") as f:
+            f.write("300")
+        done = _harness("run", "--server-host", f"{prefix}-1", "--worker-hosts", f"{prefix}-2", "--connections", "500",
+                        "--hold", "1", "--echo-timeout", "3", "--out", str(tmp_path), "--json")
+    finally:
+        with open(CONNTRACK_MAX, "w") as f:
+            f.write(saved)
+        netns.down(prefix)
+    doc = json.loads(done.stdout)
+    d = doc["diagnosis"]
+    assert (d["limit"], d["cause"]) == ("conntrack table", "conntrack"), d
+    assert f"in server host {prefix}-1" in d["summary"] and "of 300 entries" in d["summary"]
+    assert 250 <= doc["peak_connections"] <= 300 and doc["connects"]["failed"].get("timeout", 0) > 0
+    assert any(line.startswith("nf_conntrack_count ") and "of nf_conntrack_max 300" in line for line in d["evidence"])
+    assert "nf_conntrack_max" in d["fix"] and _left(prefix) == []
+
+
 @needs_net_admin
 def test_a_run_with_hosts_of_its_own_removes_them_and_rides_out_faults_on_the_links(tmp_path):
     """--hosts 3 --loss 1% --rate 50mbit --link-down 5: 1% of each client host's TCP packets

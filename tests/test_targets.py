@@ -10,87 +10,25 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 from markupsafe import escape  # what the report's template escapes with
 
 from harness.report.page import build
-from harness.system.procctl import die_with_parent
-from tests.helpers import ROOT, wait_status, wait_until
+from tests.helpers import (
+    HARNESS_RUN,
+    ROOT,
+    free_port,
+    target_run,
+    wait_status,
+    wait_until,
+    within_1_percent,
+)
 
-HARNESS = [sys.executable, "-m", "harness.cli", "run"]
-QUICK = ["--workers", "1", "--hold", "2", "--echo-timeout", "3", "--echo-interval", "60"]
 NGINX, REDIS = shutil.which("nginx") or "/usr/sbin/nginx", shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Outside:
-    """A server process the harness does not start: started here, stopped in `stop` whatever happened."""
-
-    def __init__(self, cmd: list[str], port: int | None = None, prlimit_nofile: int | None = None) -> None:
-        if prlimit_nofile:
-            cmd = ["prlimit", f"--nofile={prlimit_nofile}:{prlimit_nofile}", *cmd]
-        # It dies with this test process even if pytest itself is killed (PR_SET_PDEATHSIG survives exec).
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True, preexec_fn=die_with_parent)
-        if port is None:  # it says where it listens
-            line = self.proc.stdout.readline()
-            assert line.startswith("listening on"), line
-            port = int(line.split()[2].rsplit(":", 1)[1])
-        self.port = port
-        wait_until(lambda: _accepts(port), 10, f"{cmd[0]} listening on {port}")
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        finally:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def outside():
-    started: list[Outside] = []
-
-    def start(*args, **kwargs) -> Outside:
-        server = Outside(*args, **kwargs)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def target_run(tmp_path: Path, port: int, *args: str, timeout: float = 150) -> tuple[int, dict, str]:
-    result = subprocess.run([*HARNESS, "--target", f"127.0.0.1:{port}", *QUICK, "--out", str(tmp_path), "--json",
-                             *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert result.stdout, result.stderr
-    return result.returncode, json.loads(result.stdout), result.stderr
 
 
 def redis(port: int, *args: str) -> list[str]:
@@ -116,10 +54,6 @@ http {{
 }}
 """)
     return [NGINX, "-p", str(tmp_path), "-c", str(conf)]
-
-
-def within_1_percent(measured: int, predicted: int) -> bool:
-    return abs(measured - predicted) <= 0.01 * predicted
 
 
 # -- the limit that stopped a real server ------------------------------------------------------
@@ -247,7 +181,7 @@ def test_a_target_that_never_reads_is_bounded_by_the_echo_timeout(tmp_path, outs
 
 def test_a_target_restarted_mid_run_is_a_fault_with_the_connections_it_dropped(tmp_path, outside):
     server = outside([sys.executable, "-m", "servers", "asyncio", "--port", "0", "--interval", "3600"])
-    proc = subprocess.Popen([*HARNESS, "--target", f"127.0.0.1:{server.port}", "--protocol", "echo",
+    proc = subprocess.Popen([*HARNESS_RUN, "--target", f"127.0.0.1:{server.port}", "--protocol", "echo",
                              "--connections", "100", "--workers", "1", "--hold", "6", "--echo-interval", "0.5",
                              "--out", str(tmp_path), "--json"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -280,7 +214,7 @@ def test_greenlet_users_speak_the_same_protocols_and_keep_the_same_evidence(tmp_
 def test_the_hold_protocol_holds_with_no_payload_and_notices_the_servers_close(tmp_path):
     from harness.core.backends import BACKENDS
 
-    result = subprocess.run([*HARNESS, "--backend", "selectors", "--connections", "300", "--fd-limit", "256",
+    result = subprocess.run([*HARNESS_RUN, "--backend", "selectors", "--connections", "300", "--fd-limit", "256",
                              "--protocol", "hold", "--processes", "1", "--workers", "1", "--hold", "1", "--port", "0",
                              "--out", str(tmp_path), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

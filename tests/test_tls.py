@@ -184,4 +184,5 @@ def test_a_target_the_oom_killer_ends_is_a_fault_named_memory(tmp_path, cert, me
     assert "killed by the OOM killer" in killed["what"] and killed["connections_lost"] > 100
     assert doc["diagnosis"]["limit"] == "memory" and doc["diagnosis"]["cause"] == "memory"
     assert out.returncode == 1  # a fault the run did not plan
-    assert 200_000 < doc["serving"]["costs"]["rss_bytes"] < 400_000  # asyncio's TLS, per connection
+    # asyncio's TLS, per connection (~290 KB; handshakes in flight as the ramp goes add theirs)
+    assert 200_000 < doc["serving"]["costs"]["rss_bytes"] < 600_000

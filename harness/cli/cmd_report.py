@@ -16,7 +16,9 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def report(args: argparse.Namespace) -> int:
-    from harness.report.page import build  # matplotlib: only for the subcommands that draw
+    from harness.report.page import (
+        build,  # matplotlib: only for the subcommands that draw
+    )
 
     start = time.monotonic()
     out = Path(args.out) if args.out else Path(args.paths[0]).with_suffix("") / "report"

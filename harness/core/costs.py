@@ -91,25 +91,29 @@ def ready_to_predict(points: list[dict], target: int) -> bool:
     return len(points) >= MIN_POINTS and max(held) - min(held) >= max(MIN_SPAN, target // 20)
 
 
-def predict(costs: Costs, now: dict, limits: dict, client_bytes: int, held: int, t: float) -> Prediction:
-    """The caps the costs meet, from the server's state `now` (its processes' fds and fd limits,
-    threads, RSS, virtual and data sizes and their limits, cgroup limits) and the machine's limits;
-    `client_bytes`: what each connection costs this machine besides the server (the load and the
-    kernel, both ends on this machine)."""
+def predict(costs: Costs, base: dict, limits: dict, client_bytes: int, held: int, t: float) -> Prediction:
+    """The caps the costs meet, from the server's room before the load (`base`: its processes' fd
+    room under their fd limits, room under their cgroup's memory.max and pids.max, RLIMIT_AS and
+    RLIMIT_DATA, and the machine's threads) and the machine's (`limits["mem_available"]`: MemAvailable
+    then, less the reserve kept free); `client_bytes`: what each connection costs this machine
+    besides the server (the load and the kernel, both ends here). Each cap is that room over the
+    cost per connection, so it does not lean on a count of what is held now (a target's accept queue
+    holds connections the kernel counts and the target never took). `held` and `t` say when the
+    prediction was made."""
     caps: dict[str, int] = {}
 
     def room(name: str, left: float | None, per: float | None) -> None:
         if left is not None and per and per > 1e-9:
-            caps[name] = held + max(0, int(left / per))
+            caps[name] = max(0, int(left / per))
 
-    room("fd limit", now.get("fd_room"), costs.fds)
-    room("memory (MemAvailable)", limits.get("mem_available_now"),
+    room("fd limit", base.get("fd_room"), costs.fds)
+    room("memory (MemAvailable)", limits.get("mem_available"),
          (costs.rss_bytes or 0) + client_bytes if costs.rss_bytes is not None else None)
-    room("memory (cgroup memory.max)", now.get("cgroup_room"), costs.rss_bytes)
-    room("memory (RLIMIT_AS)", now.get("as_room"), costs.vsz_bytes)
-    room("memory (RLIMIT_DATA)", now.get("data_room"), costs.data_bytes)
-    room("threads (pid_max, threads-max)", now.get("thread_room"), costs.threads)
-    room("threads (cgroup pids.max)", now.get("pids_room"), costs.threads)
+    room("memory (cgroup memory.max)", base.get("cgroup_room"), costs.rss_bytes)
+    room("memory (RLIMIT_AS)", base.get("as_room"), costs.vsz_bytes)
+    room("memory (RLIMIT_DATA)", base.get("data_room"), costs.data_bytes)
+    room("threads (pid_max, threads-max)", base.get("thread_room"), costs.threads)
+    room("threads (cgroup pids.max)", base.get("pids_room"), costs.threads)
     binding = min(caps, key=caps.get) if caps else None
     return Prediction(held=held, t=t, costs=costs, caps=caps, binding=binding)
 

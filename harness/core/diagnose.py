@@ -36,17 +36,21 @@ MEMORY = "memory"
 THREADS = "threads"
 FD_SETSIZE_CAUSE = "fd-setsize"
 TIMEOUTS = "timeouts"
+CONNTRACK = "conntrack"  # the kernel's connection tracking table was full: new connections dropped
 REACHED = "reached"  # the run held what it asked for
 UNKNOWN = "unknown"
 
 FD_LIMIT_SLACK = 2  # a process within this many fds of its limit is at it (a log file, a lost race)
+FD_ROOM_FILLED = 0.97  # ...or, holding more than one fd a connection, filled this share of its room
 # Servers that keep fds for themselves below their fd limit, by process name: redis sets maxclients
 # to its fd limit less CONFIG_MIN_RESERVED_FDS (32) when the limit is low, and refuses the rest.
 RESERVED_FDS = {"redis-server": 32}
 # Where a server keeps its own connection limit, by process name, for the fix.
 OWN_LIMITS = {"redis-server": "redis: --maxclients N (CONFIG SET maxclients N)",
               "nginx": "nginx: worker_connections in events {}, per worker process",
-              "memcached": "memcached: -c N"}
+              "memcached": "memcached: -c N",
+              "haproxy": "haproxy: maxconn in global and in each frontend",
+              "mosquitto": "mosquitto: max_connections in mosquitto.conf, per listener"}
 CLOSES = (EOF_NAME, "ECONNRESET")
 REFUSALS_IN_WORDS = (EOF_NAME, "ECONNRESET", "error-reply", "unexpected-reply", "bad-response")
 
@@ -84,13 +88,27 @@ def _who(procs: list[ProcessInfo]) -> str:
     return f"{'/'.join(names)} ({len(procs)} process{'es' if len(procs) != 1 else ''})"
 
 
-def predicted_cap(procs: list[ProcessInfo]) -> int | None:
+def predicted_cap(procs: list[ProcessInfo], fds_per_connection: float = 1.0) -> int | None:
     """What a local target can hold by its fd limits: each accepting process's soft limit less
-    the fds it held before the run. None when a limit is unknown (unlimited)."""
+    the fds it held before the run, over the fds a connection costs it (a TCP proxy holds two).
+    None when a limit is unknown (unlimited)."""
     accepting = _accepting(procs)
     if not accepting or any(p.get("fd_soft") is None for p in accepting):
         return None
-    return sum(_room(p) for p in accepting)
+    return sum(int(_room(p) / fds_per_connection) for p in accepting)
+
+
+def fds_per_connection(ev: Evidence) -> float:
+    """The fds a connection costs the serving processes, as the run measured it (1 where it did not)."""
+    fds = _serving(ev)[0].get("fds")
+    if not fds or fds < 1:
+        return 1.0
+    # a count: a slope of 2.03 (a log file opened as the ramp went) is two
+    return float(round(fds)) if abs(fds - round(fds)) <= 0.1 else round(fds, 2)
+
+
+def _target_cap(ev: Evidence) -> int | None:
+    return predicted_cap(ev.processes, fds_per_connection(ev))
 
 
 def _room(p: ProcessInfo) -> int:
@@ -225,7 +243,19 @@ def _words(ev: Evidence) -> tuple[str, str]:
 
 def target_fd_limit(ev: Evidence) -> Verdict | None:
     procs = _accepting(ev.processes)
-    at_limit = [p for p in procs if p.get("fd_soft") and _peak_fds(p) >= p["fd_soft"] - FD_LIMIT_SLACK]
+    per = fds_per_connection(ev)
+
+    def at_limit(p: ProcessInfo) -> bool:
+        if not p.get("fd_soft"):
+            return False
+        if _peak_fds(p) >= p["fd_soft"] - FD_LIMIT_SLACK:
+            return True
+        # a proxy sizes its own limit to its fds and keeps a few of them in reserve (HAProxy's
+        # maxconn from ulimit -n): it filled nearly all the room its fd limit gave it
+        room = _room(p)
+        return per > 1 and room > 0 and p.get("fds_gained", 0) >= FD_ROOM_FILLED * room
+
+    at_limit = [p for p in procs if at_limit(p)]
     if not at_limit or not _failing(ev):
         return None
     p = max(at_limit, key=_peak_fds)
@@ -238,9 +268,9 @@ def target_fd_limit(ev: Evidence) -> Verdict | None:
         lines.append(f"it said ({name}): {words!r}")
     return Verdict("target fd limit", FD_LIMIT,
                    f"{_who(procs)} holds {_n(min(_peak_fds(p), p['fd_soft']))} of its {_n(p['fd_soft'])} fds in pid "
-                   f"{p['pid']}: the target's fd limit",
+                   f"{p['pid']}" + (f", {per:g} fds a connection" if per > 1 else "") + ": the target's fd limit",
                    "raise the target's fd limit (ulimit -n, systemd LimitNOFILE=, nginx worker_rlimit_nofile)",
-                   lines, process=p, predicted_cap=predicted_cap(ev.processes))
+                   lines, process=p, predicted_cap=_target_cap(ev))
 
 
 def target_own_limit(ev: Evidence) -> Verdict | None:
@@ -273,35 +303,79 @@ def target_own_limit(ev: Evidence) -> Verdict | None:
                            f"(it keeps {reserve} fds for itself) and refused the rest"
                            + (f" with {words.strip()!r}" if words else ""),
                            "raise the target's fd limit (ulimit -n, systemd LimitNOFILE=)", lines, process=p,
-                           predicted_cap=predicted_cap(ev.processes))
+                           predicted_cap=_target_cap(ev))
     cause = SHED if shed and not refused and not words else REFUSED
     how = ("it closed connections it had answered to take new ones" if cause == SHED else
            "it accepted and then refused new connections" + (f" with {words.strip()!r}" if words else " (closed them)"))
     return Verdict("target's own connection limit", cause,
                    "the target's own connection limit, not the fd limit: " + how
                    + (" while its fds were below its limit" if procs else ""),
-                   fix, lines, predicted_cap=predicted_cap(ev.processes))
+                   fix, lines, predicted_cap=_target_cap(ev))
 
 
 def accept_queue(ev: Evidence) -> Verdict | None:
+    """The target's accept queue filled: it stopped calling accept(). Where it had accepted
+    connections first while its fds had room, that is a limit of its own (HAProxy's maxconn pauses
+    its listener); where it never accepted, it is stuck."""
     grew = ev.kernel_deltas
     queues = (ev.kernel_after or {}).get("listen", [])
+    peak = ev.accept_queue
     full = [q for q in queues if q["backlog"] and q["queued"] >= q["backlog"]]
     # The TcpExt counters are the whole machine's (another server's overflow counts too): the
     # target's own full accept queue is the evidence, the counters support it.
-    if not full:
+    if not full and not (peak and peak["backlog"] and peak["queued"] >= peak["backlog"]):
         return None
     lines = [f"TcpExt ListenOverflows +{_n(grew.get('ListenOverflows', 0))}, ListenDrops "
              f"+{_n(grew.get('ListenDrops', 0))} during the run (/proc/net/netstat)"]
     where = f" on server host {ev.server_host}" if ev.server_host else ""
-    lines += [f"accept queue of {q['local']}{where}: {_n(q['queued'])} waiting of a backlog of {_n(q['backlog'])} "
-              "(ss -ltn)" for q in queues]
+    if peak:
+        lines.append(f"accept queue of {peak['local']}{where} at {peak['t']:.1f} s: {_n(peak['queued'])} waiting of a "
+                     f"backlog of {_n(peak['backlog'])} (ss -ltn)")
+    lines += [f"accept queue of {q['local']}{where} at the end: {_n(q['queued'])} waiting of a backlog of "
+              f"{_n(q['backlog'])} (ss -ltn)" for q in queues]
     if grew.get("SyncookiesSent"):
         lines.append(f"SYN cookies sent +{_n(grew['SyncookiesSent'])}")
+    procs = _accepting(ev.processes)
+    with_room = [p for p in procs if not p.get("fd_soft") or _peak_fds(p) < p["fd_soft"] - FD_LIMIT_SLACK]
+    if ev.held and procs and len(with_room) == len(procs):
+        lines += [f"pid {p['pid']} ({p['name']}) held {_n(_peak_fds(p))} of its "
+                  f"{_n(p['fd_soft']) if p.get('fd_soft') else 'unlimited'} fds" for p in procs][:8]
+        names = sorted({p["name"] for p in procs})
+        where_limit = "; ".join(OWN_LIMITS[n] for n in names if n in OWN_LIMITS)
+        return Verdict("target's own connection limit", STOPPED_ACCEPTING,
+                       f"the target's own connection limit (it stopped accepting at {_n(ev.held)}): {_who(procs)} "
+                       "left new connections in its accept queue while its fds had room",
+                       "raise the target's own connection limit" + (f" ({where_limit})" if where_limit else ""),
+                       lines, process=procs[0] if len(procs) == 1 else None, predicted_cap=_target_cap(ev))
     return Verdict("accept queue", STOPPED_ACCEPTING, "the target stopped calling accept(): its accept queue filled "
                    "and the kernel dropped the handshakes that followed",
                    "the server must accept (is it stuck, or at a limit it does not log?); a larger backlog "
                    "(listen(), net.core.somaxconn) only delays this", lines)
+
+
+def conntrack_full(ev: Evidence) -> Verdict | None:
+    """A stateful firewall rule tracks every connection, and the table was full: the kernel drops
+    each new connection's SYN ("nf_conntrack: table full, dropping packet"), so the clients see
+    connects time out. Read where the server runs (a test host's own table)."""
+    after = (ev.kernel_after or {}).get("conntrack")
+    before = (ev.kernel_before or {}).get("conntrack") or {}
+    if not after:
+        return None
+    dropped = after.get("drop", 0) - before.get("drop", 0)
+    if dropped <= 0:
+        return None
+    where = f" in server host {ev.server_host}" if ev.server_host else ""
+    lines = [f"nf_conntrack_count {_n(after['count'])} of nf_conntrack_max {_n(after['max'])}{where} "
+             "(/proc/sys/net/netfilter)",
+             f"{_n(dropped)} new connection(s) dropped with the table full, {_n(after.get('early_drop', 0) - before.get('early_drop', 0))} "
+             "entries evicted early (/proc/net/stat/nf_conntrack: drop, early_drop)"]
+    if ev.connects_failed.get(TIMEOUT):
+        lines.append(f"timeout on {_n(ev.connects_failed[TIMEOUT])} connect(s) after {_n(ev.held)} held")
+    return Verdict("conntrack table", CONNTRACK,
+                   f"the kernel's connection tracking table was full{where}: {_n(after['count'])} of "
+                   f"{_n(after['max'])} entries, and it dropped {_n(dropped)} new connection(s) at {_n(ev.held)} held",
+                   "raise net.netfilter.nf_conntrack_max (sysctl -w net.netfilter.nf_conntrack_max=N), or keep the port "
+                   "out of tracking (an nft 'notrack' rule in a raw-priority prerouting chain)", lines)
 
 
 def timeouts(ev: Evidence) -> Verdict | None:
@@ -318,7 +392,8 @@ def _failing(ev: Evidence) -> bool:
 
 
 RULES: tuple[Callable[[Evidence], Verdict | None], ...] = (
-    oom_killed, memory_floor, own_servers, client_side, target_fd_limit, target_own_limit, accept_queue, timeouts)
+    oom_killed, memory_floor, own_servers, client_side, conntrack_full, target_fd_limit, target_own_limit, accept_queue,
+    timeouts)
 
 
 def next_limit(ev: Evidence) -> Verdict:
@@ -360,7 +435,7 @@ def diagnose(ev: Evidence) -> Verdict:
             and prediction["binding"].split()[0] in verdict.limit.split()):
         verdict.predicted_cap = prediction["cap"]
     if verdict.predicted_cap is None and ev.processes:
-        verdict.predicted_cap = predicted_cap(ev.processes)
+        verdict.predicted_cap = _target_cap(ev)
     verdict.evidence += cost_lines(ev) + kernel_notes(ev.kernel_after or {})
     return verdict
 

@@ -51,6 +51,7 @@ class Evidence:
     backend: str | None = None  # the harness's own servers' backend (None: a target)
     serving: dict | None = None  # the serving processes' costs per connection and the prediction made from them
     faults: list[dict] = field(default_factory=list)  # what happened that the run did not plan
+    accept_queue: dict | None = None  # the port's accept queue at its fullest during the run (ss -ltn)
 
     @property
     def connects_failed(self) -> dict[str, int]:

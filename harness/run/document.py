@@ -90,7 +90,7 @@ def cpu_by_host_of(series: list[SeriesPoint]) -> dict[str, float]:
 
 def run_evidence(prepared: Prepared, *, series: list[SeriesPoint], status: MasterStatus, stopped_by: str | None,
                  host: str, port: int, end: End, kernel_before: dict | None, processes: list[dict],
-                 watch: CostWatch | None = None, faults: list[Fault] = ()) -> Evidence:
+                 watch: CostWatch | None = None, faults: list[Fault] = (), accept_queue: dict | None = None) -> Evidence:
     cfg = prepared.config
     workers = status.workers
     evidence = gather(stopped_by=stopped_by or status.stopped_by,
@@ -102,7 +102,7 @@ def run_evidence(prepared: Prepared, *, series: list[SeriesPoint], status: Maste
                       connections=cfg.connections, memory_reserve=cfg.memory_reserve,
                       mem_available_at_stop=min((p.get("mem_available_bytes", 0) for p in series), default=None),
                       tls=cfg.tls, serving=watch.as_dict() if watch else None, faults=faults,
-                      backend=None if cfg.target else cfg.backend)
+                      backend=None if cfg.target else cfg.backend, accept_queue=accept_queue)
     if end.hosts:
         on_hosts(evidence, end.hosts)
     return evidence
@@ -119,7 +119,8 @@ def document(prepared: Prepared, *, run_dir: Path | None, started_at: str, durat
     processes = target.processes if target is not None else []
     verdict = quietly(lambda: diagnose.diagnose(run_evidence(
         prepared, series=sampler.series, status=status, stopped_by=stopped_by, host=host, port=port, end=end,
-        kernel_before=kernel_before, processes=processes, watch=sampler.watch, faults=list(faults))))
+        kernel_before=kernel_before, processes=processes, watch=sampler.watch, faults=list(faults),
+        accept_queue=sampler.accept_queue)))
     return build_document(
         config={**cfg.as_dict(), "echo_timeout": prepared.echo_timeout, "echo_interval": prepared.echo_interval},
         plan=prepared.plan.as_dict(), limits=prepared.limits, machine={**machine(), "locust": version("locust")},

@@ -12,7 +12,7 @@ from harness.core.records import MasterStatus, SeriesPoint, total_refusals
 from harness.run.cluster import LocustCluster
 from harness.run.outside import OutsideServer
 from harness.run.watch import CostWatch
-from harness.system import listeners, ss
+from harness.system import kernel, listeners, ss
 from harness.system.limits import meminfo
 from harness.system.procfs import cpu_times, files_open
 from servers.gauges import ROLE_ACCEPTOR
@@ -49,6 +49,8 @@ class Sampler:
         self._status_written: tuple = ()  # the status file's inode, mtime and size when last read
         self.watch: CostWatch | None = None  # the serving processes' costs, where the run watches them
         self._serving: list[dict] = []  # the harness's own servers, as /proc has them (a target's are its own)
+        self.accept_queue: dict | None = None  # the port's accept queue at its fullest (queued, backlog, local, t)
+        self._queued = 0  # connections in the port's accept queue at the last count
 
     def read_status(self) -> MasterStatus:
         try:
@@ -86,11 +88,22 @@ class Sampler:
             else:  # our side of the connections: the target may be elsewhere, or hold other clients'
                 count = ss.established_to(self.target.host, self.target.port)
                 self.target.sample()
+            if self.target is None or self.target.local:
+                queues = kernel.listen_queue(self.group.port, self.netns)
+                self._note_queue(queues)
+                self._queued = sum(q["queued"] for q in queues)
             took = time.monotonic() - now
             self._kernel = (count, now)
             self._kernel_every = max(self._kernel_least, took / (KERNEL_RAMP_CPU_SHARE if ramping else KERNEL_CPU_SHARE))
             return count, True
         return self._kernel[0], False
+
+    def _note_queue(self, queues: list[dict]) -> None:
+        """The fullest the port's accept queue has been at a count: a server that stops accepting
+        leaves it full while the ramp goes on, and empty again once the run closes its connections."""
+        for queue in queues:
+            if self.accept_queue is None or queue["queued"] > self.accept_queue["queued"]:
+                self.accept_queue = {**queue, "t": round(time.monotonic() - self.t0, 2)}
 
     def sample(self, fresh: bool = False) -> SeriesPoint:
         status = self.read_status()
@@ -137,10 +150,15 @@ class Sampler:
     def _observe_serving(self, point: SeriesPoint, rows: list[dict]) -> None:
         """The serving processes' totals into the point, and into the cost watch."""
         if self.target is not None:
-            # the workers report once a second, behind their handshakes: the kernel's count, taken with
-            # the processes' own reading (kernel_count), is what they held then
+            # While ramping, the workers report once a second, behind their handshakes: the kernel's
+            # count, taken with the processes' own reading (kernel_count), less what waits in the
+            # target's accept queue (established, not yet accepted), is what they held then. In the
+            # hold the workers' count is settled.
             procs = self.target.processes
-            held = point["kernel_established"] if point["kernel_counted"] else None
+            if point["phase"] == "hold":
+                held = point["locust_held"]
+            else:
+                held = max(0, point["kernel_established"] - self._queued) if point["kernel_counted"] else None
             if not point["kernel_counted"]:
                 listeners.track(procs)
         else:

@@ -19,6 +19,8 @@ class CostWatch:
     limits: dict
     points: list[dict] = field(default_factory=list)  # the ramp's samples of the serving processes
     base: dict | None = None  # the first sample, before the load
+    base_state: dict | None = None  # ...and the room the serving processes and the machine had then
+    base_mem_available: int = 0
     held_point: dict | None = None  # the hold's last sample at its most held: settled, nothing in flight
     prediction: costs.Prediction | None = None
     lost: bool = False  # a serving process went away: later samples no longer measure what a connection costs
@@ -33,7 +35,7 @@ class CostWatch:
         point = {"held": held, "fds": state["held_fds"], "threads": state["threads"], "rss_bytes": state["rss_bytes"],
                  "vsz_bytes": state["vsz_bytes"], "data_bytes": state["data_bytes"], "cpu_s": state["cpu_s"]}
         if self.base is None:
-            self.base = point
+            self.base, self.base_state, self.base_mem_available = point, state, mem_available
         self.lost = self.lost or any(p.get("gone") for p in procs)
         if self.lost:
             return state
@@ -42,8 +44,9 @@ class CostWatch:
             if self.prediction is None and costs.ready_to_predict(self.points, self.target):
                 # during a steady ramp the connections in flight are about as many at each sample, so
                 # the slope leaves their cost (a TLS handshake's buffers) out
-                limits = {**self.limits, "mem_available_now": max(0, mem_available - self.reserve)}
-                self.prediction = costs.predict(costs.fit(self.points), state, limits, self.client_bytes, held, t)
+                limits = {**self.limits, "mem_available": max(0, self.base_mem_available - self.reserve)}
+                self.prediction = costs.predict(costs.fit(self.points), self.base_state, limits, self.client_bytes,
+                                                held, t)
         elif phase == "hold" and held and (self.held_point is None or held >= self.held_point["held"]):
             self.held_point = point  # the servers' gauges lag /proc while they are busy: the latest is settled
         return state

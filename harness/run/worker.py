@@ -17,7 +17,11 @@ import sys
 
 from harness.core.addresses import is_lab_address, is_loopback, source_error
 from harness.core.options import locust_args
-from harness.core.planning import CLIENT_FD_RESERVE, MIN_WORKER_FD_LIMIT, usable_fd_limit
+from harness.core.planning import (
+    CLIENT_FD_RESERVE,
+    MIN_WORKER_FD_LIMIT,
+    usable_fd_limit,
+)
 from harness.core.refusal import Refused
 from harness.hosts.netns import lab_addresses
 from harness.run.cluster import LOCUST

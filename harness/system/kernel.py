@@ -58,22 +58,40 @@ def tcp_memory() -> dict:
     return {"pages": pages, "low": low, "pressure": pressure, "high": high}
 
 
-def conntrack() -> dict | None:
-    """nf_conntrack's count and max, where the module is loaded (None elsewhere)."""
+def conntrack(netns: str | None = None) -> dict | None:
+    """nf_conntrack in the network namespace (`netns`: a test host's): its entries, the machine's
+    max, and what it refused (/proc/net/stat/nf_conntrack, one row per CPU: `drop` is a new
+    connection dropped with the table full, `early_drop` an unanswered entry evicted for room,
+    `insert_failed` a clash). None where nf_conntrack is not loaded."""
     try:
-        with open("/proc/sys/net/netfilter/nf_conntrack_count") as f:
-            count = int(f.read())
-        with open("/proc/sys/net/netfilter/nf_conntrack_max") as f:
-            return {"count": count, "max": int(f.read())}
-    except OSError:
+        if netns:
+            out = subprocess.run([*_in(netns), "cat", "/proc/sys/net/netfilter/nf_conntrack_count",
+                                  "/proc/sys/net/netfilter/nf_conntrack_max", "/proc/net/stat/nf_conntrack"],
+                                 capture_output=True, text=True, check=True, start_new_session=True).stdout
+            count, maximum, *table = out.splitlines()
+        else:
+            with open("/proc/sys/net/netfilter/nf_conntrack_count") as f:
+                count = f.read()
+            with open("/proc/sys/net/netfilter/nf_conntrack_max") as f:
+                maximum = f.read()
+            with open("/proc/net/stat/nf_conntrack") as f:
+                table = f.read().splitlines()
+    except (OSError, subprocess.CalledProcessError, ValueError):
         return None
+    names = table[0].split()
+    totals = dict.fromkeys(("drop", "early_drop", "insert_failed"), 0)
+    for row in table[1:]:
+        for name, value in zip(names, row.split()):
+            if name in totals:
+                totals[name] += int(value, 16)
+    return {"count": int(count), "max": int(maximum), **totals}
 
 
 def snapshot(port: int, netns: str | None = None) -> dict:
     """Everything above at one moment, for one port; the counters and the queue of the test host
     `netns` where the server runs there (tcp_mem and conntrack's max are the machine's)."""
     return {"netstat": netstat(netns=netns), "listen": listen_queue(port, netns), "tcp_memory": tcp_memory(),
-            "conntrack": conntrack(), "oom_kills": oom_kills()}
+            "conntrack": conntrack(netns), "oom_kills": oom_kills()}
 
 
 def oom_kills() -> int:

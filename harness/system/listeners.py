@@ -139,8 +139,32 @@ def describe(pid: int) -> ProcessInfo | None:
 
 
 def listeners(port: int) -> list[dict]:
-    """Every process holding a listening socket on `port`, described."""
-    return [d for d in (describe(pid) for pid in pids_holding(listening_inodes(port))) if d]
+    """Every process serving `port`, described: those holding a listening socket on it, and their
+    children of the same name that do not (a Node cluster's workers, to which the primary hands
+    each connection it accepts)."""
+    found = [d for d in (describe(pid) for pid in pids_holding(listening_inodes(port))) if d]
+    names = {p["pid"]: p["name"] for p in found}
+    for pid in _children(set(names)):
+        child = describe(pid)
+        if child and child["name"] == names.get(child["ppid"]) and pid not in names:
+            found.append(child)
+    return found
+
+
+def _children(parents: set[int]) -> list[int]:
+    """The processes whose parent is one of `parents` (/proc/PID/stat's fourth field)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid in parents:
+            out.append(int(name))
+    return sorted(out)
 
 
 def refresh(procs: list[dict]) -> list[dict]:

@@ -13,7 +13,14 @@ from __future__ import annotations
 from harness.core import tuning
 from harness.system.files import write_json_atomic
 from harness.system.limits import read_limits
-from harness.system.sysctl_state import STATE, TuneError, current, read, saved, sysctl_path
+from harness.system.sysctl_state import (
+    STATE,
+    TuneError,
+    current,
+    read,
+    saved,
+    sysctl_path,
+)
 
 __all__ = ["STATE", "TuneError", "apply", "current", "restore", "rows"]
 
