@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.core.addresses import join_host_port
 from harness.core.backends import SELECTORS, SHARE_MODES, ServerConfig
 from harness.core.records import total_refusals
 from harness.system import procctl
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"harness serve: error: {exc}", file=sys.stderr)
         return 1
     try:
-        print(f"listening on {config.host}:{group.port} ({config.backend}, {config.processes} "
+        print(f"listening on {join_host_port(config.host, group.port)} ({config.backend}, {config.processes} "
               f"process(es), share={config.share}, fd limit {group.fd_limit} each, "
               f"gauges {group.gauges_path})" + (f"; TLS with {config.tls_cert} (clients: --tls --ca "
                                                 f"{config.tls_cert})" if config.tls_cert else ""), flush=True)

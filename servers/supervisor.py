@@ -26,7 +26,13 @@ import tempfile
 import time
 import traceback
 
-from harness.core.backends import MEMORY_RESERVE_BYTES, SELECTORS, SERVER_PROCESS_BYTES, SHARE_MODES, ServerConfig
+from harness.core.backends import (
+    MEMORY_RESERVE_BYTES,
+    SELECTORS,
+    SERVER_PROCESS_BYTES,
+    SHARE_MODES,
+    ServerConfig,
+)
 from harness.core.refusal import Refused
 from harness.system import procctl
 from harness.system.wire import EchoError, echo_once

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 
 from harness.core import words
+from harness.core.addresses import split_host_port
 from harness.system import wire
 from harness.system.procctl import die_with_parent
 from servers.gauges import ROLE_ACCEPTOR, GaugeBoard
@@ -183,7 +184,7 @@ def assert_gone(pids, within: float = 5.0, what: str = "a process of the run out
 
 # -- servers the harness does not start, and runs against them ---------------------------------
 HARNESS_RUN = [sys.executable, "-m", "harness.cli", "run"]
-QUICK = ["--workers", "1", "--hold", "2", "--echo-timeout", "3", "--echo-interval", "60"]
+QUICK = ["--workers", "1", "--hold", "1", "--echo-timeout", "3", "--echo-interval", "60"]
 
 
 def free_port() -> int:
@@ -207,9 +208,11 @@ class Outside:
             line = wait_until(lambda: self._said("listening on") or self.proc.poll() is not None and "exited", 10,
                               f"{cmd[0]} saying where it listens")
             assert line.startswith("listening on"), self.output()
-            port = int(line.split()[2].rsplit(":", 1)[1])
-        self.port = port
-        wait_until(lambda: _accepts(port), 10, f"{cmd[0]} listening on {port}")
+            host, port = split_host_port(line.split()[2], "listening on")
+        else:
+            host = "127.0.0.1"
+        self.host, self.port = host, port
+        wait_until(lambda: _accepts(host, port), 10, f"{cmd[0]} listening on {port}")
 
     def _said(self, start: str) -> str | None:
         return next((line for line in self.output().splitlines() if line.startswith(start)), None)
@@ -233,9 +236,9 @@ class Outside:
             Path(self.log.name).unlink(missing_ok=True)  # stopped twice: by the test, then its fixture
 
 
-def _accepts(port: int) -> bool:
+def _accepts(host: str, port: int) -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        socket.create_connection((host, port), timeout=1).close()
         return True
     except OSError:
         return False

@@ -70,6 +70,21 @@ def test_every_lab_and_host_address_is_in_198_18_0_0_15_and_labs_do_not_overlap(
         lab_layout.check_prefix("Bad-Name")
 
 
+def test_every_ipv6_twin_is_in_2001_2_48_one_to_one():
+    twins = {}
+    for lab in (0, 5, lab_layout.LABS - 1):
+        v4 = [lab_layout.bridge_address(lab)] + [lab_layout.host_address(lab, h, k)
+                                                  for h in (1, 2, lab_layout.HOSTS_PER_LAB) for k in (0, 1, 252)]
+        for a in v4:
+            six = ipaddress.ip_address(lab_layout.v6_of(a))
+            assert six in lab_layout.TEST_NET6 and six in lab_layout.lab_network6(lab)
+            twins[a] = six
+    assert len(set(twins.values())) == len(twins)  # no two addresses share a twin
+    assert lab_layout.is_test_address("2001:2:0:f::1f:fd") and not lab_layout.is_test_address("2001:3::1")
+    with pytest.raises(LayoutError, match="not a test host"):
+        lab_layout.v6_of("10.0.0.1")
+
+
 def test_addresses_outside_the_harness_labs_are_refused():
     """Outside 198.18.0.0/15, and inside it where no lab of the harness has the address (a VPN's
     fake-IP range may be 198.18.0.0/16): refused as a target and as a source."""
@@ -210,6 +225,24 @@ def test_a_run_across_two_worker_hosts_and_a_worker_joining_from_a_third(tmp_pat
             outside.kill()
         netns.down(prefix)
     assert _left(prefix) == []
+
+
+@needs_net_admin
+def test_a_run_over_ipv6_across_test_hosts_uses_their_2001_2_twins(tmp_path):
+    """--hosts 3 --ipv6: the servers listen on the server host's 2001:2::/48 address, each client
+    host binds its own, and every connection is echo-verified over IPv6."""
+    done = _harness("run", "--hosts", "3", "--ipv6", "--connections", "2000", "--hold", "1", "--out", str(tmp_path),
+                    "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(done.stdout)
+    assert doc["family"] == 6 and ipaddress.ip_address(doc["host"]) in lab_layout.TEST_NET6
+    assert doc["peak_connections"] == 2000 and doc["echo"]["mismatched"] == 0 and doc["connects"]["failed"] == {}
+    hosts = doc["hosts"]
+    assert hosts["family"] == 6 and {h["role"] for h in hosts["hosts"]} == {"server", "client"}
+    for h in hosts["hosts"]:
+        assert all(ipaddress.ip_address(a) in lab_layout.TEST_NET6 for a in h["addresses"])
+    assert sum(h["held"] for h in hosts["hosts"] if h["role"] == "client") == 2000
+    assert _left(hosts["prefix"]) == []
 
 
 CONNTRACK_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"

@@ -165,3 +165,16 @@ def test_cli_report_and_bad_input(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "is not a run directory" in bad.stderr
     assert collect([FIXTURES / "sweep"]).sweeps
+
+
+def test_the_report_says_the_protocol_its_tls_and_each_stages_latency():
+    from harness.report.page import protocol_text, stage_latency
+
+    run = {"config": {"protocol": "websocket"}, "latency_ms": {
+        "connect": {"p50": 0.2, "p99": 1.0}, "tls-handshake": {"p50": 3.0, "p99": 9.0},
+        "ws-upgrade": {"p50": 1.0, "p99": 4.0}, "websocket": {"p50": 0.5, "p99": 2.0}},
+        "tls": {"handshakes": 10, "resumed": 0, "version": {"TLSv1.3": 10}, "cipher": {"TLS_AES_256_GCM_SHA384": 10},
+                "group": {"X25519": 10}, "alpn": {"": 10}}}
+    assert protocol_text(run) == "websocket over TLSv1.3 (TLS_AES_256_GCM_SHA384, X25519; 0 of 10 resumed)"
+    assert stage_latency(run) == "connect 0.2 / 1 ms; tls-handshake 3 / 9 ms; ws-upgrade 1 / 4 ms"
+    assert protocol_text({"config": {}, "tls": None}) == "echo"

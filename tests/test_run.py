@@ -47,6 +47,18 @@ def test_small_run_stops_by_emfile_at_the_predicted_cap(tmp_path, backend):
         assert (run_dir / name).exists()
 
 
+def test_ipv6_on_loopback_stops_at_the_fd_limit_and_says_its_family(tmp_path):
+    """The harness's own servers on ::1, the workers binding ::1 (IPv6 loopback's only address)."""
+    code, doc, err = harness_run(tmp_path, "--ipv6", "--backend", "selectors", "--connections", "300",
+                                 "--fd-limit", "256", *SMALL)
+    assert code == 0, err
+    assert (doc["host"], doc["family"], doc["source_addresses"]) == ("::1", 6, ["::1"])
+    assert doc["stopped_by"] == "EMFILE" and doc["peak_connections"] == doc["predicted_cap"] == 256 - held_fds("selectors")
+    # one address's ports to one port: the plan refuses more, and says where more is found
+    code, _, err = harness_run(tmp_path, "--host", "::1", "--connections", "40000", "--port", "0")
+    assert code == 2 and "exceed the source ports cap of" in err and "--hosts N --ipv6" in err
+
+
 def test_run_below_the_cap_stops_by_target_and_verifies_every_echo(tmp_path):
     # Echoes every 0.2 s for a 2 s hold, so the run has echoes after its ramp to check the histogram by.
     code, doc, err = harness_run(tmp_path, "--backend", "uvloop", "--connections", "200", "--report", *SMALL,

@@ -20,6 +20,7 @@ from markupsafe import escape  # what the report's template escapes with
 from harness.report.page import build
 from tests.helpers import (
     HARNESS_RUN,
+    QUICK,
     ROOT,
     free_port,
     target_run,
@@ -133,11 +134,23 @@ def test_nginx_worker_rlimit_nofile_is_its_fd_limit_within_1_percent(tmp_path, o
 
 
 # -- the client side and the kernel ------------------------------------------------------------
+def test_an_ipv6_target_is_loaded_and_its_processes_found(tmp_path, outside):
+    server = outside([sys.executable, "-m", "servers", "asyncio", "--host", "::1", "--port", "0", "--interval", "3600",
+                      "--fd-limit", "200"])
+    result = subprocess.run([*HARNESS_RUN, "--target", f"[::1]:{server.port}", *QUICK, "--protocol", "echo",
+                             "--connections", "max", "--out", str(tmp_path), "--json"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    doc = json.loads(result.stdout)
+    d = doc["diagnosis"]
+    assert (doc["host"], doc["family"]) == ("::1", 6) and d["limit"] == "target fd limit", result.stderr[-2000:]
+    assert doc["peak_connections"] == d["predicted_cap"] == 200 - 10 and doc["echo"]["mismatched"] == 0
+
+
 def test_one_source_address_runs_out_of_ephemeral_ports(tmp_path, outside):
     server = outside([sys.executable, "-m", "servers", "selectors", "--port", "0", "--processes", "2",
                       "--interval", "3600"])
     code, doc, err = target_run(tmp_path, server.port, "--protocol", "echo", "--connections", "30000",
-                                "--source-addresses", "127.0.0.9", "--workers", "2", "--hold", "5",
+                                "--source-addresses", "127.0.0.9", "--workers", "2", "--hold", "1",
                                 # 10,000-connection steps: first echoes may wait on a busy machine
                                 "--echo-timeout", "30")
     d = doc["diagnosis"]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
+from harness.core.addresses import is_loopback
 from harness.core.backends import BACKENDS, SELECTORS, SHARE_MODES
 from harness.core.mqtt import MAX_KEEPALIVE
 from harness.core.options import BY_NAME
@@ -136,8 +137,21 @@ def add_fd_limit(p: argparse.ArgumentParser, alias: bool = False) -> None:
                    help="soft fd limit of each server process (default: the hard limit)")
 
 
+def loopback_address(text: str) -> str:
+    """--host: an address on loopback (127.0.0.0/8, ::1), where the harness's own servers listen."""
+    if not is_loopback(text) or text == "localhost":
+        raise argparse.ArgumentTypeError(f"{text!r} is not a loopback address; give 127.0.0.1 or ::1 (test hosts: "
+                                         "--hosts N or --server-host, with --ipv6 for IPv6)")
+    return text
+
+
 def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=list(BACKENDS), default="asyncio")
+    p.add_argument("--host", type=loopback_address, default=None,
+                   help="the address the harness's own servers listen on (default 127.0.0.1; ::1 for IPv6)")
+    p.add_argument("--ipv6", action="store_true",
+                   help="load over IPv6: the servers on ::1 (or on the test hosts' 2001:2::/48 addresses), the "
+                        "clients from there")
     p.add_argument("--processes", type=positive, default=None, help="server processes on the port (default: planned)")
     p.add_argument("--share", default="reuseport", choices=SHARE_MODES)
     add_fd_limit(p, alias=True)

@@ -6,6 +6,10 @@ two labs (two runs, or two tests in parallel) never share a subnet: lab L's brid
 itself, where the Locust master listens) is the first address of its /19, and host i of the lab
 (1-based) owns the i-th /24 after it, addresses .1, .2, ... as the plan needs source addresses.
 
+The hosts are dual-stack: each IPv4 address has an IPv6 twin in 2001:2::/48, the block RFC 5180 sets
+aside for IPv6 benchmarks (and nothing else): lab L is the /64 2001:2:0:L::/64, its bridge ::1, and
+address k of host i is ::i:(k+1) (`v6_of`), so a run with --ipv6 loads the same hosts over IPv6.
+
 Names: the lab's prefix (a few letters) names everything it makes: namespaces and host-side
 veths `PREFIX-i`, the bridge `PREFIX-br`; inside each namespace the host's end is `eth0`.
 """
@@ -20,6 +24,8 @@ from dataclasses import dataclass, field
 from harness.core.refusal import Refused
 
 TEST_NET = ipaddress.ip_network("198.18.0.0/15")
+TEST_NET6 = ipaddress.ip_network("2001:2::/48")
+LAB_PREFIXLEN6 = 64
 LAB_PREFIXLEN = 19
 LABS = 2 ** (LAB_PREFIXLEN - TEST_NET.prefixlen)  # 16 labs of 8,192 addresses
 HOSTS_PER_LAB = 2 ** (24 - LAB_PREFIXLEN) - 1  # the /24s of a lab after the bridge's
@@ -48,9 +54,30 @@ def check_count(count: int) -> None:
 
 def is_test_address(address: str) -> bool:
     try:
-        return ipaddress.ip_address(address) in TEST_NET
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return False
+    return ip in (TEST_NET if ip.version == 4 else TEST_NET6)
+
+
+def lab_network6(lab: int) -> ipaddress.IPv6Network:
+    lab_network(lab)  # the same labs, the same bounds
+    return ipaddress.ip_network(f"2001:2:0:{lab:x}::/{LAB_PREFIXLEN6}")
+
+
+def v6_of(address: str) -> str:
+    """The IPv6 twin of a lab's IPv4 address (its bridge's, or a host's)."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 6:
+        return address
+    lab = next((n for n in range(LABS) if ip in lab_network(n)), None)
+    if lab is None:
+        raise LayoutError(f"{address} is not a test host's address (198.18.0.0/15)")
+    offset = int(ip) - int(lab_network(lab).network_address)
+    if offset == 1:  # the bridge
+        return str(lab_network6(lab).network_address + 1)
+    host, k = divmod(offset - 1, 256)
+    return str(lab_network6(lab).network_address + (host << 16) + k + 1)
 
 
 def lab_network(lab: int) -> ipaddress.IPv4Network:

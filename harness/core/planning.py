@@ -40,7 +40,7 @@ MIN_WORKER_FD_LIMIT = CLIENT_FD_RESERVE + 28
 RUN_FINDS = ("fd limit", "FD_SETSIZE")
 # ...and what `--connections max` goes looking for too: the file table (ENFILE, met cleanly) and
 # memory (the ramp stops at a floor of MemAvailable, `harness.plan.ramp`).
-FILL_FINDS = RUN_FINDS + ("fs.file-max", "memory", "threads")
+FILL_FINDS = RUN_FINDS + ("fs.file-max", "memory", "threads", "source ports")
 # A forked Locust worker's own memory before its users (~7 MB measured; the README's figure).
 WORKER_PROCESS_BYTES = 8 << 20
 THREADS_PER_WORKER = 4  # a Locust worker's threads (gevent's hub and pool, zmq's I/O thread)
@@ -114,7 +114,9 @@ def users_per_client(fd_limit: int) -> int:
 def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int | None = None,
          processes: int | None = None, selector: str = "epoll", workers: int | None = None,
          worker_fd_limit: int | None = None, fill: bool = False, tls: bool = False,
-         reserve: int = MEMORY_RESERVE_BYTES) -> Plan:
+         reserve: int = MEMORY_RESERVE_BYTES, sources_given: list[str] | None = None) -> Plan:
+    """The plan for the harness's own servers on this machine; `sources_given`: the source addresses
+    every worker binds where the run names them (IPv6 loopback has one: ::1)."""
     usable = usable_fd_limit(limits)
     cost = connection_bytes(backend, tls)
     given = processes is not None or workers is not None
@@ -146,6 +148,8 @@ def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int
     if backend == "threaded":
         thread_room = min(limits["threads_max"], limits["pid_max"], limits["max_map_count"] // 2)
         caps["threads"] = max(0, thread_room - limits.get("threads_in_use", 0))
+    if sources_given:  # every worker binds these: each is one address's ports to the one destination
+        caps["source ports"] = len(sources_given) * full_port_range(limits)
     binding = min(caps, key=caps.get)
     predicted = min(connections, caps[binding])
     if caps[binding] < connections:
@@ -154,7 +158,7 @@ def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int
     else:
         binding = "target"
 
-    clients = _clients(limits, connections, predicted, workers, worker_fd_limit)
+    clients = _clients(limits, connections, predicted, workers, worker_fd_limit, sources_given)
     error = clients.pop("error")
     if problems and binding not in (FILL_FINDS if fill else RUN_FINDS):
         too_many = given and process_bytes > limits["mem_available"] - reserve  # say which of those fit

@@ -37,7 +37,7 @@ def build_document(*, config: dict, plan: dict, limits: dict, machine: dict, por
     doc = {
         "schema": SCHEMA, "started_at": started_at, "duration_s": round(duration, 2),
         "backend": config["backend"] if target is None else "target", "share": config["share"],
-        "selector": config["selector"], "host": host,
+        "selector": config["selector"], "host": host, "family": 6 if ":" in host else 4,
         "port": port, "server_processes": plan["server_processes"], "server_fd_limit": plan["fd_limit"],
         "server_held_fds": plan["held_fds"], "workers": plan["workers"], "worker_fd_limit": plan["worker_fd_limit"],
         "user_mode": config["user_mode"],

@@ -28,7 +28,7 @@ STOPPED_BY = ("target", "EMFILE", "ENFILE", "FD_SETSIZE", "EADDRNOTAVAIL", "ECON
 REPLY_FAILURES = ("mismatch", "error-reply", "unexpected-reply", "bad-response", "unasked", "too-long")
 REQUIRED: dict[str, type | tuple[type, ...]] = {
     "schema": int, "started_at": str, "duration_s": (int, float), "backend": str, "share": str,
-    "host": str, "port": int, "server_processes": int, "server_fd_limit": int, "workers": int,
+    "host": str, "family": int, "port": int, "server_processes": int, "server_fd_limit": int, "workers": int,
     "user_mode": str, "source_addresses": list, "target_connections": int, "peak_connections": int,
     "peak_connections_servers": int, "peak_connections_by_process": list, "predicted_cap": int,
     "stopped_by": str, "faults": list, "echo": dict, "memory": dict, "limits": dict, "machine": dict, "plan": dict,
@@ -53,7 +53,8 @@ def map_stopped_by(reason: str | None) -> str:
         return "memory"
     if reason == WORKER_FULL:  # the client side's fd limit
         return "EMFILE"
-    if reason in REPLY_FAILURES or (reason or "").startswith("http-"):
+    # a wrong reply, or a refusal in the protocol's own words (http-503, ws-close-1013, mqtt-refused-5, tls-verify)
+    if reason in REPLY_FAILURES or (reason or "").startswith(("http-", "ws-", "mqtt-", "tls-")):
         return "reply"
     return "error"
 
@@ -81,6 +82,8 @@ def migrate(doc: dict) -> dict:
                 cause = "shed"
             doc["diagnosis"] = {"cause": cause, **doc["diagnosis"]}
         doc["connects"] = {"stages": {}, **doc.get("connects", {})}
+    if "family" not in doc and "host" in doc:  # written before runs said their address family
+        doc = {**doc, "family": 6 if ":" in doc["host"] else 4}
     return doc
 
 

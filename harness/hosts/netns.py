@@ -101,14 +101,15 @@ def labs() -> list[Lab]:
 
 
 def lab_addresses() -> set[str]:
-    """Every address of every test host and bridge the harness made on this machine: the only
-    198.18.0.0/15 addresses a run may load or bind (a VPN's fake-IP range may be 198.18/16 too)."""
+    """Every address of every test host and bridge the harness made on this machine, with their
+    IPv6 twins: the only 198.18.0.0/15 and 2001:2::/48 addresses a run may load or bind (a VPN's
+    fake-IP range may be 198.18/16 too)."""
     out: set[str] = set()
     for lab in labs():
         out.add(lab.bridge_address)
         for host in lab.hosts:
             out.update(host.addresses)
-    return out
+    return out | {lab_layout.v6_of(a) for a in out}
 
 
 def _save(lab: Lab) -> None:
@@ -149,6 +150,7 @@ def up(count: int, prefix: str = DEFAULT_PREFIX, addresses: int = 1, owner: int 
         if not _link_exists(lab.bridge):
             _ip("link", "add", lab.bridge, "type", "bridge")
             _ip("addr", "add", f"{lab.bridge_address}/{lab_layout.LAB_PREFIXLEN}", "dev", lab.bridge)
+        _add_v6(lab_layout.v6_of(lab.bridge_address), lab.bridge)
         _ip("link", "set", lab.bridge, "up")
         for index in range(1, count + 1):
             name = lab_layout.host_name(prefix, index)
@@ -194,10 +196,20 @@ def _add_addresses(lab: Lab, host: Host, count: int) -> None:
         address = lab_layout.host_address(lab.lab, host.index, k)
         host.addresses.append(address)
         _save(lab)
-    present = _ip("-4", "-o", "addr", "show", "dev", "eth0", netns=host.name).stdout
+    present = _ip("-o", "addr", "show", "dev", "eth0", netns=host.name).stdout
     for address in host.addresses:
         if f" {address}/" not in present:
             _ip("addr", "add", f"{address}/{lab_layout.LAB_PREFIXLEN}", "dev", "eth0", netns=host.name)
+        if f" {lab_layout.v6_of(address)}/" not in present:
+            _add_v6(lab_layout.v6_of(address), "eth0", host.name)
+
+
+def _add_v6(address: str, dev: str, netns: str | None = None) -> None:
+    """An IPv6 address usable at once: nodad skips duplicate address detection (a second or two of
+    'tentative'), which the lab's own block does not need."""
+    present = _ip("-6", "-o", "addr", "show", "dev", dev, netns=netns).stdout
+    if f" {address}/" not in present:
+        _ip("addr", "add", f"{address}/{lab_layout.LAB_PREFIXLEN6}", "dev", dev, "nodad", netns=netns)
 
 
 def ensure_addresses(lab: Lab, name: str, count: int) -> Host:

@@ -128,11 +128,13 @@ def _run_context(run: dict) -> dict:
     return {"doc": run, "verdict": verdict(run), "memory": memory_sentence(run), "rows": [(k, _fmt(v)) for k, v in [
         ("backend / share", f"{run['backend']} / {run['share']}"), ("server processes", run["server_processes"]),
         ("server fd limit (each)", run["server_fd_limit"]), ("Locust workers", run["workers"]),
-        ("user mode", run["user_mode"]), ("source addresses", len(run["source_addresses"])),
+        ("user mode", run["user_mode"]), ("protocol", protocol_text(run)),
+        ("address family", f"IPv{run.get('family', 4)}"), ("source addresses", len(run["source_addresses"])),
         ("target", run["target_connections"]), ("peak (kernel, accepted)", run["peak_connections"]),
         ("peak (servers)", run["peak_connections_servers"]), ("per process", run["peak_connections_by_process"]),
         ("predicted cap", run["predicted_cap"]), ("stopped by", run["stopped_by"]),
         ("ramp", f"{run.get('ramp_s', 0):.1f} s, {run.get('connect_rate_per_s', 0):,} connections/s"),
+        ("stage latency (median / p99)", stage_latency(run)),
         ("echoes sent / verified / mismatched",
          f"{run['echo']['sent']:,} / {run['echo']['verified']:,} / {run['echo']['mismatched']:,}"),
         ("memory per connection", f"server {m['server_rss_per_conn_bytes'] / 1024:.2f} KB, Locust "
@@ -140,6 +142,27 @@ def _run_context(run: dict) -> dict:
         ("duration", f"{run['duration_s']:.1f} s")]],
         "limits": [(k, _fmt(v)) for k, v in _limits_rows(run)], "hosts": host_rows(run),
         "faults": [fault_sentence(f) for f in run["faults"]]}
+
+
+STAGES = ("connect", "tls-handshake", "ws-upgrade", "mqtt-connack")
+
+
+def protocol_text(run: dict) -> str:
+    """'websocket over TLSv1.3 (TLS_AES_256_GCM_SHA384, X25519)', or the protocol alone."""
+    protocol = (run.get("config") or {}).get("protocol") or "echo"
+    tls = run.get("tls") or {}
+    if not tls:
+        return protocol
+    first = {k: max(v, key=v.get) for k, v in tls.items() if isinstance(v, dict) and v}
+    return (f"{protocol} over {first.get('version', 'TLS')} ({first.get('cipher', '?')}, {first.get('group', '?')}; "
+            f"{tls.get('resumed', 0):,} of {tls.get('handshakes', 0):,} resumed)")
+
+
+def stage_latency(run: dict) -> str:
+    """Each stage of a connection that the run timed: connect, and the TLS handshake and the
+    protocol's opening (WebSocket upgrade, MQTT CONNACK) where it has them."""
+    rows = run.get("latency_ms") or {}
+    return "; ".join(f"{name} {rows[name]['p50']:g} / {rows[name]['p99']:g} ms" for name in STAGES if name in rows) or "-"
 
 
 def host_rows(run: dict) -> list[dict]:

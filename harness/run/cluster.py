@@ -26,6 +26,7 @@ from pathlib import Path
 
 import psutil
 
+from harness.core.addresses import join_host_port
 from harness.system import procctl
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "scenarios" / "locustfile.py"
@@ -89,7 +90,7 @@ class LocustCluster:
 
     def start(self) -> "LocustCluster":
         self.master_port = self.master_port or free_port(self.master_host)
-        common = ["--host", f"tcp://{self.host}:{self.port}"]
+        common = ["--host", f"tcp://{join_host_port(self.host, self.port)}"]
         self._spawn("master", [*LOCUST, "--master", "--master-bind-host", self.master_host,
                                "--master-bind-port", str(self.master_port), *common, *self.master_args])
         for group in self.groups:

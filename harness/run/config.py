@@ -25,6 +25,8 @@ class RunConfig:
     worker_fd_limit: int | None = None
     user_mode: str = "driver"
     port: int = 9999
+    host: str = "127.0.0.1"  # where the harness's own servers listen (on test hosts: the server host's)
+    ipv6: bool = False  # load over IPv6 (::1, or the test hosts' 2001:2::/48 twins)
     hold: float = 10.0
     echo_interval: float | None = None  # None: planned (the requests the machine can answer a second)
     echo_mode: str = "closed"
@@ -76,6 +78,10 @@ class RunConfig:
         if values.get("cert") or values.get("ca") or values.get("server_name") or values.get("tls_version") \
                 or values.get("alpn") or values.get("tls_resume") or values.get("insecure"):
             values["tls"] = True  # a TLS option says the run speaks TLS
+        if values.get("ipv6") and "host" not in values:
+            values["host"] = "::1"
+        elif ":" in values.get("host", ""):
+            values["ipv6"] = True
         connections = values.pop("connections", None)
         if connections == MAX:
             values["fill"], values["connections"] = True, 0

@@ -17,7 +17,7 @@ from harness.system import kernel
 from harness.system.procctl import describe_exit
 
 WORKER_EXIT_GRACE_S = 3.0
-DEATH_MATCH_S = 2.0  # a target's process gone and its connections' closes, one event within this long
+DEATH_MATCH_S = 5.0  # a target's process gone and its connections' closes, one event within this long
 # After a ramp stopped because the target shed held connections, the users already asked for (up to
 # LEAD_STEPS steps) still arrive and it sheds for those too; worker reports come once a second.
 SHED_SETTLE_S = 4.0
@@ -65,6 +65,7 @@ class Control:
                 self._tick_lab()
                 time.sleep(LOOP_S)
             self.sampler.sample(fresh=True)
+            self._reap_servers()  # a process that died as the run ended, seen in that last sample
             self.faults += self._deaths  # gone with no connections seen closing
         except Exception as exc:  # noqa: BLE001 - whatever happened, stop everything and record it
             self.error = f"{type(exc).__name__}: {exc}"

@@ -41,6 +41,11 @@ class HostLayout:
     loss: float = 0.0
     rate: str | None = None
     link_down: float = 0.0
+    ipv6: bool = False  # the load goes over the hosts' IPv6 twins (2001:2::/48)
+
+    def address(self, ipv4: str) -> str:
+        """A host's address as the load uses it: itself, or its IPv6 twin."""
+        return lab_layout.v6_of(ipv4) if self.ipv6 else ipv4
 
     @property
     def workers(self) -> int:
@@ -49,7 +54,8 @@ class HostLayout:
     def as_dict(self) -> dict:
         return {"prefix": self.prefix, "made_by_run": self.made, "server": self.server, "clients": self.clients,
                 "workers_per_host": self.workers_per_host, "addresses_per_host": self.addresses_per_host,
-                "loss_percent": self.loss, "rate": self.rate, "link_down_s": self.link_down}
+                "loss_percent": self.loss, "rate": self.rate, "link_down_s": self.link_down,
+                "family": 6 if self.ipv6 else 4}
 
 
 def wants_hosts(cfg) -> bool:
@@ -105,7 +111,8 @@ def layout_for(cfg, workers: int, connections: int) -> HostLayout:
     if addresses > lab_layout.ADDRESSES_PER_HOST:
         raise HostedError(f"{connections:,} connections over {len(clients)} client hosts need {addresses} source "
                           f"addresses each, past the {lab_layout.ADDRESSES_PER_HOST} a host holds; use more hosts")
-    return HostLayout(prefix, made, server, clients, per_host, addresses, cfg.loss, cfg.rate, cfg.link_down)
+    return HostLayout(prefix, made, server, clients, per_host, addresses, cfg.loss, cfg.rate, cfg.link_down,
+                      cfg.ipv6)
 
 
 def _prefix_of(name: str) -> str:
@@ -158,13 +165,19 @@ class HostedRun:
         return self.lab.host(self.plan.server)
 
     @property
+    def server_address(self) -> str:
+        """Where the servers listen and the load goes: the server host's address, or its IPv6 twin."""
+        return self.plan.address(self.server.address)
+
+    @property
     def master_host(self) -> str:
         return self.lab.bridge_address
 
     def groups(self) -> list[WorkerGroup]:
         """One Locust forker per client host, binding that host's addresses."""
         return [WorkerGroup(self.plan.workers_per_host, name,
-                            ["--source-addresses", ",".join(self.lab.host(name).addresses[:self.plan.addresses_per_host]),
+                            ["--source-addresses", ",".join(self.plan.address(a) for a in
+                                                            self.lab.host(name).addresses[:self.plan.addresses_per_host]),
                              "--worker-host", name]) for name in self.plan.clients]
 
     def counters(self) -> dict[str, dict]:
@@ -231,7 +244,8 @@ class HostedRun:
             tcp = faults.delta(self.counters_before.get(name, {}), after.get(name, {}))
             rows.append({
                 "name": name, "role": "server" if name == p.server else "client",
-                "addresses": host.addresses if name == p.server else host.addresses[:p.addresses_per_host],
+                "addresses": [p.address(a) for a in (host.addresses if name == p.server
+                                                     else host.addresses[:p.addresses_per_host])],
                 "ip_local_port_range": netns.sysctl_in(name, "net.ipv4.ip_local_port_range"),
                 "somaxconn": int(netns.sysctl_in(name, "net.core.somaxconn")),
                 "workers": len(workers), "held": sum(w.get("held", 0) for w in workers),

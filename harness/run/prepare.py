@@ -105,6 +105,12 @@ def check_flags(cfg: RunConfig) -> None:
     except (UnknownBackend, ValueError, hosted.HostedError, LayoutError) as exc:
         raise RunError(str(exc)) from None
     check_tls_flags(cfg)
+    if cfg.target and (cfg.ipv6 or cfg.host != "127.0.0.1"):
+        raise RunError("--ipv6 and --host are where the harness's own servers listen; a --target's address says its "
+                       "family ([::1]:PORT for IPv6): drop them")
+    if cfg.wants_hosts and cfg.host not in ("127.0.0.1", "::1"):
+        raise RunError(f"--host {cfg.host}: on test hosts the servers listen on the server host's address; drop --host "
+                       "(--ipv6 for its IPv6 address)")
     for address in cfg.source_addresses or []:
         if not is_loopback(address):
             raise RunError(f"--source-addresses {address} is not on loopback; use addresses of 127.0.0.0/8 or ::1")
@@ -163,6 +169,13 @@ def master_address(cfg: RunConfig) -> tuple[str, int]:
     return (host, port)
 
 
+def _loopback_v6_sources(cfg: RunConfig) -> RunConfig:
+    """IPv6 loopback has one address: every worker binds ::1 (the plan counts its ports)."""
+    if cfg.ipv6 and not cfg.wants_hosts and not cfg.source_addresses:
+        return replace(cfg, source_addresses=["::1"])
+    return cfg
+
+
 def _prepare_own_servers(cfg: RunConfig, limits: dict) -> Prepared:
     if cfg.protocol not in (None, "echo", "hold"):
         raise RunError(f"--protocol {cfg.protocol} needs a --target that speaks it; the harness's own servers "
@@ -172,15 +185,18 @@ def _prepare_own_servers(cfg: RunConfig, limits: dict) -> Prepared:
         error = planning.fd_limit_error(flag, value, limits, least)
         if error:
             raise RunError(error)
+    cfg = _loopback_v6_sources(cfg)
     cfg = _fill(cfg, limits) if cfg.fill else cfg
     if cfg.connections < 1:
         raise RunError(f"--connections {cfg.connections} must be at least 1")
     plan = planning.plan(limits, cfg.connections, backend=cfg.backend, fd_limit=cfg.fd_limit,
                          processes=cfg.processes, selector=cfg.selector, workers=_planned_workers(cfg),
                          worker_fd_limit=cfg.worker_fd_limit, fill=cfg.fill, tls=cfg.tls,
-                         reserve=cfg.memory_reserve)
+                         reserve=cfg.memory_reserve, sources_given=None if cfg.wants_hosts else cfg.source_addresses)
     if plan.error:
-        raise RunError(plan.error)
+        hint = ("; IPv6 loopback has one address (::1): for more, load the test hosts over IPv6 (--hosts N --ipv6)"
+                if cfg.ipv6 and "source ports" in plan.error else "")
+        raise RunError(plan.error + hint)
     prepared = _finish(cfg, limits, plan)
     if cfg.wants_hosts:
         _on_hosts(prepared)
@@ -195,6 +211,9 @@ def _fill(cfg: RunConfig, limits: dict) -> RunConfig:
                              selector=cfg.selector, tls=cfg.tls, reserve=cfg.memory_reserve).caps
         return replace(cfg, connections=int(min(caps.values()) * FILL_OVERSHOOT) + 50)
     cap, name = planning.machine_cap(limits, cfg.backend, tls=cfg.tls, reserve=cfg.memory_reserve)  # a little past it
+    if cfg.source_addresses and not cfg.wants_hosts:  # the addresses every worker binds: their ports
+        ports = len(cfg.source_addresses) * planning.full_port_range(limits)
+        cap, name = (ports, "source ports") if ports < cap else (cap, name)
     # memory: no further (the processes are planned within it; the floor stops the ramp there)
     return replace(cfg, connections=cap if name == "memory" else int(cap * FILL_MACHINE_OVERSHOOT) + 50)
 
@@ -230,6 +249,8 @@ def _prepare_target(cfg: RunConfig, limits: dict) -> Prepared:
         if getattr(cfg, field_name) is not None:
             raise RunError(f"{flag} shapes the servers the harness starts; with --target none is started: drop {flag}")
     local = is_local(host)
+    if ":" in host and not cfg.source_addresses:  # the workers' own 127.0.i+1.2 cannot reach an IPv6 target
+        cfg = replace(cfg, source_addresses=["::1"] if local else ["::"])
     found = listeners.listeners(port) if local else []
     target = OutsideServer(host, port, found)
     room = predicted_cap(target.processes) if found else None

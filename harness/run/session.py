@@ -92,7 +92,7 @@ class Session:
                 config = ServerConfig(backend=cfg.backend, port=cfg.port, processes=prepared.plan.server_processes,
                                       share=cfg.share, fd_limit=prepared.plan.fd_limit, selector=cfg.selector,
                                       nice=LOAD_NICE, **self._server_tls(),
-                                      **({"host": lab.server.address, "netns": lab.server.name} if lab else {}))
+                                      host=self.host, **({"netns": lab.server.name} if lab else {}))
                 self.group = ServerGroup(config, log_file=str(self.scratch / "servers.log"))
                 self._release(self.group.stop)
                 self.group.start()
@@ -135,7 +135,7 @@ class Session:
         """The address the load goes to: the target's, the server host's, or loopback."""
         if self.prepared.target is not None:
             return self.prepared.target.host
-        return self.lab.server.address if self.lab is not None else "127.0.0.1"
+        return self.lab.server_address if self.lab is not None else self.prepared.config.host
 
     @property
     def server_netns(self) -> str | None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import subprocess
 
+from harness.core.addresses import join_host_port
+
 
 def run_ss(*args: str, netns: str | None = None) -> bytes:
     """ss's output (bytes: a million lines are counted, not decoded), in the test host `netns` if
@@ -35,4 +37,4 @@ def established_on_port(port: int, netns: str | None = None) -> int:
 
 def established_to(host: str, port: int) -> int:
     """Established TCP connections from this machine to host:port (our side of them, ss)."""
-    return run_ss("-Htn", "state", "established", "dst", f"{host}:{port}").count(b"\n")
+    return run_ss("-Htn", "state", "established", "dst", join_host_port(host, port)).count(b"\n")
