@@ -65,7 +65,10 @@ class Control:
                 self._tick_lab()
                 time.sleep(LOOP_S)
             self.sampler.sample(fresh=True)
-            self._reap_servers()  # a process that died as the run ended, seen in that last sample
+            if self.session.prepared.target is not None:
+                # a target's process that died as the run ended, seen in that last sample (the
+                # harness's own servers take a terminal's Ctrl-C with it: no fault then)
+                self._reap_servers()
             self.faults += self._deaths  # gone with no connections seen closing
         except Exception as exc:  # noqa: BLE001 - whatever happened, stop everything and record it
             self.error = f"{type(exc).__name__}: {exc}"
