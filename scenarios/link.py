@@ -57,7 +57,7 @@ def tls_sessions(opts, host: str | None) -> TlsSessions | None:
         settings = TlsSettings(server_name=opts.server_name or None, ca_pem=ca, insecure=opts.insecure,
                                version=opts.tls_version or None,
                                alpn=tuple(a for a in opts.alpn.split(",") if a), resume=opts.tls_resume,
-                               group=opts.tls_group)
+                               group=opts.tls_group or "")
         address = split_host_port(host or "", "--host")[0] if host else "localhost"
         _tls[host] = TlsSessions(client_context(settings), settings.server_name or address, settings)
     return _tls[host]

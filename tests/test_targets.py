@@ -15,9 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from markupsafe import escape  # what the report's template escapes with
 
 from harness.report.page import build
+from harness.system.certs import self_signed
 from tests.helpers import (
     HARNESS_RUN,
     QUICK,
@@ -36,11 +38,14 @@ def redis(port: int, *args: str) -> list[str]:
     return [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *args]
 
 
-def nginx_conf(tmp_path: Path, port: int, rlimit: int, connections: int) -> list[str]:
+def nginx_conf(tmp_path: Path, port: int, rlimit: int, connections: int, tls: tuple[Path, Path] | None = None,
+               tls_protocols: str = "TLSv1.2 TLSv1.3") -> list[str]:
     for name in ("logs", "tmp"):
         (tmp_path / name).mkdir(exist_ok=True)
     temp = " ".join(f"{kind}_temp_path {tmp_path}/tmp/{kind};" for kind in ("client_body", "proxy", "fastcgi",
                                                                              "uwsgi", "scgi"))
+    tls_lines = (f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; ssl_protocols {tls_protocols};"
+                 if tls else "")
     conf = tmp_path / "nginx.conf"
     conf.write_text(f"""worker_processes 2;
 worker_rlimit_nofile {rlimit};
@@ -51,7 +56,7 @@ events {{ worker_connections {connections}; }}
 http {{
   access_log off; {temp}
   keepalive_timeout 300s; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
+  server {{ listen 127.0.0.1:{port}{" ssl" if tls else ""}; {tls_lines} location / {{ return 200 "ok\\n"; }} }}
 }}
 """)
     return [NGINX, "-p", str(tmp_path), "-c", str(conf)]
@@ -108,17 +113,23 @@ def test_redis_in_protected_mode_refuses_every_127_0_x_y_source_in_words(tmp_pat
     assert "--protected-mode no" in d["fix"] and "--source-addresses 127.0.0.1" in d["fix"]
 
 
-def nginx_run(tmp_path: Path, outside, rlimit: int, worker_connections: int, connections: str) -> tuple[dict, dict]:
-    """nginx with two workers on a free port, loaded over HTTP: (run.json, its diagnosis)."""
+def nginx_run(tmp_path: Path, outside, rlimit: int, worker_connections: int, connections: str,
+              tls: bool = False) -> tuple[dict, dict]:
+    """nginx with two workers on a free port, loaded over HTTP (or HTTPS, with a certificate made
+    now that the clients trust): (run.json, its diagnosis)."""
     port = free_port()
-    outside(nginx_conf(tmp_path, port, rlimit=rlimit, connections=worker_connections), port=port)
-    code, doc, err = target_run(tmp_path, port, "--protocol", "http", "--connections", connections)
+    cert = self_signed(tmp_path, ["127.0.0.1"]) if tls else None
+    outside(nginx_conf(tmp_path, port, rlimit=rlimit, connections=worker_connections, tls=cert), port=port)
+    code, doc, err = target_run(tmp_path, port, "--protocol", "http", "--connections", connections,
+                                *(["--tls", "--ca", str(cert[0])] if tls else []))
     assert code == 0, err
+    if tls:  # every connection held was handshaken first
+        assert doc["tls"]["handshakes"] >= doc["peak_connections"] and doc["tls"]["version"]
     return doc, doc["diagnosis"]
 
 
-def test_nginx_worker_connections_is_its_own_limit_across_two_workers(tmp_path, outside):
-    doc, d = nginx_run(tmp_path, outside, rlimit=4096, worker_connections=100, connections="400")
+def test_nginx_over_tls_worker_connections_is_its_own_limit_across_two_workers(tmp_path, outside):
+    doc, d = nginx_run(tmp_path, outside, rlimit=4096, worker_connections=100, connections="400", tls=True)
     assert d["limit"] == "target's own connection limit" and "worker_connections" in d["fix"]
     workers = [p for p in doc["target"]["processes"] if p.get("fds_gained", 0) > 0]
     assert len(workers) == 2 and all(p["name"] == "nginx" for p in workers)
@@ -126,11 +137,27 @@ def test_nginx_worker_connections_is_its_own_limit_across_two_workers(tmp_path, 
     assert doc["echo"]["failed"] == {} or set(doc["echo"]["failed"]) <= {"EOF", "ECONNRESET"}
 
 
-def test_nginx_worker_rlimit_nofile_is_its_fd_limit_within_1_percent(tmp_path, outside):
-    doc, d = nginx_run(tmp_path, outside, rlimit=300, worker_connections=4096, connections="max")
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_nginx_worker_rlimit_nofile_is_its_fd_limit_within_1_percent(tmp_path, outside, tls):
+    doc, d = nginx_run(tmp_path, outside, rlimit=300, worker_connections=4096, connections="max", tls=tls)
     assert d["limit"] == "target fd limit" and d["process"]["name"] == "nginx" and d["process"]["fd_soft"] == 300
     assert "nginx (2 processes) holds 300 of its 300 fds" in d["summary"]  # the master takes no connections
     assert within_1_percent(doc["peak_connections"], d["predicted_cap"]), (doc["peak_connections"], d["predicted_cap"])
+
+
+def test_a_tls_version_or_certificate_the_client_refuses_is_named(tmp_path, outside):
+    """nginx that speaks only TLS 1.2, asked for 1.3: its alert, named; a certificate no CA given
+    vouches for: the client's verify failure, named, with OpenSSL's reason kept."""
+    port = free_port()
+    cert = self_signed(tmp_path, ["127.0.0.1"])
+    outside(nginx_conf(tmp_path, port, rlimit=1024, connections=512, tls=cert, tls_protocols="TLSv1.2"), port=port)
+    code, doc, err = target_run(tmp_path, port, "--protocol", "http", "--connections", "5", "--tls", "--ca",
+                                str(cert[0]), "--tls-version", "1.3")
+    assert code == 0, err
+    assert doc["peak_connections"] == 0 and list(doc["connects"]["failed"]) == ["tls-alert-protocol-version"]
+    code, doc, err = target_run(tmp_path, port, "--protocol", "http", "--connections", "5", "--tls")
+    assert list(doc["connects"]["failed"]) == ["tls-verify"]
+    assert doc["connects"]["evidence"]["tls-verify"] == "self-signed certificate"  # OpenSSL's reason
 
 
 # -- the client side and the kernel ------------------------------------------------------------

@@ -81,7 +81,8 @@ def test_an_echo_over_tls_in_any_chunking(cert, cuts):
     assert conn.state == READY, conn.seen
     assert [e[:2] for e in conn.seen] == [("stage", "connect"), ("stage", "tls-handshake"), ("reply", 40),
                                           ("verified",)]
-    assert conn.tls.agreed() == {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384", "group": "X25519",
+    assert conn.tls.agreed() == {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384",
+                                 "group": "default (X25519 first)",
                                  "resumed": False, "alpn": ""}
 
 
@@ -91,6 +92,28 @@ def test_a_certificate_the_client_does_not_trust_is_named_with_openssls_reason(c
     conn.received(serve_echo(*server, conn.connected(0.1, 10.0)), 0.2, 10.0)
     [failure] = [e for e in conn.seen if e[0] == "failure"]
     assert failure[1:3] == ("tls-handshake", "tls-verify") and b"self-signed certificate" in failure[3]
+
+
+def handshake(conn: Recorder, server) -> None:
+    to_server = conn.connected(0.1, 10.0)
+    for _ in range(6):
+        to_server = conn.received(serve_echo(*server, to_server), 0.2, 10.0)
+        if conn.state in (READY, CLOSED) or not to_server:
+            break
+
+
+def test_a_tls_12_server_with_an_ecdsa_p256_certificate_is_reached_by_default_and_one_group_is_kept(cert):
+    """By default the client offers OpenSSL's groups, P-256 among them, as a TLS 1.2 server with an
+    ECDSA P-256 certificate needs; --tls-group offers that one group alone, and fails by name."""
+    conn = client(cert)
+    handshake(conn, server_object(cert, maximum=ssl.TLSVersion.TLSv1_2))
+    assert conn.state == READY and conn.tls.agreed()["version"] == "TLSv1.2"
+    conn = client(cert, group="prime256v1")
+    handshake(conn, server_object(cert))
+    assert conn.state == READY and conn.tls.agreed()["group"] == "prime256v1"
+    conn = client(cert, group="X25519")
+    handshake(conn, server_object(cert, maximum=ssl.TLSVersion.TLSv1_2))
+    assert conn.seen[-1][2] == "tls-alert-handshake-failure"
 
 
 def test_a_version_the_server_does_not_speak_is_named_by_its_alert(cert):
@@ -135,7 +158,8 @@ def test_a_run_over_tls_records_what_its_handshakes_agreed(tmp_path):
     doc = json.loads(out.stdout)
     assert doc["peak_connections"] == 300 and doc["echo"]["mismatched"] == 0
     assert doc["tls"] == {"handshakes": 300, "resumed": 0, "version": {"TLSv1.3": 300},
-                          "cipher": {"TLS_AES_256_GCM_SHA384": 300}, "group": {"X25519": 300}, "alpn": {"": 300}}
+                          "cipher": {"TLS_AES_256_GCM_SHA384": 300}, "group": {"default (X25519 first)": 300},
+                          "alpn": {"": 300}}
     assert doc["connects"]["stages"] == {"tls-handshake": 300} and "tls-handshake" in doc["latency_ms"]
     assert doc["plan"]["tls"] and doc["plan"]["connection_bytes"] > 20_000
 

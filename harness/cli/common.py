@@ -233,7 +233,7 @@ def add_tls_options(p: argparse.ArgumentParser, server: bool = True) -> None:
     p.add_argument("--tls-version", choices=("1.2", "1.3"), default=None, help=_help("tls_version"))
     p.add_argument("--alpn", default=None, metavar="P1,P2", help=_help("alpn"))
     p.add_argument("--tls-resume", action="store_true", help=_help("tls_resume"))
-    p.add_argument("--tls-group", default=None, metavar="GROUP", help=_help("tls_group") + " (default X25519)")
+    p.add_argument("--tls-group", default=None, metavar="GROUP", help=_help("tls_group"))
     if server:
         p.add_argument("--cert", default=None, metavar="FILE",
                        help="TLS: the harness's own servers' certificate (PEM; default: one made for the run, "

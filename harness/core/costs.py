@@ -86,6 +86,14 @@ def between(start: dict, end: dict) -> Costs:
                     if end.get(name) is not None and start.get(name) is not None})
 
 
+def whole(per: float | None, within: float = 0.15) -> float | None:
+    """A count per connection (fds, threads) as the whole number it is near: a slope of 0.93 or
+    2.04 (a sample taken as a gauge lagged, a log file opened) is 1 or 2."""
+    if per is None or per < 0.5:
+        return per
+    return float(round(per)) if abs(per - round(per)) <= within else per
+
+
 def ready_to_predict(points: list[dict], target: int) -> bool:
     held = [p["held"] for p in points]
     return len(points) >= MIN_POINTS and max(held) - min(held) >= max(MIN_SPAN, target // 20)
@@ -106,7 +114,7 @@ def predict(costs: Costs, base: dict, limits: dict, client_bytes: int, held: int
         if left is not None and per and per > 1e-9:
             caps[name] = max(0, int(left / per))
 
-    room("fd limit", base.get("fd_room"), costs.fds)
+    room("fd limit", base.get("fd_room"), whole(costs.fds))
     room("memory (MemAvailable)", limits.get("mem_available"),
          (costs.rss_bytes or 0) + client_bytes if costs.rss_bytes is not None else None)
     room("memory (cgroup memory.max)", base.get("cgroup_room"), costs.rss_bytes)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from harness.core.costs import Costs
+from harness.core.costs import Costs, whole
 from harness.core.costs import describe as describe_costs
 from harness.core.evidence import Evidence
 from harness.core.records import ProcessInfo
@@ -100,11 +100,8 @@ def predicted_cap(procs: list[ProcessInfo], fds_per_connection: float = 1.0) -> 
 
 def fds_per_connection(ev: Evidence) -> float:
     """The fds a connection costs the serving processes, as the run measured it (1 where it did not)."""
-    fds = _serving(ev)[0].get("fds")
-    if not fds or fds < 1:
-        return 1.0
-    # a count: a slope of 2.03 (a log file opened as the ramp went) is two
-    return float(round(fds)) if abs(fds - round(fds)) <= 0.1 else round(fds, 2)
+    fds = whole(_serving(ev)[0].get("fds"), within=0.1)
+    return round(fds, 2) if fds and fds >= 1 else 1.0
 
 
 def _target_cap(ev: Evidence) -> int | None:
@@ -452,10 +449,34 @@ def cost_lines(ev: Evidence) -> list[str]:
     if costs:
         lines.append(f"the processes serving the port cost {describe_costs(Costs(**costs))} (/proc, from the "
                      "first sample to the hold)")
+    ramp_cpu = ((ev.serving or {}).get("ramp_costs") or {}).get("cpu_s")
+    if ev.tls and (ramp_cpu or costs.get("cpu_s")):
+        lines += handshake_lines(ev, ramp_cpu or costs["cpu_s"])
     if prediction and prediction.get("binding"):
-        off = (100.0 * (ev.held - prediction["cap"]) / prediction["cap"]) if prediction["cap"] else 0.0
-        lines.append(f"predicted at {_n(prediction['held'])} held ({prediction['t']:.0f} s in): the {prediction['binding']}"
-                     f" binds at {_n(prediction['cap'])}; measured {_n(ev.held)} ({off:+.1f}%)")
+        line = (f"predicted at {_n(prediction['held'])} held ({prediction['t']:.0f} s in): the {prediction['binding']}"
+                f" binds at {_n(prediction['cap'])}")
+        if ev.stopped_by != "target":  # the run met a limit: how far off the prediction was
+            off = (100.0 * (ev.held - prediction["cap"]) / prediction["cap"]) if prediction["cap"] else 0.0
+            line += f"; measured {_n(ev.held)} ({off:+.1f}%)"
+        lines.append(line)
+    return lines
+
+
+HANDSHAKES_BIND = 0.8  # a ramp this close to the handshakes' ceiling was held back by them
+
+
+def handshake_lines(ev: Evidence, cpu_s: float) -> list[str]:
+    """A TLS server's CPU per connection is its handshake's: the most handshakes a second its
+    processes can make (one core each: a single-threaded event loop, or Python's GIL), and whether
+    that, not the connects, set the ramp's rate."""
+    processes = len(_accepting(ev.processes)) or len(ev.servers) or 1
+    cores = min(processes, ev.limits.get("cpus", 1) or 1)
+    ceiling = cores / cpu_s
+    lines = [f"the target spends {cpu_s * 1000:.2f} ms of CPU per handshake: at most {ceiling:,.0f} a second on its "
+             f"{cores} core(s)"]
+    if ev.connect_rate >= HANDSHAKES_BIND * ceiling:
+        lines.append(f"handshakes, not connects, set the ramp's rate: {ev.connect_rate:,.0f} connections a second "
+                     f"against that ceiling")
     return lines
 
 

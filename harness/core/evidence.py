@@ -52,6 +52,7 @@ class Evidence:
     serving: dict | None = None  # the serving processes' costs per connection and the prediction made from them
     faults: list[dict] = field(default_factory=list)  # what happened that the run did not plan
     accept_queue: dict | None = None  # the port's accept queue at its fullest during the run (ss -ltn)
+    connect_rate: float = 0.0  # connections a second while ramping
 
     @property
     def connects_failed(self) -> dict[str, int]:

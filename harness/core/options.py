@@ -82,7 +82,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("alpn", str, "", "TLS: the ALPN protocols offered, comma-separated (e.g. h2,http/1.1)", web_ui=True, workers=True),
     Option("tls_resume", bool, False, "TLS: offer the session of an earlier handshake, as reconnecting clients do",
            web_ui=True, workers=True),
-    Option("tls_group", str, "X25519", "TLS: the key exchange group offered (e.g. X25519, prime256v1)",
+    Option("tls_group", str, "", "TLS: offer this key exchange group alone (e.g. X25519, prime256v1; default: "
+           "OpenSSL's list, X25519 first)",
            web_ui=True, workers=True),
 )
 BY_NAME = {o.name: o for o in OPTIONS}

@@ -255,6 +255,13 @@ def host_lines(hosts: dict | None) -> list[str]:
     return [f"across test hosts (lab {hosts['prefix']}, master on {hosts['bridge_address']}):", *out]
 
 
+def connect_rate(series: list[dict], key: str) -> float:
+    """Connections a second while ramping: the peak over the ramp's length (0 if it never held)."""
+    peak = max((p[key] for p in series), default=0)
+    seconds = _ramp_seconds(series, peak, key)
+    return peak / seconds if seconds else 0.0
+
+
 def _ramp_seconds(series: list[dict], peak: int, key: str = "server_open") -> float:
     """From the first sample with a connection to the first with 99% of the peak, by the servers'
     own count (or the workers', for a target; both sampled every second; the kernel's is sampled

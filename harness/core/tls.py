@@ -9,9 +9,12 @@ A handshake that fails is named in one word, with OpenSSL's reason kept as evide
 `tls-alert-<name>` (the server sent an alert: `tls-alert-protocol-version`,
 `tls-alert-handshake-failure`), or `tls-handshake` (anything else, e.g. a server that does not speak
 TLS). What a handshake agreed (version, cipher, key exchange group, whether the session was resumed,
-ALPN) is `agreed()`; the group is the one the client offers (`TlsSettings.group`: OpenSSL 3 sets a
-context's supported groups to the one `set_ecdh_curve` names, so a handshake either agrees on it or
-fails by name).
+ALPN) is `agreed()`. The key exchange group: by default the client offers OpenSSL's own list
+(X25519 first, with its one key share, then P-256 and the rest: a TLS 1.2 server whose certificate is
+ECDSA P-256 needs P-256 offered), and the standard library cannot say which one a handshake chose,
+so `agreed()` records DEFAULT_GROUP_NAME; with `--tls-group` the client offers that group alone
+(OpenSSL 3 sets a context's supported groups to the one `set_ecdh_curve` names), so a handshake
+agrees on it or fails by name.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import ssl
 from dataclasses import dataclass
 
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
-DEFAULT_GROUP = "X25519"  # what OpenSSL offers first by default
+DEFAULT_GROUP_NAME = "default (X25519 first)"  # OpenSSL's list, its one key share X25519
 READ_BYTES = 65536
 HANDSHAKE = "tls-handshake"
 VERIFY = "tls-verify"
@@ -36,7 +39,7 @@ class TlsSettings:
     version: str | None = None  # "1.2" or "1.3": exactly that version (default: either)
     alpn: tuple[str, ...] = ()
     resume: bool = False  # offer the session the last handshake got (as reconnecting clients do)
-    group: str = DEFAULT_GROUP
+    group: str = ""  # the one group offered (default: OpenSSL's list)
 
 
 def client_context(settings: TlsSettings) -> ssl.SSLContext:
@@ -49,7 +52,8 @@ def client_context(settings: TlsSettings) -> ssl.SSLContext:
         context.minimum_version = context.maximum_version = VERSIONS[settings.version]
     if settings.alpn:
         context.set_alpn_protocols(list(settings.alpn))
-    context.set_ecdh_curve(settings.group)
+    if settings.group:
+        context.set_ecdh_curve(settings.group)
     return context
 
 
@@ -125,7 +129,7 @@ class TlsClient:
     def agreed(self) -> dict[str, str | bool]:
         cipher = self.obj.cipher()
         return {"version": self.obj.version() or "?", "cipher": cipher[0] if cipher else "?",
-                "group": self.sessions.settings.group, "resumed": self.obj.session_reused,
+                "group": self.sessions.settings.group or DEFAULT_GROUP_NAME, "resumed": self.obj.session_reused,
                 "alpn": self.obj.selected_alpn_protocol() or ""}
 
     def evidence(self) -> bytes:

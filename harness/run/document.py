@@ -17,7 +17,7 @@ from harness.core import diagnose
 from harness.core.backends import connection_bytes
 from harness.core.evidence import Evidence, gather, on_hosts, sources_of
 from harness.core.records import Fault, MasterStatus, SeriesPoint
-from harness.core.rundoc import build_document, held_count
+from harness.core.rundoc import build_document, connect_rate, held_count
 from harness.run import locust_csv
 from harness.run.prepare import Prepared
 from harness.run.sampler import Sampler
@@ -102,7 +102,8 @@ def run_evidence(prepared: Prepared, *, series: list[SeriesPoint], status: Maste
                       connections=cfg.connections, memory_reserve=cfg.memory_reserve,
                       mem_available_at_stop=min((p.get("mem_available_bytes", 0) for p in series), default=None),
                       tls=cfg.tls, serving=watch.as_dict() if watch else None, faults=faults,
-                      backend=None if cfg.target else cfg.backend, accept_queue=accept_queue)
+                      backend=None if cfg.target else cfg.backend, accept_queue=accept_queue,
+                      connect_rate=connect_rate(series, "locust_held" if cfg.target else "server_open"))
     if end.hosts:
         on_hosts(evidence, end.hosts)
     return evidence

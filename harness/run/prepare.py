@@ -19,7 +19,7 @@ from harness.core.backends import UnknownBackend, backend
 from harness.core.diagnose import predicted_cap
 from harness.core.lab_layout import HOST_PORT_RANGE, LayoutError, per_address
 from harness.core.refusal import Refused
-from harness.core.tls import DEFAULT_GROUP, TlsSettings, client_context
+from harness.core.tls import TlsSettings, client_context
 from harness.hosts import netns
 from harness.run import hosted
 from harness.run.config import RunConfig
@@ -134,9 +134,9 @@ def check_tls_flags(cfg: RunConfig) -> None:
     for flag, path in (("--cert", cfg.cert), ("--key", cfg.key), ("--ca", cfg.ca)):
         if path and not Path(path).is_file():
             raise RunError(f"{flag} {path} is not a file; give a PEM file")
-    if cfg.tls:
+    if cfg.tls and cfg.tls_group:
         try:
-            client_context(TlsSettings(group=cfg.tls_group or DEFAULT_GROUP, version=cfg.tls_version))
+            client_context(TlsSettings(group=cfg.tls_group or "", version=cfg.tls_version))
         except (ValueError, ssl.SSLError) as exc:
             raise RunError(f"--tls-group {cfg.tls_group}: {exc}; give a group OpenSSL knows, e.g. X25519 or "
                            "prime256v1") from None

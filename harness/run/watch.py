@@ -61,5 +61,7 @@ class CostWatch:
 
     def as_dict(self) -> dict:
         fitted = self.costs()
-        return {"costs": fitted.as_dict() if fitted else None,
+        # while ramping, the CPU a connection costs is its handshake's and its first reply's alone
+        ramp = costs.fit(self.points) if len(self.points) >= 3 else None
+        return {"costs": fitted.as_dict() if fitted else None, "ramp_costs": ramp.as_dict() if ramp else None,
                 "prediction": self.prediction.as_dict() if self.prediction else None}
