@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import resource
 import socket
+import time
 
 from locust import events
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
@@ -20,7 +21,7 @@ from harness.core.planning import source_address, sources_for, users_per_client
 from harness.hosts.netns import lab_addresses
 from harness.system.limits import read_limits
 from harness.system.procctl import die_with_parent
-from scenarios import board, link, locust_fixes, reporting, webui  # noqa: F401  (locust_fixes patches on import)
+from scenarios import board, link, locust_fixes, metrics, reporting, webui  # noqa: F401  (locust_fixes patches on import)
 from scenarios.shape import StepRampShape  # noqa: F401  (Locust picks shapes up from this module)
 from scenarios.tally import TALLY
 from scenarios.users import EchoUser  # noqa: F401  (Locust picks users up from this module)
@@ -34,6 +35,8 @@ PLUMBING = (
     ("--status-file", str, "", "write the master's status here every second"),
     ("--ui-results", str, "", "harness ui: where each test's run directory is written (its report is linked)"),
     ("--kernel-interval", float, 2.0, "seconds between the master's counts of established connections; 0: never"),
+    ("--metrics-bind", str, "", "serve Prometheus metrics at HOST:PORT/metrics (master)"),
+    ("--predicted-cap", int, 0, "the cap the plan predicted, for the metrics (master)"),
 )
 
 
@@ -101,6 +104,10 @@ def on_init(environment, runner, web_ui=None, **kwargs) -> None:
         board.start_master(runner, opts.server_gauges or None, port, opts.status_file or None,
                            opts.kernel_interval, host, opts.server_netns)
         board.BOARD.ui_results = opts.ui_results
+        if opts.metrics_bind:
+            metrics.serve(opts.metrics_bind, opts.predicted_cap)
+            # the last numbers are scraped before the master goes (where something scrapes)
+            environment.events.quitting.add_listener(lambda **_: metrics.last_scrape(time.monotonic()))
         environment.events.reset_stats.add_listener(board.BOARD.reset_stats)
         if environment.shape_class is not None:
             # test_stopping, not test_stop: the master fires test_stop only once its workers report

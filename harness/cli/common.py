@@ -171,6 +171,9 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--payload-size", type=ranged(int, 1, 65_536, "{value} bytes: use 1 to 65,536"), default=64,
                    help=_help("payload_size"))
     p.add_argument("--out", default="results", help="directory for run directories")
+    p.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                   help="the Locust master serves Prometheus metrics at http://HOST:PORT/metrics for the whole run "
+                        "(loopback unless --allow-non-loopback; docs/metrics.md)")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:

@@ -35,6 +35,7 @@ class RunConfig:
     ramp_rate: float | None = None  # None: planned
     max_seconds: float | None = None  # the ramp's time bound; None: planned from the target
     out: str = "results"
+    metrics: str | None = None  # HOST:PORT where the master serves Prometheus metrics
     target: str | None = None  # HOST:PORT of a server the harness does not start
     protocol: str | None = None  # what the target speaks (default echo for the harness's own servers)
     send: str = ""

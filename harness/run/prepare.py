@@ -105,6 +105,7 @@ def check_flags(cfg: RunConfig) -> None:
     except (UnknownBackend, ValueError, hosted.HostedError, LayoutError) as exc:
         raise RunError(str(exc)) from None
     check_tls_flags(cfg)
+    check_metrics(cfg)
     if cfg.target and (cfg.ipv6 or cfg.host != "127.0.0.1"):
         raise RunError("--ipv6 and --host are where the harness's own servers listen; a --target's address says its "
                        "family ([::1]:PORT for IPv6): drop them")
@@ -140,6 +141,19 @@ def check_tls_flags(cfg: RunConfig) -> None:
         except (ValueError, ssl.SSLError) as exc:
             raise RunError(f"--tls-group {cfg.tls_group}: {exc}; give a group OpenSSL knows, e.g. X25519 or "
                            "prime256v1") from None
+
+
+def check_metrics(cfg: RunConfig) -> None:
+    """--metrics HOST:PORT: an address to listen on, loopback unless the user says otherwise."""
+    if not cfg.metrics:
+        return
+    try:
+        host, _ = split_host_port(cfg.metrics, "--metrics", "127.0.0.1:9646")
+    except AddressError as exc:
+        raise RunError(str(exc)) from None
+    if not is_loopback(host) and not cfg.allow_non_loopback:
+        raise RunError(f"--metrics {cfg.metrics} is not loopback: anyone who reaches it reads the run; add "
+                       "--allow-non-loopback if that network is yours")
 
 
 def master_address(cfg: RunConfig) -> tuple[str, int]:

@@ -121,11 +121,13 @@ class Session:
         plumbing = ["--test-hosts"] if lab is not None else []
         gauges = ["--server-gauges", self.group.gauges_path] if self.group.gauges_path else []
         netns = ["--server-netns", lab.server.name] if lab is not None else []
+        metrics = (["--metrics-bind", prepared.config.metrics, "--predicted-cap", str(prepared.plan.predicted_cap)]
+                   if prepared.config.metrics else [])
         self.cluster = LocustCluster(
             host=self.host, port=self.group.port, workers=prepared.workers, log_dir=log_dir, worker_nice=LOAD_NICE,
             master_host=lab.master_host if lab and not prepared.config.master_bind else prepared.master[0],
             master_port=prepared.master[1], groups=lab.groups() if lab else [],
-            master_args=[*locust_args(values), *plumbing, *gauges, *netns, *master_args],
+            master_args=[*locust_args(values), *plumbing, *gauges, *netns, *metrics, *master_args],
             worker_args=[*locust_args(values, workers=True), *plumbing, *worker_args])
         self._release(self.cluster.stop)
         return self.cluster.start()
