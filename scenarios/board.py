@@ -240,6 +240,8 @@ def start_master(runner, server_gauges: str | None, port: int | None, status_fil
             gevent.sleep(REPORT_INTERVAL_S)
 
     gevent.spawn(loop)
+    if status_file:  # the workers' last reports came before they quit: the status says them
+        runner.environment.events.quitting.add_listener(lambda **_: write_status(status_file))
 
 
 def write_status(path: str) -> None:

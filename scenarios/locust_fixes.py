@@ -35,8 +35,14 @@ locustfile, so they apply in every Locust process of a run and nowhere else.
   `wait_for_workers` (called at init) waits for them in WORKERS_POLL_S steps, for up to
   WORKERS_WAIT_S, so Locust's own poll finds them ready.
 - `MasterRunner.quit` sleeps half a second "for final stats report from all workers", and a headless
-  shape test calls it twice (when the shape ends, and again at shutdown): the second call, on a
-  runner that has already quit, returns at once.
+  shape test calls it twice (when the shape ends, and again at shutdown): it now waits (at most
+  FINAL_REPORTS_WAIT_S) until every worker has said it quit, which each does after its final stats;
+  the second call, on a runner that has already quit, returns at once.
+- The shape is asked for its next tick once a second (`Runner.shape_worker`), so a ramp whose
+  connections were all answered in a tenth of a second still waits most of a second to hold, and
+  a hold that ends waits up to a second to stop. It is asked every SHAPE_TICK_S here: the ramp rule
+  is a function of the time, not of the ticks (`harness.core.ramp`), and a tick that changes
+  nothing dispatches nothing.
 - The `--csv` files are rewritten by a greenlet once a second and never at shutdown, so a run's
   last second (its final stats, which the workers send as they quit) may be missing from them. They
   are written once more as they are closed.
@@ -56,6 +62,8 @@ runners.HEARTBEAT_LIVENESS = 30
 SHAPE_END_WAIT_S = 5.0
 WORKERS_POLL_S = 0.05
 WORKERS_WAIT_S = 10.0
+SHAPE_TICK_S = 0.2
+FINAL_REPORTS_WAIT_S = 0.5
 
 if not hasattr(argument_parser.default_args_dict, "cache_info"):
     argument_parser.default_args_dict = functools.cache(argument_parser.default_args_dict)
@@ -125,10 +133,18 @@ _quit = MasterRunner.quit
 
 
 def _quit_once(self) -> None:
+    """Locust's MasterRunner.quit, once; it waits for the workers' final reports until each has
+    said it quit (its last message, after its final stats), not a fixed half second."""
     if getattr(self, "_harness_quit", False):
         return
     self._harness_quit = True
-    _quit(self)
+    self.stop(send_stop_to_client=False)
+    for client in self.clients.all:
+        self.server.send_to_client(runners.Message("quit", None, client.id))
+    deadline = time.monotonic() + FINAL_REPORTS_WAIT_S
+    while self.clients.all and time.monotonic() < deadline:
+        gevent.sleep(WORKERS_POLL_S)
+    self.greenlet.kill(block=True)
 
 
 if MasterRunner.quit is _quit:
@@ -154,3 +170,30 @@ def _close_files_after_a_last_write(self) -> None:
 
 if stats.StatsCSVFileWriter.close_files is _close_files:
     stats.StatsCSVFileWriter.close_files = _close_files_after_a_last_write
+
+
+_shape_worker = Runner.shape_worker
+
+
+def _shape_worker_quicker(self) -> None:
+    """Locust's shape_worker (runners.py, 2.47), ticking every SHAPE_TICK_S instead of every second."""
+    while self.state in (runners.STATE_INIT, runners.STATE_SPAWNING, runners.STATE_RUNNING):
+        started = time.time()
+        current_tick = self.environment.shape_class.tick() if self.environment.shape_class is not None else None
+        if current_tick is None:
+            if self.environment.parsed_options and self.environment.parsed_options.headless:
+                self.quit()
+            else:
+                self.stop()
+            self.shape_greenlet = None
+            self.shape_last_tick = None
+            return
+        if self.shape_last_tick != current_tick:
+            user_count, spawn_rate, *classes = current_tick
+            self.start(user_count=user_count, spawn_rate=spawn_rate, user_classes=classes[0] if classes else None)
+            self.shape_last_tick = current_tick
+        gevent.sleep(max(SHAPE_TICK_S - (time.time() - started), 0))
+
+
+if Runner.shape_worker is _shape_worker:
+    Runner.shape_worker = _shape_worker_quicker

@@ -16,6 +16,9 @@ MESSAGE = "harness_gauges"
 PHASE_MESSAGE = "harness_phase"  # master -> workers: {"ramping": bool, "test": the test's number}
 RESET_MESSAGE = "harness_reset_stats"  # master -> workers: RESET in the web UI
 REPORT_INTERVAL_S = 1.0
+# ...and while ramping: the shape moves on (to the next step, or to the hold) as soon as it sees the
+# connections answered, so it sees them sooner (a report is counters and a nearly empty histogram)
+RAMP_REPORT_INTERVAL_S = 0.25
 
 
 def worker_report(worker_index: int, rss: RssReader, rss_base: int, base_fds: int) -> WorkerReport:
@@ -37,8 +40,8 @@ def on_phase(environment, msg, **kwargs) -> None:
 
 
 def start_reporting(runner) -> None:
-    """In a process that runs users: report to the master every REPORT_INTERVAL_S, and follow
-    the master's phase (periodic requests wait while it ramps)."""
+    """In a process that runs users: report to the master every REPORT_INTERVAL_S (while ramping,
+    RAMP_REPORT_INTERVAL_S), and follow the master's phase (periodic requests wait while it ramps)."""
     runner.register_message(PHASE_MESSAGE, on_phase)
     runner.register_message(RESET_MESSAGE, lambda environment, msg, **kw: TALLY.reset_echo_stats())
     rss = RssReader()  # opened now, before any connection: works at EMFILE later
@@ -47,9 +50,15 @@ def start_reporting(runner) -> None:
     # listing /proc/self/fd takes 15 ms at 19,000 fds, every second in each of 51 workers.
     base_fds = count_open_fds()
 
+    def report() -> None:
+        runner.send_message(MESSAGE, worker_report(getattr(runner, "worker_index", 0), rss, base, base_fds))
+
     def loop() -> None:
         while True:
-            runner.send_message(MESSAGE, worker_report(getattr(runner, "worker_index", 0), rss, base, base_fds))
-            gevent.sleep(REPORT_INTERVAL_S)
+            report()
+            gevent.sleep(RAMP_REPORT_INTERVAL_S if TALLY.ramping else REPORT_INTERVAL_S)
 
     gevent.spawn(loop)
+    # the test is stopping (the master's quit, or STOP): a last report of what was held and done,
+    # before the users are stopped and before the worker's own quit message
+    runner.environment.events.test_stopping.add_listener(lambda **_: report())

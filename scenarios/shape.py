@@ -11,14 +11,15 @@ from locust import LoadTestShape
 
 from harness.core import ramp
 from harness.core.options import OPTIONS
-from harness.system.limits import meminfo
+from harness.system.limits import memory_available
 from scenarios.board import BOARD
 
 
 def _mem_available() -> int:
-    """This machine's MemAvailable, or 0 (not read) where /proc/meminfo cannot be opened (ENFILE)."""
+    """The memory this run may still take (MemAvailable, or its cgroup's room where less), or 0
+    (not read) where /proc/meminfo cannot be opened (ENFILE)."""
     try:
-        return meminfo()["MemAvailable"]
+        return memory_available()
     except OSError:
         return 0
 
@@ -62,7 +63,7 @@ class StepRampShape(LoadTestShape):
                              ramp_rate=(opts.spawn_rate if ui and opts.spawn_rate else opts.ramp_rate),
                              step_seconds=opts.step_seconds, max_seconds=opts.max_seconds,
                              hold_seconds=opts.hold, memory_floor=opts.memory_reserve,
-                             bytes_per_connection=opts.connection_bytes)
+                             bytes_per_connection=opts.connection_bytes, gauged=BOARD.server_board is not None)
 
     def _seen(self) -> ramp.Seen:
         totals = BOARD.totals()

@@ -69,3 +69,29 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
                                     "(HARNESS_ALLOW_SKIPS=1 allows it on a machine that cannot run them):", red=True)
         for line in _skipped:
             terminalreporter.write_line(f"  {line}", red=True)
+
+
+@pytest.fixture
+def memory_cgroup():
+    """Memory cgroups (v1 or v2) made with the limit asked, removed after: `memory_cgroup(bytes)`
+    returns the cgroup's directory; the test puts the processes it starts in it."""
+    made: list[str] = []
+
+    def make(limit: int) -> str:
+        for base, limit_file in (("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
+                                 ("/sys/fs/cgroup/unified", "memory.max")):
+            path = f"{base}/fdcap-test-{os.getpid()}-{len(made)}"
+            try:
+                os.mkdir(path)
+                with open(f"{path}/{limit_file}", "w") as f:
+                    f.write(str(limit))
+                made.append(path)
+                return path
+            except OSError:
+                if os.path.isdir(path):
+                    os.rmdir(path)
+        pytest.fail("no memory cgroup can be made here (root with a writable /sys/fs/cgroup)")
+
+    yield make
+    for path in made:
+        os.rmdir(path)

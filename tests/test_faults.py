@@ -175,19 +175,29 @@ def test_ctrl_c_in_every_phase_leaves_a_valid_run_json_and_no_process(tmp_path, 
     assert_gone(pids)
 
 
-def test_a_ramp_that_would_pass_the_memory_floor_stops_there_named_memory(tmp_path):
-    """--memory-reserve set 120 MB below this machine's MemAvailable and --connections max: the plan
-    lets the run look for memory (a plain N would be refused before it starts), the ramp stops
-    itself with stopped_by memory, holds what it has, and the diagnosis says memory with
-    MemAvailable against the floor."""
-    with open("/proc/meminfo") as f:
-        available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    reserve = available - (120 << 20)  # the 6 processes (~50 MB) fit, and ~7,000 connections beside them
-    proc = start_run(tmp_path, "--connections", "max", "--processes", "3", "--workers", "3", "--hold", "1",
-                     "--memory-reserve", str(reserve))
+def test_a_ramp_that_would_pass_the_memory_floor_stops_there_named_memory(tmp_path, memory_cgroup):
+    """The run in a 1 GiB memory cgroup (a container's limit, which the kernel meets with its OOM
+    killer), asyncio over TLS (~300 KB a connection), --connections max and --memory-reserve 100 MB:
+    the plan lets the run look for memory, the ramp slows as it nears the floor and stops itself
+    there with stopped_by memory, holds what it has, the cgroup's limit is never reached, and the
+    diagnosis says memory with the cgroup's room against the floor."""
+    cgroup = memory_cgroup(1 << 30)
+
+    def join_cgroup() -> None:
+        with open(f"{cgroup}/cgroup.procs", "w") as f:
+            f.write(str(os.getpid()))
+
+    proc = subprocess.Popen([*HARNESS, "--port", "0", "--out", str(tmp_path), "--backend", "asyncio", "--tls",
+                             "--connections", "max", "--processes", "1", "--workers", "1", "--hold", "1",
+                             "--memory-reserve", str(100 << 20)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=join_cgroup)
     code = proc.wait(120)
     doc = load(next(tmp_path.iterdir()))
     assert code == 0, proc.stderr.read()
-    assert doc["stopped_by"] == "memory" and doc["peak_connections"] < doc["target_connections"]
+    assert doc["stopped_by"] == "memory" and 500 < doc["peak_connections"] < doc["target_connections"]
+    assert doc["faults"] == []  # no OOM kill
+    with open(f"{cgroup}/memory.max_usage_in_bytes" if "/memory/" in cgroup else f"{cgroup}/memory.peak") as f:
+        assert int(f.read()) < 1 << 30
     assert doc["diagnosis"]["limit"] == "memory" and "floor" in doc["diagnosis"]["evidence"][0]
+    assert cgroup in doc["diagnosis"]["evidence"][0]
     assert doc["echo"]["mismatched"] == 0 and doc["connects"]["failed"] == {}

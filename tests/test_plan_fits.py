@@ -1,9 +1,11 @@
-"""`harness.plan.fits`: the sweep's line, cap = slope × fd limit − offset."""
+"""`harness.core.fits`: the sweep's line, cap = slope × fd limit − offset; and `harness.core.costs`: when the
+ramp's samples are ready to predict from."""
 
 from __future__ import annotations
 
 import pytest
 
+from harness.core import costs
 from harness.core.fits import fit
 
 
@@ -19,3 +21,24 @@ def test_a_single_point_gives_its_offset_and_no_slope():
 def test_a_cap_that_does_not_follow_the_limit_shows_in_the_slope():
     points = [{"fd_limit": 256, "cap": 246}, {"fd_limit": 1024, "cap": 1015}, {"fd_limit": 2048, "cap": 1015}]
     assert fit(points)["slope"] == pytest.approx(0.42, abs=0.05)
+
+
+def _ramp(fds_per: list[float]) -> list[dict]:
+    """Samples 100 connections apart whose fds grew by each of `fds_per` per connection."""
+    points, fds = [], 10.0
+    for i, per in enumerate(fds_per):
+        fds += 100 * per
+        points.append({"held": 100 * (i + 1), "fds": fds})
+    return points
+
+
+def test_a_prediction_waits_for_fds_per_connection_to_settle_on_a_whole_number():
+    lagging = _ramp([2, 0.2, 0.3, 2.1])  # a proxy's backend sockets behind its accepts at two samples
+    assert not costs.ready_to_predict(lagging, 700, costs.fit(lagging))
+    settled = _ramp([2, 2, 1.9, 2.1])
+    assert costs.whole(costs.fit(settled).fds) == 2.0 and costs.ready_to_predict(settled, 700, costs.fit(settled))
+    assert not costs.ready_to_predict(settled[:3], 700, costs.fit(settled[:3]))  # too few samples yet
+    # it does not wait for ever: after three times the samples it needs, the slope stands as it is
+    unsettled = _ramp([2, 0.2] * 6)
+    assert costs.ready_to_predict(unsettled, 700, costs.fit(unsettled))
+    assert costs.predict(costs.fit(settled), {"fd_room": 590}, {}, 0, 400, 1.0).caps["fd limit"] == 295

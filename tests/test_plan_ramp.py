@@ -1,7 +1,10 @@
-"""`harness.plan.ramp`: the load shape's rule, fed numbers tick by tick."""
+"""`harness.core.ramp`: the load shape's rule, fed numbers tick by tick."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from harness.core import ramp
 from harness.core.ramp import LEAD_STEPS, Seen, Settings, State, tick
 
 SETTINGS = Settings(target=1000, ramp_rate=100, step_seconds=1.0, max_seconds=60, hold_seconds=5)
@@ -89,11 +92,47 @@ def test_the_ramp_stops_at_the_memory_floor_counting_what_is_still_coming():
     assert state.phase == "ramp"
 
 
-def test_a_step_never_asks_for_more_than_the_memory_above_the_floor_holds():
-    """One step of 1,000 where 3 MB above the floor holds 300 at 10 KB each: 300 are asked for,
-    and the ramp goes on as they are answered (the floor, not the step, decides)."""
+def test_a_step_never_asks_for_more_than_half_the_memory_above_the_floor_holds():
+    """One step of 1,000 where 3 MB above the floor holds 300 at 10 KB each: 150 are asked for (the
+    other half is the margin for what is in flight and not yet read), and the ramp goes on as they
+    are answered, halving its way to the floor (the floor, not the step, decides)."""
     floored = Settings(target=10_000, ramp_rate=1000, memory_floor=1 << 30, bytes_per_connection=10_000)
     state, decision = tick(State(), 0.5, floored, Seen(mem_available=(1 << 30) + 3_000_000))
-    assert state.phase == "ramp" and decision[0] == 300
+    assert state.phase == "ramp" and decision[0] == 150
     state, decision = tick(state, 1.5, floored, Seen(connects_ok=300, open=300, mem_available=(1 << 30) + 1_000_000))
-    assert state.phase == "ramp" and decision[0] == 400
+    assert state.phase == "ramp" and decision[0] == 350
+    # room for 40 more, fewer than a twentieth of a step: the ramp stops there, named memory
+    state, decision = tick(state, 2.5, floored, Seen(connects_ok=350, open=350, mem_available=(1 << 30) + 400_000))
+    assert (state.phase, state.stopped_by, decision[0]) == ("hold", "memory", 350)
+
+
+def test_connections_dearer_than_planned_slow_the_ramp_by_what_they_took():
+    """The plan said 10 KB a connection; the 1,000 open took 40 MB since the ramp began (a TLS
+    handshake's buffers): the room above the floor is counted at 40 KB each."""
+    floored = Settings(target=100_000, ramp_rate=10_000, memory_floor=1 << 30, bytes_per_connection=10_000)
+    start = (1 << 30) + 100_000_000
+    state, _ = tick(State(), 0.1, floored, Seen(mem_available=start))
+    assert state.mem_start == start
+    seen = Seen(connects_ok=1000, open=1000, mem_available=start - 40_000_000)
+    assert ramp.connection_cost(state, floored, seen) == 40_000
+    assert ramp.memory_room(state, floored, seen, 1000) == 1000 + 60_000_000 // 40_000 // 2
+    _, decision = tick(state, 0.3, floored, seen)
+    assert decision[0] == state.dispatched == 5000  # asked for at the start, and never taken back
+    # too few open to read a cost from: the plan's
+    few = Seen(connects_ok=100, open=100, mem_available=start - 40_000_000)
+    assert ramp.connection_cost(state, floored, few) == 10_000
+
+
+def test_a_failure_waits_a_moment_for_the_servers_own_refusal_to_name_the_stop():
+    """The harness's servers publish their refusals every 0.25 s; the client's close can come first."""
+    settings = ramp.Settings(target=1000, ramp_rate=1000, gauged=True)
+    state = ramp.State(dispatched=1000)
+    failing = ramp.Seen(user_count=1000, open=990, connects_ok=990, failures={"ECONNRESET": 10})
+    state, decision = ramp.tick(state, 3.0, settings, failing)
+    assert state.phase == "ramp" and decision == (1000, 1000.0)  # no new users while it waits
+    state, _ = ramp.tick(state, 3.2, settings, replace(failing, server_refusals={"FD_SETSIZE": 10}))
+    assert (state.phase, state.stopped_by) == ("hold", "FD_SETSIZE")
+    waited, _ = ramp.tick(ramp.State(dispatched=1000, failed_at=3.0), 3.0 + ramp.GAUGE_LAG_S, settings, failing)
+    assert waited.stopped_by == "ECONNRESET"  # no refusal came: the clients' failure names it
+    at_once, _ = ramp.tick(ramp.State(dispatched=1000), 3.0, replace(settings, gauged=False), failing)
+    assert at_once.stopped_by == "ECONNRESET"  # a target publishes nothing to wait for

@@ -4,12 +4,16 @@ kernel's counts read through ss."""
 from __future__ import annotations
 
 import gc
+import json
 import os
 import shutil
 import socket
 import stat
+import subprocess
+import sys
 
-from harness.system import procctl, ss
+from harness.system import cgroups, procctl, ss
+from tests.helpers import ROOT
 
 
 def test_inherited_garbage_never_closes_an_fd_the_child_reuses():
@@ -66,3 +70,22 @@ def test_a_count_survives_a_ctrl_c_to_the_harness_and_counts_the_kernels_sockets
     finally:
         for s in clients + accepted + [listener]:
             s.close()
+
+
+def test_a_process_in_a_memory_cgroup_has_the_cgroups_room_as_its_memory_available(memory_cgroup):
+    """A limit of 300 MiB on the cgroup a process runs in: its memory available is what the limit
+    leaves (less than this machine's MemAvailable), read from the cgroup the kernel has it in."""
+    cgroup = memory_cgroup(300 << 20)
+
+    def join_cgroup() -> None:
+        with open(f"{cgroup}/cgroup.procs", "w") as f:
+            f.write(str(os.getpid()))
+
+    code = ("import json; from harness.system import cgroups, limits; "
+            "print(json.dumps([cgroups.memory_room(), limits.memory_available(), limits.read_limits()['mem_available']]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                         preexec_fn=join_cgroup, check=True)
+    room, available, planned = json.loads(out.stdout)
+    assert room["path"] == cgroup and room["limit"] == 300 << 20 and 0 < room["used"] < 300 << 20
+    assert 0 < available <= room["room"] <= 300 << 20 and 0 < planned <= 300 << 20
+    assert cgroups.memory_room() is None or cgroups.memory_room()["path"] != cgroup  # this process is not in it

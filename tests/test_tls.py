@@ -164,31 +164,13 @@ def test_a_run_over_tls_records_what_its_handshakes_agreed(tmp_path):
     assert doc["plan"]["tls"] and doc["plan"]["connection_bytes"] > 20_000
 
 
-@pytest.fixture
-def memory_cgroup():
-    """A memory cgroup of 160 MiB (cgroup v1 or v2), removed after; the test puts a target in it."""
-    for base, limit_file in (("/sys/fs/cgroup/memory", "memory.limit_in_bytes"), ("/sys/fs/cgroup/unified", "memory.max")):
-        path = f"{base}/fdcap-test-{os.getpid()}"
-        try:
-            os.mkdir(path)
-            with open(f"{path}/{limit_file}", "w") as f:
-                f.write(str(160 << 20))
-            break
-        except OSError:
-            if os.path.isdir(path):
-                os.rmdir(path)
-    else:
-        pytest.fail("no memory cgroup can be made here (root with a writable /sys/fs/cgroup)")
-    yield path
-    os.rmdir(path)
-
-
 def test_a_target_the_oom_killer_ends_is_a_fault_named_memory(tmp_path, cert, memory_cgroup):
+    cgroup = memory_cgroup(160 << 20)
     """asyncio over TLS keeps ~290 KB per connection: in a 160 MiB cgroup the kernel's OOM killer ends
     it a few hundred connections in. The run records the fault with the connections lost, and the
     diagnosis says memory, with what each connection cost."""
     def join_cgroup() -> None:
-        with open(f"{memory_cgroup}/cgroup.procs", "w") as f:
+        with open(f"{cgroup}/cgroup.procs", "w") as f:
             f.write(str(os.getpid()))
 
     target = subprocess.Popen([sys.executable, "-m", "servers", "asyncio", "--port", "0", "--cert", str(cert[0]), "--key",
@@ -196,8 +178,10 @@ def test_a_target_the_oom_killer_ends_is_a_fault_named_memory(tmp_path, cert, me
                               stderr=subprocess.PIPE, text=True, preexec_fn=join_cgroup)
     try:
         port = target.stdout.readline().split()[2].rsplit(":", 1)[1]
+        # 80 a second: a target is read once a second, so the seconds before the OOM killer comes give
+        # the cost watch several samples to fit
         out = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--target", f"127.0.0.1:{port}", "--protocol",
-                              "echo", "--tls", "--ca", str(cert[0]), "--connections", "2000", "--ramp-rate", "150",
+                              "echo", "--tls", "--ca", str(cert[0]), "--connections", "2000", "--ramp-rate", "80",
                               "--hold", "2", "--workers", "1", "--echo-timeout", "5", "--out", str(tmp_path), "--json"],
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
     finally:

@@ -94,9 +94,16 @@ def whole(per: float | None, within: float = 0.15) -> float | None:
     return float(round(per)) if abs(per - round(per)) <= within else per
 
 
-def ready_to_predict(points: list[dict], target: int) -> bool:
+def ready_to_predict(points: list[dict], target: int, fitted: Costs) -> bool:
+    """Whether the samples say enough to predict from: enough of them over a wide enough span, and
+    fds per connection near a whole number (a proxy's backend sockets, or a gauge read while the
+    server lagged behind its accepts, make the first few samples' slope a fraction; more samples
+    settle it). After three times the samples needed the prediction is made as the slope stands."""
     held = [p["held"] for p in points]
-    return len(points) >= MIN_POINTS and max(held) - min(held) >= max(MIN_SPAN, target // 20)
+    if len(points) < MIN_POINTS or max(held) - min(held) < max(MIN_SPAN, target // 20):
+        return False
+    settled = fitted.fds is None or fitted.fds < 0.5 or whole(fitted.fds) == round(fitted.fds)
+    return settled or len(points) >= 3 * MIN_POINTS
 
 
 def predict(costs: Costs, base: dict, limits: dict, client_bytes: int, held: int, t: float) -> Prediction:

@@ -19,7 +19,9 @@ def format_limits(limits: dict, p: Plan) -> str:
         f"  net.core.somaxconn             {limits['somaxconn']:,} (accept queue length)",
         f"  kernel.pid_max / threads-max   {limits['pid_max']:,} / {limits['threads_max']:,}",
         f"  vm.max_map_count               {limits['max_map_count']:,}",
-        f"  memory                         {limits['mem_total'] / gib:.1f} GiB, {limits['mem_available'] / gib:.1f} GiB available",
+        f"  memory                         {limits['mem_total'] / gib:.1f} GiB, {limits['mem_available'] / gib:.1f} GiB available"
+        + (f" (cgroup {cg['path']}: {cg['limit'] / gib:.2f} GiB limit, {cg['room'] / gib:.2f} GiB room)"
+           if (cg := limits.get("memory_cgroup")) else ""),
         "",
         f"What they predict ({p.backend} backend)",
         f"  per server process             {p.per_process:,} connections = fd limit {p.fd_limit:,} − {p.held_fds} fds held",

@@ -125,7 +125,9 @@ def memory_floor(ev: Evidence) -> Verdict | None:
     if ev.stopped_by != "memory" or ev.server_refused:
         return None
     floor, left = ev.memory_reserve, ev.mem_available_at_stop or 0
-    lines = [f"MemAvailable {_n(left)} bytes ({left / 2**30:.2f} GiB) at the stop, against a floor of "
+    cgroup = (ev.limits.get("memory_cgroup") or {}).get("path")
+    what = f"memory available (MemAvailable, or cgroup {cgroup}'s room under its limit)" if cgroup else "MemAvailable"
+    lines = [f"{what} {_n(left)} bytes ({left / 2**30:.2f} GiB) at the stop, against a floor of "
              f"{_n(floor)} ({floor / 2**30:.2f} GiB) kept free"]
     if ev.held:
         lines.append(f"{_n(ev.held)} held when the ramp stopped")

@@ -25,6 +25,12 @@ from dataclasses import dataclass, field, replace
 # Workers report what was answered once a second, so the shape sees it about a step late: with one
 # step of lead a step could start only once the one before was reported, not when it was answered.
 LEAD_STEPS = 2
+# The harness's own servers publish their refusals (EMFILE, FD_SETSIZE) every 0.25 s, and a client
+# can see the close a refusal makes before that: with failures and no refusal yet, the ramp waits
+# this long for one before it names the stop by the clients' failure.
+GAUGE_LAG_S = 0.6
+# The open connections the memory they took is read over, against the plan's cost per connection
+MIN_OPEN_FOR_COST = 500
 TIME_BOUND = "time-bound"  # why a ramp ends at --max-seconds (a connect that timed out is "timeout")
 
 @dataclass(frozen=True)
@@ -34,8 +40,9 @@ class Settings:
     step_seconds: float = 1.0
     max_seconds: float = 600.0
     hold_seconds: float = 10.0
-    memory_floor: int = 0  # bytes of MemAvailable the ramp leaves free (0: no floor)
+    memory_floor: int = 0  # bytes of available memory the ramp leaves free (0: no floor)
     bytes_per_connection: int = 9 * 1024  # what a connection still to come will take
+    gauged: bool = False  # the servers publish their refusals (the harness's own servers)
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ class Seen:
     max_users: int = 0  # what the workers' fd limits allow in all (0: not reported yet)
     held: int | None = None  # verified connections still open (None: not counted)
     closed: dict[str, int] = field(default_factory=dict)  # echo failures by name: how held ones closed
-    mem_available: int = 0  # this machine's MemAvailable in bytes (0: not read)
+    mem_available: int = 0  # MemAvailable, or the run's cgroup's room where less, in bytes (0: not read)
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,8 @@ class State:
     hold_started: float = 0.0
     stopped_by: str | None = None
     shed: bool = False  # stopped because the far end closed connections it had answered
+    failed_at: float | None = None  # when the ramp first saw a failed connect
+    mem_start: int = 0  # the memory available at the ramp's first reading (0: not read yet)
 
 
 Decision = tuple[int, float] | None  # (users, spawn rate) for Locust, or None: stop the test
@@ -69,8 +78,13 @@ Decision = tuple[int, float] | None  # (users, spawn rate) for Locust, or None: 
 def tick(state: State, now: float, settings: Settings, seen: Seen) -> tuple[State, Decision]:
     """The next state and what to tell Locust, `now` seconds into the test."""
     if state.phase == "ramp":
+        if not state.mem_start and seen.mem_available:
+            state = replace(state, mem_start=seen.mem_available)
         target = min(settings.target, seen.max_users) if seen.max_users else settings.target
         if seen.failures:
+            failed_at = state.failed_at if state.failed_at is not None else now
+            if settings.gauged and not seen.server_refusals and now - failed_at < GAUGE_LAG_S:
+                return replace(state, failed_at=failed_at), (state.dispatched, _spawn_rate(settings))
             refused = seen.server_refusals or seen.failures
             return _hold(state, max(refused, key=refused.get), now, settings)
         if seen.held is not None and seen.connects_ok > seen.held:  # verified, then closed by the far end
@@ -85,20 +99,43 @@ def tick(state: State, now: float, settings: Settings, seen: Seen) -> tuple[Stat
         step = max(1, int(settings.ramp_rate * settings.step_seconds))
         answered = seen.connects_ok + sum(seen.failures.values())
         users = min(target, step * (math.floor(now / settings.step_seconds) + 1), answered + LEAD_STEPS * step,
-                    memory_room(settings, seen, answered))
+                    memory_room(state, settings, seen, answered))
         state = replace(state, dispatched=max(users, state.dispatched))
-        return state, (state.dispatched, min(settings.ramp_rate * 2, max(1.0, float(step))))
+        return state, (state.dispatched, _spawn_rate(settings))
     if state.phase == "hold" and now - state.hold_started < settings.hold_seconds:
         return state, (state.held_users, max(1.0, float(settings.ramp_rate)))
     return replace(state, phase="done"), None
 
 
-def memory_room(settings: Settings, seen: Seen, answered: int) -> int:
-    """With a memory floor: the users that fit, those answered and as many more as MemAvailable
-    above the floor holds at their cost, so one big step cannot pass the floor before it is seen."""
+def _spawn_rate(settings: Settings) -> float:
+    """The rate Locust spawns a step at: the whole step within half a step's time."""
+    return min(settings.ramp_rate * 2, max(1.0, float(max(1, int(settings.ramp_rate * settings.step_seconds)))))
+
+
+def connection_cost(state: State, settings: Settings, seen: Seen) -> int:
+    """What a connection still to come will take: the plan's cost, or what the open ones have taken
+    so far where that is more (the memory gone since the ramp began over the connections open, once
+    there are enough of them that the processes' own growth is a small part): a TLS handshake in
+    flight, or a server dearer than planned, slows the ramp before it passes the floor."""
+    if state.mem_start and seen.open >= MIN_OPEN_FOR_COST:
+        return max(settings.bytes_per_connection, (state.mem_start - seen.mem_available) // seen.open)
+    return settings.bytes_per_connection
+
+
+def memory_room(state: State, settings: Settings, seen: Seen, answered: int) -> int:
+    """With a memory floor: the users that fit, those answered and half as many more as the memory
+    available above the floor holds at their cost. The other half is the margin for what those in
+    flight take before a reading shows it and for a cost above the estimate: a step cannot pass the
+    floor before it is seen, and the ramp slows as it nears the floor (a cgroup's limit is met by
+    the OOM killer, not by a failed connect)."""
     if not settings.memory_floor or not seen.mem_available:
         return math.inf  # type: ignore[return-value]
-    return answered + max(0, seen.mem_available - settings.memory_floor) // settings.bytes_per_connection
+    return answered + _room_for(state, settings, seen) // 2
+
+
+def _room_for(state: State, settings: Settings, seen: Seen) -> int:
+    """The connections the memory above the floor holds at their cost."""
+    return max(0, seen.mem_available - settings.memory_floor) // connection_cost(state, settings, seen)
 
 
 def memory_low(state: State, settings: Settings, seen: Seen) -> bool:
@@ -113,7 +150,9 @@ def memory_low(state: State, settings: Settings, seen: Seen) -> bool:
     # connections still to come.
     step = max(1, int(settings.ramp_rate * settings.step_seconds))
     coming = min(max(0, state.dispatched - seen.connects_ok - sum(seen.failures.values())), LEAD_STEPS * step)
-    return seen.mem_available < settings.memory_floor + coming * settings.bytes_per_connection
+    # ...and once the room left is a small part of a step, the ramp's halving steps (memory_room)
+    # would only crawl on towards the floor
+    return _room_for(state, settings, seen) < coming + max(1, step // 20)
 
 
 def _hold(state: State, reason: str, now: float, settings: Settings) -> tuple[State, Decision]:

@@ -61,7 +61,7 @@ def observe_end(session, sampler: Sampler) -> End:
     lab = session.lab
     if lab is not None:
         status, series = sampler.status, sampler.series
-        end.hosts = quietly(lambda: lab.results(status, cpu_by_host_of(series),
+        end.hosts = quietly(lambda: lab.results(status, cpu_by_host_of(series), held_by_host_of(series),
                                                 series[-1]["server_rss_bytes"] if series else 0))
         end.injected = [f for f in [quietly(lab.link_fault, status.totals, series)] if f]
     return end
@@ -85,6 +85,19 @@ def cpu_by_host_of(series: list[SeriesPoint]) -> dict[str, float]:
     for point in series:
         for host, cpu in point.get("cpu_by_host", {}).items():
             out[host] = max(out.get(host, 0.0), cpu)
+    return out
+
+
+def held_by_host_of(series: list[SeriesPoint]) -> dict[str, int]:
+    """Each test host's connections held at the hold's last sample (or, where the run never held, at
+    their most): the workers' last reports come as their users stop, after the hold."""
+    hold = [p for p in series if p["phase"] == "hold" and "held_by_host" in p]
+    if hold:
+        return dict(hold[-1]["held_by_host"])
+    out: dict[str, int] = {}
+    for point in series:
+        for host, held in point.get("held_by_host", {}).items():
+            out[host] = max(out.get(host, 0), held)
     return out
 
 

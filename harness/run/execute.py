@@ -24,7 +24,7 @@ from harness.run.sampler import Sampler
 from harness.run.session import Session, interruptible
 from harness.system import kernel
 from harness.system.files import utc_stamp, write_json_atomic
-from harness.system.limits import meminfo
+from harness.system.limits import memory_available
 
 # Locust's own outputs in a headless run: CSVs with the full history, its HTML report, no per-second lines.
 HEADLESS = ["--headless", "--csv-full-history", "--only-summary"]
@@ -34,7 +34,7 @@ def execute(prepared: Prepared, progress: bool = True) -> tuple[dict, Path]:
     started_at, t0, epoch0 = utc_stamp(), time.monotonic(), time.time()
     scratch = Path(tempfile.mkdtemp(prefix="harness-run-"))
     with interruptible() as stop:
-        memory_before = meminfo()["MemAvailable"]  # what the whole run costs is measured from here
+        memory_before = memory_available()  # what the whole run costs is measured from here
         with Session(prepared, scratch) as session:
             run_dir = Path(prepared.config.out) / run_dir_name(started_at, _label(prepared, session),
                                                                prepared.config.connections)

@@ -226,7 +226,8 @@ class HostedRun:
                 "retransmits": cost.get("RetransSegs", 0), "timeouts": cost.get("TCPTimeouts", 0),
                 "resets": cost.get("EstabResets", 0) + cost.get("OutRsts", 0), "tcp": cost}
 
-    def results(self, status: MasterStatus, cpu_by_host: dict[str, float], server_rss: int) -> dict:
+    def results(self, status: MasterStatus, cpu_by_host: dict[str, float], held_by_host: dict[str, int],
+                server_rss: int) -> dict:
         """run.json's `hosts`: each host's role, addresses, counts, memory, CPU and TCP counters."""
         p = self.plan
         after = self.counters()
@@ -248,7 +249,7 @@ class HostedRun:
                                                      else host.addresses[:p.addresses_per_host])],
                 "ip_local_port_range": netns.sysctl_in(name, "net.ipv4.ip_local_port_range"),
                 "somaxconn": int(netns.sysctl_in(name, "net.core.somaxconn")),
-                "workers": len(workers), "held": sum(w.get("held", 0) for w in workers),
+                "workers": len(workers), "held": held_by_host.get(name, 0),
                 "connects_ok": sum(w["connects_ok"] for w in workers), "connects_failed": failed,
                 "echoes_verified": sum(w["echoes_verified"] for w in workers),
                 "mismatched": sum(w["echo_failed"].get("mismatch", 0) for w in workers),

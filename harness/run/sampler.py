@@ -13,7 +13,7 @@ from harness.run.cluster import LocustCluster
 from harness.run.outside import OutsideServer
 from harness.run.watch import CostWatch
 from harness.system import kernel, listeners, ss
-from harness.system.limits import meminfo
+from harness.system.limits import meminfo, memory_available
 from harness.system.procfs import cpu_times, files_open
 from servers.gauges import ROLE_ACCEPTOR
 from servers.supervisor import ServerGroup
@@ -124,7 +124,7 @@ class Sampler:
             connects_failed=sum(totals.connects_failed.values()), server_refused=refused,
             echoes_verified=totals.echoes_verified, server_rss_bytes=sum(r["rss_bytes"] for r in rows),
             locust_rss_bytes=totals.rss_bytes, slab_bytes=memory["SUnreclaim"],
-            mem_available_bytes=memory["MemAvailable"], files_open=files_open())
+            mem_available_bytes=memory_available(), files_open=files_open())
         # CPU by part, from /proc/PID/stat's utime and stime: userland and kernel, each side; each
         # process read once a sample, for the sides and for the hosts alike
         server_pids, locust_pids = [r["pid"] for r in rows], self.cluster.pids() if self.cluster else []

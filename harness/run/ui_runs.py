@@ -20,7 +20,7 @@ from harness.run.document import document, observe_end
 from harness.run.prepare import Prepared, replan
 from harness.run.sampler import Sampler
 from harness.system.files import utc_stamp, write_json_atomic
-from harness.system.limits import meminfo
+from harness.system.limits import memory_available
 
 STOPPED = ("stopped", "stopping")  # Locust's own states once STOP was pressed
 SETTLE_S = 2.0  # the status of a test's first second may still show the last test's Locust state
@@ -70,7 +70,7 @@ class UiRuns:
         self.seen.add(test)
         self.test, self.started_at, self.t0, self.epoch0 = test, utc_stamp(), time.monotonic(), time.time()
         self.own_status = status
-        self.memory_before = meminfo()["MemAvailable"]
+        self.memory_before = memory_available()
         if self.session.lab is not None:  # each test's TCP counters from its own start
             self.session.lab.counters_before = self.session.lab.counters()
         self.sampler.series.clear()

@@ -41,12 +41,12 @@ class CostWatch:
             return state
         if phase == "ramp":
             self.points.append(point)
-            if self.prediction is None and costs.ready_to_predict(self.points, self.target):
+            fitted = costs.fit(self.points) if self.prediction is None else None
+            if fitted is not None and costs.ready_to_predict(self.points, self.target, fitted):
                 # during a steady ramp the connections in flight are about as many at each sample, so
                 # the slope leaves their cost (a TLS handshake's buffers) out
                 limits = {**self.limits, "mem_available": max(0, self.base_mem_available - self.reserve)}
-                self.prediction = costs.predict(costs.fit(self.points), self.base_state, limits, self.client_bytes,
-                                                held, t)
+                self.prediction = costs.predict(fitted, self.base_state, limits, self.client_bytes, held, t)
         elif phase == "hold" and held and (self.held_point is None or held >= self.held_point["held"]):
             self.held_point = point  # the servers' gauges lag /proc while they are busy: the latest is settled
         return state

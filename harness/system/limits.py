@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import resource
 
+from harness.system import cgroups
 from harness.system.sysctl_state import current, saved
 
 
@@ -30,6 +31,14 @@ def meminfo() -> dict[str, int]:
     return info
 
 
+def memory_available() -> int:
+    """What this process and its children may still take: MemAvailable, or less where a cgroup it
+    runs in (a container's memory limit) leaves less room."""
+    available = meminfo()["MemAvailable"]
+    room = cgroups.memory_room()
+    return min(available, room["room"]) if room else available
+
+
 def read_limits() -> dict:
     """Every limit that can cap connections, as this process sees them."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -38,7 +47,7 @@ def read_limits() -> dict:
         allocated, _, file_max = (int(x) for x in f.read().split())
     with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
         port_lo, port_hi = (int(x) for x in f.read().split())
-    mem = meminfo()
+    mem, cgroup = meminfo(), cgroups.memory_room()
     return {
         "nofile_soft": None if soft == infinity else soft,
         "nofile_hard": None if hard == infinity else hard,
@@ -52,7 +61,8 @@ def read_limits() -> dict:
         "threads_in_use": _count_threads(),
         "max_map_count": _read_int("/proc/sys/vm/max_map_count"),
         "mem_total": mem.get("MemTotal", 0),
-        "mem_available": mem.get("MemAvailable", 0),
+        "mem_available": min(mem.get("MemAvailable", 0), cgroup["room"]) if cgroup else mem.get("MemAvailable", 0),
+        "memory_cgroup": cgroup,  # the tightest cgroup memory limit over this process, where one is set
         "cpus": os.cpu_count() or 1,
         "tuned": _tuned(),
     }

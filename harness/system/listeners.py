@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from harness.core.records import ProcessInfo
+from harness.system import cgroups
 
 LISTEN = "0A"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -80,42 +81,6 @@ def _status(pid: int) -> dict[str, str]:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
-def _cgroup_limits(pid: int) -> dict:
-    """memory.max and pids.max of the process's cgroup where set (cgroup v2 or v1)."""
-    out: dict = {}
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            groups = [line.strip().split(":", 2) for line in f if line.strip()]
-    except OSError:
-        return out
-    for _, controllers, path in groups:
-        candidates = []
-        if controllers == "":
-            for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
-                candidates += [("memory_max", f"{base}{path}/memory.max"), ("pids_max", f"{base}{path}/pids.max")]
-        if "memory" in controllers.split(","):
-            candidates.append(("memory_max", f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"))
-        if "pids" in controllers.split(","):
-            candidates.append(("pids_max", f"/sys/fs/cgroup/pids{path}/pids.max"))
-        for key, file in candidates:
-            try:
-                with open(file) as f:
-                    text = f.read().strip()
-            except OSError:
-                continue
-            if text and text != "max" and int(text) < 1 << 60:  # v1 says "no limit" with a huge number
-                out[key] = int(text)
-                used = file.replace("memory.max", "memory.current").replace("memory.limit_in_bytes",
-                                                                            "memory.usage_in_bytes")
-                if key == "memory_max" and used != file:
-                    try:
-                        with open(used) as f:
-                            out["memory_used"] = int(f.read())
-                    except (OSError, ValueError):
-                        pass
-    return out
-
-
 def describe(pid: int) -> ProcessInfo | None:
     """One process's name, limits and costs now, or None if it is gone."""
     try:
@@ -135,7 +100,7 @@ def describe(pid: int) -> ProcessInfo | None:
                        fd_soft=limits.get("fd"), fd_hard=limits.get("fd_hard"), fds=fds,
                        threads=int(status.get("Threads", "0")), rss_bytes=kb("VmRSS"), vsz_bytes=kb("VmSize"),
                        data_bytes=kb("VmData"), as_limit=limits.get("as"), data_limit=limits.get("data"), cpu_s=cpu,
-                       **_cgroup_limits(pid))
+                       **cgroups.limits_of(pid))
 
 
 def listeners(port: int) -> list[dict]:
@@ -199,18 +164,23 @@ def server_state(procs: list[dict], limits: dict) -> dict:
     fd limits less the fds they hold), room under their cgroup's memory.max and pids.max, under
     their RLIMIT_AS and RLIMIT_DATA, and the machine's pids; its totals for the cost fit."""
     live = [p for p in procs if not p.get("gone")]
+    # a parent of other serving processes (nginx's master, a Node cluster's primary) hands the
+    # connections on: its own fd limit is no room for them
+    pids = {p["pid"] for p in live}
+    parents = {p.get("ppid") for p in live if p.get("ppid") in pids}
+    takers = [p for p in live if p["pid"] not in parents] or live
 
     def total(key: str) -> int:
         return sum(p.get(key) or 0 for p in live)
 
-    def least_room(limit: str, used: str) -> int | None:
-        rooms = [p[limit] - p.get(used, 0) for p in live if p.get(limit)]
-        return sum(rooms) if rooms and len(rooms) == len(live) else None
+    def least_room(limit: str, used: str, among: list[dict] = live) -> int | None:
+        rooms = [p[limit] - p.get(used, 0) for p in among if p.get(limit)]
+        return sum(rooms) if rooms and len(rooms) == len(among) else None
 
     cgroups = {p["memory_max"]: p.get("memory_used", 0) for p in live if p.get("memory_max")}
     return {"held_fds": total("fds"), "threads": total("threads"), "rss_bytes": total("rss_bytes"),
             "vsz_bytes": total("vsz_bytes"), "data_bytes": total("data_bytes"), "cpu_s": sum(p.get("cpu_s", 0.0) for p in live),
-            "fd_room": least_room("fd_soft", "fds"), "as_room": least_room("as_limit", "vsz_bytes"),
+            "fd_room": least_room("fd_soft", "fds", takers), "as_room": least_room("as_limit", "vsz_bytes"),
             "data_room": least_room("data_limit", "data_bytes"),
             "cgroup_room": min((m - used for m, used in cgroups.items()), default=None),
             "pids_room": min((p["pids_max"] - p["threads"] for p in live if p.get("pids_max")), default=None),
