@@ -1,5 +1,5 @@
 """Locust's own outputs in a run directory (`--csv` files, its HTML report, the logs), parsed into
-the plain rows `harness.results.rundoc` builds run.json from."""
+the plain rows `harness.core.rundoc` builds run.json from."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 It stands where a `ServerGroup` stands in a run (start, port, reap, stop) but starts and stops
 nothing: `start()` only checks that something accepts on the address, and a target on this machine
-is watched through /proc (`harness.diagnose.process`): every process holding its listening
+is watched through /proc (`harness.system.listeners`): every process holding its listening
 socket, the fds each holds at its most, and its limits, for the diagnosis.
 """
 

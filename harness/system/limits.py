@@ -1,7 +1,7 @@
 """The machine limits that cap connections, read from the kernel and the process.
 
 `read_limits()` is the only part of the planning that touches the system; what the numbers predict
-is `harness.plan.core`, a pure function of them.
+is `harness.core.planning`, a pure function of them.
 """
 
 from __future__ import annotations
