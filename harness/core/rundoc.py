@@ -1,4 +1,5 @@
-"""Turning a run's samples into its result document (`run.json`, its schema in `harness.core.schema`) and its summary.
+"""Turning a run's samples into its result document (`run.json`, its schema in `harness.core.schema`)
+and its summary.
 
 Everything here is a pure function of what the run recorded and was given: the configuration and
 the plan as dicts, the machine's limits and metadata, the sampler's series, the master's status
