@@ -78,8 +78,8 @@ def memory_cgroup():
     made: list[str] = []
 
     def make(limit: int) -> str:
-        for base, limit_file in (("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
-                                 ("/sys/fs/cgroup/unified", "memory.max")):
+        for base, limit_file in (("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),  # v1
+                                 ("/sys/fs/cgroup/unified", "memory.max"), ("/sys/fs/cgroup", "memory.max")):  # v2
             path = f"{base}/fdcap-test-{os.getpid()}-{len(made)}"
             try:
                 os.mkdir(path)

@@ -118,6 +118,12 @@ def test_connections_dearer_than_planned_slow_the_ramp_by_what_they_took():
     assert ramp.memory_room(state, floored, seen, 1000) == 1000 + 60_000_000 // 40_000 // 2
     _, decision = tick(state, 0.3, floored, seen)
     assert decision[0] == state.dispatched == 5000  # asked for at the start, and never taken back
+    # another process took 0.8 GiB meanwhile: no more than MAX_COST_FACTOR times the plan's is read
+    neighbour = Seen(connects_ok=500, open=500, mem_available=start - (800 << 20))
+    assert ramp.connection_cost(state, floored, neighbour) == ramp.MAX_COST_FACTOR * 10_000
+    # room for one more and nothing coming: it is asked for, and then the floor stops the ramp
+    one = Seen(connects_ok=1000, open=1000, mem_available=(1 << 30) + 40_000)
+    assert ramp.memory_room(state, floored, one, 1000) == 1001
     # too few open to read a cost from: the plan's
     few = Seen(connects_ok=100, open=100, mem_available=start - 40_000_000)
     assert ramp.connection_cost(state, floored, few) == 10_000

@@ -31,6 +31,9 @@ LEAD_STEPS = 2
 GAUGE_LAG_S = 0.6
 # The open connections the memory they took is read over, against the plan's cost per connection
 MIN_OPEN_FOR_COST = 500
+# ...and no more than this many times the plan's: the memory read is the machine's (or the cgroup's),
+# and another process's allocation must not read as the connections' cost
+MAX_COST_FACTOR = 4
 TIME_BOUND = "time-bound"  # why a ramp ends at --max-seconds (a connect that timed out is "timeout")
 
 @dataclass(frozen=True)
@@ -118,7 +121,8 @@ def connection_cost(state: State, settings: Settings, seen: Seen) -> int:
     there are enough of them that the processes' own growth is a small part): a TLS handshake in
     flight, or a server dearer than planned, slows the ramp before it passes the floor."""
     if state.mem_start and seen.open >= MIN_OPEN_FOR_COST:
-        return max(settings.bytes_per_connection, (state.mem_start - seen.mem_available) // seen.open)
+        taken = (state.mem_start - seen.mem_available) // seen.open
+        return min(MAX_COST_FACTOR * settings.bytes_per_connection, max(settings.bytes_per_connection, taken))
     return settings.bytes_per_connection
 
 
@@ -130,7 +134,7 @@ def memory_room(state: State, settings: Settings, seen: Seen, answered: int) -> 
     the OOM killer, not by a failed connect)."""
     if not settings.memory_floor or not seen.mem_available:
         return math.inf  # type: ignore[return-value]
-    return answered + _room_for(state, settings, seen) // 2
+    return answered + (_room_for(state, settings, seen) + 1) // 2  # one more where one fits: never a stall
 
 
 def _room_for(state: State, settings: Settings, seen: Seen) -> int:

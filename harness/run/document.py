@@ -89,15 +89,16 @@ def cpu_by_host_of(series: list[SeriesPoint]) -> dict[str, float]:
 
 
 def held_by_host_of(series: list[SeriesPoint]) -> dict[str, int]:
-    """Each test host's connections held at the hold's last sample (or, where the run never held, at
-    their most): the workers' last reports come as their users stop, after the hold."""
-    hold = [p for p in series if p["phase"] == "hold" and "held_by_host" in p]
-    if hold:
-        return dict(hold[-1]["held_by_host"])
+    """Each test host's connections held at the last hold sample that counts it (or, where the run
+    never held, at their most): the workers' last reports come as their users stop, after the hold."""
     out: dict[str, int] = {}
     for point in series:
         for host, held in point.get("held_by_host", {}).items():
             out[host] = max(out.get(host, 0), held)
+    # a host whose workers went silent (a link down) is left out of a sample: its last hold sample
+    for point in series:
+        if point["phase"] == "hold":
+            out.update(point.get("held_by_host", {}))
     return out
 
 

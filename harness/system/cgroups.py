@@ -18,10 +18,12 @@ NO_LIMIT = 1 << 60  # v1 says "no limit" with a number near 2**63
 
 
 def _read(path: str) -> str | None:
+    """The file's text, or None where it does not exist (a controller not enabled, a process gone).
+    Any other failure (EMFILE, ENFILE) is raised: a limit that could not be read is not "no limit"."""
     try:
         with open(path) as f:
             return f.read().strip()
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
         return None
 
 
@@ -44,9 +46,9 @@ def _memory_dirs(pid: int | str) -> list[tuple[str, str]]:
     for controllers, path in _groups(pid):
         if "memory" in controllers.split(","):
             out.append((f"{V1_ROOT}/memory{path}".rstrip("/"), "v1"))
-        elif controllers == "":
+        elif controllers == "":  # a leaf without memory.max still has its ancestors' limits
             out += [(f"{root}{path}".rstrip("/"), "v2") for root in V2_ROOTS
-                    if os.path.exists(f"{root}{path}/memory.max")]
+                    if os.path.exists(f"{root}/cgroup.controllers") and os.path.isdir(f"{root}{path}")]
     return out
 
 
@@ -61,7 +63,9 @@ def _room(directory: str, version: str) -> tuple[int, int, int] | None:
     if limit is None:
         return None
     usage = _read(f"{directory}/{'memory.usage_in_bytes' if version == 'v1' else 'memory.current'}")
-    used = int(usage) if usage else 0
+    if usage is None:
+        raise FileNotFoundError(f"{directory}: a memory limit without its usage")
+    used = int(usage)
     stat = _stat(directory)
     inactive = stat.get("total_inactive_file" if version == "v1" else "inactive_file", 0)
     return limit, used, max(0, limit - max(0, used - inactive))
@@ -69,7 +73,8 @@ def _room(directory: str, version: str) -> tuple[int, int, int] | None:
 
 def memory_room(pid: int | str = "self") -> dict | None:
     """The tightest memory limit over the process's cgroup and its ancestors: {"path", "limit",
-    "used", "room"} in bytes, or None where no memory limit is set."""
+    "used", "room"} in bytes, or None where no memory limit is set. Raises OSError where a file
+    could not be read (at the fd limit, say): the caller then has no reading, not a larger room."""
     best = None
     for directory, version in _memory_dirs(pid):
         d = directory
@@ -85,7 +90,14 @@ def memory_room(pid: int | str = "self") -> dict | None:
 
 def limits_of(pid: int) -> dict:
     """The process's own cgroup's memory limit and use (`memory_max`, `memory_used`) and pids
-    limit (`pids_max`), where set."""
+    limit (`pids_max`), where set: what could be read ({} where the process is gone)."""
+    try:
+        return _limits_of(pid)
+    except (OSError, ValueError):
+        return {}
+
+
+def _limits_of(pid: int) -> dict:
     out: dict = {}
     for directory, version in _memory_dirs(pid):
         found = _room(directory, version)

@@ -177,11 +177,11 @@ def server_state(procs: list[dict], limits: dict) -> dict:
         rooms = [p[limit] - p.get(used, 0) for p in among if p.get(limit)]
         return sum(rooms) if rooms and len(rooms) == len(among) else None
 
-    cgroups = {p["memory_max"]: p.get("memory_used", 0) for p in live if p.get("memory_max")}
+    groups = {p["memory_max"]: p.get("memory_used", 0) for p in live if p.get("memory_max")}
     return {"held_fds": total("fds"), "threads": total("threads"), "rss_bytes": total("rss_bytes"),
             "vsz_bytes": total("vsz_bytes"), "data_bytes": total("data_bytes"), "cpu_s": sum(p.get("cpu_s", 0.0) for p in live),
             "fd_room": least_room("fd_soft", "fds", takers), "as_room": least_room("as_limit", "vsz_bytes"),
             "data_room": least_room("data_limit", "data_bytes"),
-            "cgroup_room": min((m - used for m, used in cgroups.items()), default=None),
+            "cgroup_room": min((m - used for m, used in groups.items()), default=None),
             "pids_room": min((p["pids_max"] - p["threads"] for p in live if p.get("pids_max")), default=None),
             "thread_room": min(limits["pid_max"], limits["threads_max"]) - limits.get("threads_in_use", 0)}
