@@ -186,3 +186,13 @@ def test_the_kernel_counters_are_read_and_subtracted():
     assert set(before["netstat"]) == set(kernel.COUNTERS) and before["tcp_memory"]["high"] > 0
     after = {**before, "netstat": {**before["netstat"], "ListenOverflows": before["netstat"]["ListenOverflows"] + 3}}
     assert counter_deltas(before, after)["ListenOverflows"] == 3
+
+
+def test_a_run_at_its_target_with_little_memory_above_the_floor_names_memory_next():
+    """--connections max planned to the memory floor and reached it: memory is the next limit,
+    counted at the plan's cost per connection (asyncio over TLS: ~305 KB)."""
+    d = diagnose.diagnose(evidence(stopped_by="target", held=66_091, workers=[{"open": 11_000, "max_users": 19_900}] * 6,
+                                   memory_reserve=1 << 30, mem_available_at_stop=(1 << 30) + 300 * 312_300,
+                                   connection_bytes=312_300, sources=[f"127.0.{i}.2" for i in range(1, 13)]))
+    assert d.cause == diagnose.REACHED and d.next == {"limit": "memory floor", "room": 300}
+    assert "the next limit is the memory floor, 300 connections away" in d.summary

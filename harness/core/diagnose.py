@@ -411,6 +411,8 @@ def next_limit(ev: Evidence) -> Verdict:
     if ev.limits.get("file_max"):
         ends = 2 if ev.both_ends_local else 1
         room["fs.file-max"] = max(0, (ev.limits["file_max"] - ev.limits.get("file_nr", 0)) // ends - held)
+    if ev.connection_bytes and ev.mem_available_at_stop is not None:
+        room["memory floor"] = max(0, ev.mem_available_at_stop - ev.memory_reserve) // ev.connection_bytes
     if not room:
         return Verdict("target", REACHED, f"target reached: {_n(held)} held", "", [])
     name = min(room, key=room.get)

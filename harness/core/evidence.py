@@ -47,6 +47,7 @@ class Evidence:
     server_host: str | None = None
     memory_reserve: int = 0
     mem_available_at_stop: int | None = None
+    connection_bytes: int = 0  # what the plan says a connection costs this machine, both ends
     tls: bool = False
     backend: str | None = None  # the harness's own servers' backend (None: a target)
     serving: dict | None = None  # the serving processes' costs per connection and the prediction made from them

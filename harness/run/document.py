@@ -115,6 +115,7 @@ def run_evidence(prepared: Prepared, *, series: list[SeriesPoint], status: Maste
                       kernel_before=kernel_before, kernel_after=end.kernel_after, protocol=cfg.protocol or "echo",
                       connections=cfg.connections, memory_reserve=cfg.memory_reserve,
                       mem_available_at_stop=min((p.get("mem_available_bytes", 0) for p in series), default=None),
+                      connection_bytes=prepared.plan.connection_bytes,
                       tls=cfg.tls, serving=watch.as_dict() if watch else None, faults=faults,
                       backend=None if cfg.target else cfg.backend, accept_queue=accept_queue,
                       connect_rate=connect_rate(series, "locust_held" if cfg.target else "server_open"))

@@ -228,8 +228,9 @@ def _fill(cfg: RunConfig, limits: dict) -> RunConfig:
     if cfg.source_addresses and not cfg.wants_hosts:  # the addresses every worker binds: their ports
         ports = len(cfg.source_addresses) * planning.full_port_range(limits)
         cap, name = (ports, "source ports") if ports < cap else (cap, name)
-    # memory: no further (the processes are planned within it; the floor stops the ramp there)
-    return replace(cfg, connections=cap if name == "memory" else int(cap * FILL_MACHINE_OVERSHOOT) + 50)
+    # memory too: the floor stops the ramp where memory runs short (stopped_by memory), whether a
+    # connection costs more than planned or less
+    return replace(cfg, connections=int(cap * FILL_MACHINE_OVERSHOOT) + 50)
 
 
 def _planned_workers(cfg: RunConfig) -> int | None:
