@@ -184,7 +184,10 @@ def test_one_source_address_runs_out_of_ephemeral_ports(tmp_path, outside):
     assert code == 0, err
     assert doc["stopped_by"] == "EADDRNOTAVAIL" and d["limit"] == "source ports"
     lo, hi = doc["limits"]["ip_local_port_range"]
-    assert 27_000 <= doc["peak_connections"] <= hi - lo + 1 and doc["source_addresses"] == ["127.0.0.9"] * 2
+    # the range, less the ports other sockets on the machine hold meanwhile (a test beside this one
+    # binds its own; the kernel's bind table is kept by port, whatever the address)
+    assert 0.9 * (hi - lo + 1) <= doc["peak_connections"] <= hi - lo + 1
+    assert doc["source_addresses"] == ["127.0.0.9"] * 2
     assert "1 source address(es)" in d["summary"] and "--source-addresses" in d["fix"]
 
 
