@@ -97,3 +97,6 @@ def test_a_link_goes_down_mid_hold_comes_up_on_time_and_is_counted_before_the_ho
     assert link_action(counted_at, start, hold, down, "hold", half, half + down) == LINK_COUNTED
     assert counted_at <= start + hold  # by the end of the hold, before teardown
     assert link_action(half + down, start, hold, down, "done", half, half + down) == LINK_COUNTED  # the hold ended
+    # the hold ended while the link was down (its start was seen late): up at once; never down after it
+    assert link_action(half + 0.1, start, hold, down, "done", half, None) == LINK_UP
+    assert link_action(half, start, hold, down, "done", None, None) is None

@@ -182,5 +182,7 @@ def link_action(now: float, hold_started: float, hold: float, down: float, phase
     if up_at is not None:
         return LINK_COUNTED if now >= up_at + max(0.5, (hold - down) / 4) or phase != "hold" else None
     if down_at is None:
-        return LINK_DOWN if now >= hold_started + max(0.0, (hold - down) / 2) else None
-    return LINK_UP if now >= down_at + down else None
+        return LINK_DOWN if phase == "hold" and now >= hold_started + max(0.0, (hold - down) / 2) else None
+    # up on time, or at once where the hold ended first (a busy machine saw it begin late): the
+    # master's last words to the host's workers go through it
+    return LINK_UP if now >= down_at + down or phase != "hold" else None

@@ -261,6 +261,13 @@ class HostedRun:
         return {**p.as_dict(), "bridge_address": self.lab.bridge_address, "hosts": rows,
                 "outside_workers": len(outside), "outside_held": sum(w.get("held", 0) for w in outside)}
 
+    def link_up(self) -> None:
+        """The link the fault took down, up again where it still is down (the run ends before the
+        Locust cluster stops, so the master's and the workers' last words go through)."""
+        if "down_at" in self._link and "up_at" not in self._link:
+            faults.set_link(self.plan.clients[0], up=True)
+            self._link.update(up_at=time.monotonic(), up_t=None)
+
     def stop(self) -> None:
         """Put the link back, remove the faults (hosts the run did not make keep running), and
         remove the lab if the run made it; then the reaper has nothing left and ends."""

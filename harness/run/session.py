@@ -130,6 +130,8 @@ class Session:
             master_args=[*locust_args(values), *plumbing, *gauges, *netns, *metrics, *master_args],
             worker_args=[*locust_args(values, workers=True), *plumbing, *worker_args])
         self._release(self.cluster.stop)
+        if lab is not None:
+            self._release(lab.link_up)  # released first: before the cluster stops
         return self.cluster.start()
 
     @property
