@@ -53,25 +53,12 @@ def start_reporting(runner) -> None:
     def report() -> None:
         runner.send_message(MESSAGE, worker_report(getattr(runner, "worker_index", 0), rss, base, base_fds))
 
-    stopped = [False]  # between a test's last report and the next test's start
-
     def loop() -> None:
         while True:
-            if not stopped[0]:
-                report()
+            report()
             gevent.sleep(RAMP_REPORT_INTERVAL_S if TALLY.ramping else REPORT_INTERVAL_S)
 
-    def last_report(**_) -> None:
-        report()
-        stopped[0] = True
-
-    def next_test(**_) -> None:
-        stopped[0] = False
-
     gevent.spawn(loop)
-    # The test is stopping (the master's quit, or STOP): a last report of what was held and done,
-    # before the users are stopped and before the worker's own quit message. Nothing after it
-    # until the next test: a report from users being stopped would undercount what was held (the
-    # master leaves a silent worker out of its totals after board.STALE_S).
-    runner.environment.events.test_stopping.add_listener(last_report)
-    runner.environment.events.test_start.add_listener(next_test)
+    # the test is stopping (the master's quit, or STOP): a last report of what was held and done,
+    # before the users are stopped and before the worker's own quit message
+    runner.environment.events.test_stopping.add_listener(lambda **_: report())

@@ -166,6 +166,9 @@ def test_poll_goes_past_fd_setsize(start_server):
         result.close()
 
 
+STALL_S = 0.5
+
+
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_client_that_never_reads_cannot_grow_server_memory(start_server, backend):
     server = start_server(backend)
@@ -174,13 +177,19 @@ def test_client_that_never_reads_cannot_grow_server_memory(start_server, backend
     sock = connect(server.port)
     sock.setblocking(False)
     chunk, sent, stream = os.urandom(1 << 16), 0, []
-    deadline = time.monotonic() + 3
+    deadline, stalled_since = time.monotonic() + 3, None
+    # until the server has stopped reading from us for STALL_S (the kernel buffers are full), or
+    # at most 3 s and 64 MiB
     while time.monotonic() < deadline and sent < 64 << 20:
         try:
             n = sock.send(chunk)
         except BlockingIOError:
-            time.sleep(0.01)  # the server stopped reading from us: the kernel buffers are full
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > STALL_S:
+                break
+            time.sleep(0.01)
             continue
+        stalled_since = None
         stream.append(chunk[:n])
         sent += n
     assert sent < 32 << 20, f"server kept reading ({sent >> 20} MiB) from a client that never reads"

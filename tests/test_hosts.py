@@ -286,12 +286,12 @@ def test_a_full_conntrack_table_in_the_server_host_is_named_with_its_drops(tmp_p
 
 @needs_net_admin
 def test_a_run_with_hosts_of_its_own_removes_them_and_rides_out_faults_on_the_links(tmp_path):
-    """--hosts 3 --loss 1% --rate 50mbit --link-down 5: 1% of each client host's TCP packets
-    dropped each way, the links shaped, one link down for 5 s; 500 connections echo for 12 s with
+    """--hosts 3 --loss 1% --rate 50mbit --link-down 3: 1% of each client host's TCP packets
+    dropped each way, the links shaped, one link down for 3 s; 500 connections echo for 8 s with
     every echo matching, the retransmits counted from the hosts' own counters, and the hosts gone
     afterwards."""
-    proc = _start(tmp_path, "--hosts", "3", "--connections", "500", "--hold", "12", "--echo-interval", "0.5",
-                  "--loss", "1%", "--rate", "50mbit", "--link-down", "5", "--json")
+    proc = _start(tmp_path, "--hosts", "3", "--connections", "500", "--hold", "8", "--echo-interval", "0.5",
+                  "--loss", "1%", "--rate", "50mbit", "--link-down", "3", "--json")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]  # the outage is the run's own doing: not a failed run
     doc = json.loads(out)
@@ -302,10 +302,10 @@ def test_a_run_with_hosts_of_its_own_removes_them_and_rides_out_faults_on_the_li
     assert all(h["shaped_bytes"] > 0 for h in clients)  # every byte went through the tbf
     assert sum(h["tcp"]["RetransSegs"] for h in clients) > 0
     assert doc["hosts"]["made_by_run"] and doc["hosts"]["loss_percent"] == 1.0
-    # the first client host's link was down 5 s mid-hold: TCP retransmitted through it, and every
+    # the first client host's link was down 3 s mid-hold: TCP retransmitted through it, and every
     # connection rode it out
     [outage] = [f for f in doc["faults"] if f.get("injected")]
-    assert outage["what"] == f"link of {clients[0]['name']} down for 5 s"
+    assert outage["what"] == f"link of {clients[0]['name']} down for 3 s"
     assert outage["retransmits"] > 0 and outage["connections_lost"] == 0
     assert _left(f"r{proc.pid % 1_000_000}") == []
 
