@@ -139,7 +139,7 @@ def test_three_runs_in_a_row_from_the_form_each_reach_their_own_number_of_users(
                 page.fill("input[name=userCount]", str(users))
                 page.fill("input[name=spawnRate]", "1000")
                 page.get_by_text("Custom parameters").click()
-                page.fill("input[name=hold]", "1")
+                page.fill("input[name=hold]", "2")  # a kernel count (every 2 s) falls in each hold
                 page.get_by_role("button", name="START").click()
                 status = wait_until(lambda: (s := _held(base))["test"] == i + 1 and s["stopped_by"] == "target" and s,
                                     40, f"run {i + 1} reaching {users}", every=0.5)
