@@ -35,6 +35,9 @@ def _ramp(fds_per: list[float]) -> list[dict]:
 def test_a_prediction_waits_for_fds_per_connection_to_settle_on_a_whole_number():
     lagging = _ramp([2, 0.2, 0.3, 2.1])  # a proxy's backend sockets behind its accepts at two samples
     assert not costs.ready_to_predict(lagging, 700, costs.fit(lagging))
+    starved = _ramp([0.4, 0.3, 0.35, 0.3])  # the server starved of CPU: its fds far behind the kernel's count
+    assert not costs.ready_to_predict(starved, 700, costs.fit(starved))
+    assert not costs.ready_to_predict(_ramp([0.4] * 20), 700, costs.fit(_ramp([0.4] * 20)))  # never, however many
     settled = _ramp([2, 2, 1.9, 2.1])
     assert costs.whole(costs.fit(settled).fds) == 2.0 and costs.ready_to_predict(settled, 700, costs.fit(settled))
     assert not costs.ready_to_predict(settled[:3], 700, costs.fit(settled[:3]))  # too few samples yet

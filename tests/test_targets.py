@@ -133,7 +133,9 @@ def test_nginx_over_tls_worker_connections_is_its_own_limit_across_two_workers(t
     assert d["limit"] == "target's own connection limit" and "worker_connections" in d["fix"]
     workers = [p for p in doc["target"]["processes"] if p.get("fds_gained", 0) > 0]
     assert len(workers) == 2 and all(p["name"] == "nginx" for p in workers)
-    assert 150 <= doc["peak_connections"] < 2 * 100  # each worker's 100 less its listener and events
+    # both workers took connections (more than one worker's 100), and no more than their 100 each less
+    # their listeners and events; how evenly the kernel spread them depends on which worker woke first
+    assert 100 < doc["peak_connections"] < 2 * 100
     assert doc["echo"]["failed"] == {} or set(doc["echo"]["failed"]) <= {"EOF", "ECONNRESET"}
 
 

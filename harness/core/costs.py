@@ -102,8 +102,10 @@ def ready_to_predict(points: list[dict], target: int, fitted: Costs) -> bool:
     held = [p["held"] for p in points]
     if len(points) < MIN_POINTS or max(held) - min(held) < max(MIN_SPAN, target // 20):
         return False
-    settled = fitted.fds is None or fitted.fds < 0.5 or whole(fitted.fds) == round(fitted.fds)
-    return settled or len(points) >= 3 * MIN_POINTS
+    # a connection costs its server one fd or more: a slope below one is the lag, not the cost
+    if fitted.fds is not None and fitted.fds < 0.85:
+        return False
+    return fitted.fds is None or whole(fitted.fds) == round(fitted.fds) or len(points) >= 3 * MIN_POINTS
 
 
 def predict(costs: Costs, base: dict, limits: dict, client_bytes: int, held: int, t: float) -> Prediction:
