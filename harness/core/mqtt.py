@@ -19,7 +19,7 @@ import random
 import struct
 from collections import deque
 
-from harness.core.protocol_base import EVIDENCE_BYTES, MAX_REPLY_BYTES, Parser, Protocol
+from harness.core.protocol_base import EVIDENCE_BYTES, MAX_REPLY_BYTES, OpeningParser, Parser, Protocol
 
 CONNECT_STAGE = "mqtt-connack"
 CONNECT, CONNACK, PUBLISH, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 1, 2, 3, 8, 9, 12, 13, 14
@@ -87,14 +87,10 @@ def read_packet(buf: bytes, at: int = 0) -> tuple[int, int, int, bytes] | None:
     return i + size, buf[at] >> 4, buf[at] & 0x0F, buf[i:i + size]
 
 
-class ConnackParser(Parser):
+class ConnackParser(OpeningParser):
     """The CONNACK: return code 0, or the refusal named by its code."""
 
-    __slots__ = ("end",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.end = 0
+    __slots__ = ()
 
     def feed(self, data: bytes) -> tuple[int, str | None]:
         self.buf += data
@@ -111,13 +107,6 @@ class ConnackParser(Parser):
             return self._wrong(f"mqtt-refused-{body[1]}")
         self.end = end
         return 1, None
-
-    def _wrong(self, why: str) -> tuple[int, str]:
-        self.evidence = self.buf[:EVIDENCE_BYTES]
-        return 0, why
-
-    def rest(self) -> bytes:
-        return self.buf[self.end:]
 
 
 class MqttParser(Parser):

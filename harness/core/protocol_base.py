@@ -77,6 +77,24 @@ class Parser:
         return out
 
 
+class OpeningParser(Parser):
+    """A parser of one opening reply (a WebSocket upgrade's 101, MQTT's CONNACK): `feed` reads it
+    whole, a wrong one keeps its first bytes as evidence, and `rest` is what came after it."""
+
+    __slots__ = ("end",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.end = 0  # where the opening reply ends in `buf`, once whole
+
+    def _wrong(self, why: str) -> tuple[int, str]:
+        self.evidence = self.buf[:EVIDENCE_BYTES]
+        return 0, why
+
+    def rest(self) -> bytes:
+        return self.buf[self.end:]
+
+
 class Protocol:
     name = ""
     sends = True  # False: the connection is held without requests

@@ -23,6 +23,7 @@ from collections import deque
 from harness.core.protocol_base import (
     EVIDENCE_BYTES,
     MAX_REPLY_BYTES,
+    OpeningParser,
     Parser,
     Protocol,
     http_head,
@@ -96,15 +97,15 @@ def read_frame(buf: bytes, at: int = 0) -> tuple[int, bool, int, bytes] | None:
     return at + size, fin, opcode, unmask(payload, mask) if mask else payload
 
 
-class UpgradeParser(Parser):
+class UpgradeParser(OpeningParser):
     """The reply to the upgrade: a 101 with the right accept (and the subprotocol asked for). The
     bytes after its head are the first frames (`rest`)."""
 
-    __slots__ = ("accept", "subprotocol", "end")
+    __slots__ = ("accept", "subprotocol")
 
     def __init__(self, accept: bytes, subprotocol: str) -> None:
         super().__init__()
-        self.accept, self.subprotocol, self.end = accept, subprotocol.encode(), 0
+        self.accept, self.subprotocol = accept, subprotocol.encode()
 
     def feed(self, data: bytes) -> tuple[int, str | None]:
         self.buf += data
@@ -122,13 +123,6 @@ class UpgradeParser(Parser):
             return self._wrong("ws-subprotocol")
         self.end = end
         return 1, None
-
-    def _wrong(self, why: str) -> tuple[int, str]:
-        self.evidence = self.buf[:EVIDENCE_BYTES]
-        return 0, why
-
-    def rest(self) -> bytes:
-        return self.buf[self.end:]
 
 
 class FrameParser(Parser):
