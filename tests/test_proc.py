@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -91,3 +92,30 @@ def test_a_process_in_a_memory_cgroup_has_the_cgroups_room_as_its_memory_availab
     assert 0 < room["room"] <= 300 << 20 and 0 < available <= 300 << 20 and 0 < planned <= 300 << 20
     assert abs(available - room["room"]) < 1 << 20 and abs(planned - room["room"]) < 1 << 20
     assert cgroups.memory_room() is None or cgroups.memory_room()["path"] != cgroup  # this process is not in it
+
+
+def test_the_oom_log_names_the_process_the_oom_killer_ended_and_no_other(memory_cgroup):
+    """A process that outgrows a 32 MiB cgroup is ended by the OOM killer: the log of a run begun
+    before names its pid, not this process's nor a kill from before it began."""
+    from harness.system.oomlog import OomLog
+
+    cgroup = memory_cgroup(32 << 20)
+
+    def join_cgroup() -> None:
+        with open(f"{cgroup}/cgroup.procs", "w") as f:
+            f.write(str(os.getpid()))
+
+    log = OomLog()
+    try:
+        assert log.exact  # root here: the kernel's log is readable
+        hog = subprocess.Popen([sys.executable, "-c", "b = bytearray(256 << 20)"], preexec_fn=join_cgroup)
+        assert hog.wait(60) == -signal.SIGKILL
+        later = OomLog()  # begun after the kill: not its
+        try:
+            assert later.exact and not later.killed(hog.pid)
+        finally:
+            later.close()
+        # another test's kills may come too; each by its own pid
+        assert log.killed(hog.pid) and not log.killed(os.getpid())
+    finally:
+        log.close()

@@ -13,7 +13,7 @@ from harness.core.records import Fault, MasterStatus
 from harness.run.progress import RunProgress
 from harness.run.sampler import Sampler
 from harness.run.session import Session
-from harness.system import kernel
+from harness.system.oomlog import OomLog
 from harness.system.procctl import describe_exit
 
 WORKER_EXIT_GRACE_S = 3.0
@@ -38,7 +38,7 @@ class Control:
     _reported: set[str] = field(default_factory=set)
     _drops: dict = field(default_factory=lambda: {"lost": 0, "failed": {}})
     _hold_started: float | None = None
-    _oom_kills: int = field(default_factory=kernel.oom_kills)
+    _oom: OomLog = field(default_factory=OomLog)
     _deaths: list[Fault] = field(default_factory=list)  # a target's processes gone, before their closes came
 
     def run(self) -> None:
@@ -74,6 +74,7 @@ class Control:
             self.error = f"{type(exc).__name__}: {exc}"
             self.stop.append("error")
         finally:
+            self._oom.close()
             if self.progress:
                 self.progress.close()
 
@@ -102,13 +103,13 @@ class Control:
         no longer has them), and whether the kernel's OOM killer ended them."""
         group = self.session.group
         for index, status in group.reap().items():
-            how = "killed by the OOM killer" if self._oom_killed() else None
+            # its slot keeps the last numbers it published (every 0.25 s); a sample may be a second older
+            row = group.board.read(index) if group.board is not None else None
+            how = "killed by the OOM killer" if self._oom.killed(row["pid"] if row else index) else None
             kind = "oom-kill" if how else "process-died"
-            if group.board is not None:
-                # its slot keeps the last numbers it published (every 0.25 s); a sample may be a second older
-                lost = group.board.read(index)["open"]
-                self.faults.append(self._fault(f"server process {index} died ({how or describe_exit(status)})", lost,
-                                               kind=kind))
+            if row is not None:
+                self.faults.append(self._fault(f"server process {index} died ({how or describe_exit(status)})",
+                                               row["open"], kind=kind))
                 continue
             # a target's process (`index` is its pid): the connections it held close with it, and the
             # workers report them lost, before or after /proc shows it gone; one fault says both
@@ -121,12 +122,6 @@ class Control:
                 drop.update(what=f"{death}: {drop['what']}", kind=kind)
             else:
                 self._deaths.append(fault)
-
-    def _oom_killed(self) -> bool:
-        """Whether the kernel's OOM killer has ended a process since it was last asked."""
-        now = kernel.oom_kills()
-        killed, self._oom_kills = now > self._oom_kills, now
-        return killed
 
     def _sample(self) -> None:
         point = self.sampler.sample()
