@@ -62,6 +62,16 @@ def test_a_target_process_at_its_fd_limit_names_its_pid_and_numbers():
     assert d.predicted_cap == 2 * (1024 - 10)  # the master (the others' parent) takes none
 
 
+def test_a_target_out_of_threads_or_memory_is_not_given_its_fd_limit_as_the_predicted_cap():
+    server = [proc(5, "java", 300, 20_000)]
+    d = diagnose.diagnose(evidence(server_refused={"threads": 3}, processes=server))
+    assert d.limit == "threads" and d.predicted_cap is None
+    d = diagnose.diagnose(evidence(connects_failed={"timeout": 5}, processes=server))
+    assert d.limit == "timeouts" and d.predicted_cap is None
+    d = diagnose.diagnose(evidence(stopped_by="target", processes=server))  # held all it was asked: its fd room
+    assert d.cause == diagnose.REACHED and d.predicted_cap == 20_000 - 10
+
+
 def test_words_below_the_fd_limit_are_the_targets_own_limit():
     redis = [proc(5, "redis-server", 209, 20_000)]
     d = diagnose.diagnose(evidence(connects_failed={"error-reply": 100}, processes=redis, held=200,
@@ -149,6 +159,10 @@ def test_a_run_at_its_target_gets_the_next_limit_and_its_distance():
                                 workers=[{"open": 1000, "max_users": 19_900}]))
     assert d.limit == "target" and d.cause == diagnose.REACHED
     assert d.next == {"limit": "target fd limit", "room": 4096 - 1009}
+    # the workers' room is from the run's peak: their last reports, sent as their users stopped, say fewer open
+    d = diagnose.diagnose(evidence(stopped_by="target", held=1000, workers=[{"open": 0, "max_users": 600},
+                                                                          {"open": 10, "max_users": 600}]))
+    assert d.next == {"limit": "Locust workers' fd limit", "room": 200}
 
 
 def test_kernel_pressure_is_added_to_any_verdict():

@@ -405,7 +405,8 @@ def next_limit(ev: Evidence) -> Verdict:
     if procs and all(p.get("fd_soft") for p in procs):
         room["target fd limit"] = sum(max(0, p["fd_soft"] - _peak_fds(p)) for p in procs)
     if ev.workers:
-        room["Locust workers' fd limit"] = sum(max(0, w["max_users"] - w["open"]) for w in ev.workers)
+        # the run's peak, not the workers' own last `open`: a report sent as their users stop says fewer
+        room["Locust workers' fd limit"] = max(0, sum(w["max_users"] for w in ev.workers) - held)
     if ev.sources and ev.ports_per_address:
         room["source ports"] = max(0, len(ev.sources) * ev.ports_per_address - held)
     if ev.limits.get("file_max"):
@@ -435,7 +436,9 @@ def diagnose(ev: Evidence) -> Verdict:
     if (prediction and prediction.get("cap") and verdict.cause != REACHED
             and prediction["binding"].split()[0] in verdict.limit.split()):
         verdict.predicted_cap = prediction["cap"]
-    if verdict.predicted_cap is None and ev.processes:
+    # the target's fd limits, where the run was stopped by the target or reached its count: not a
+    # memory, thread or client-side cap's prediction
+    if verdict.predicted_cap is None and ev.processes and verdict.limit.startswith("target"):
         verdict.predicted_cap = _target_cap(ev)
     verdict.evidence += cost_lines(ev) + kernel_notes(ev.kernel_after or {})
     return verdict

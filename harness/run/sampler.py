@@ -59,6 +59,13 @@ class Sampler:
             pass
         return self.status
 
+    def begin_test(self, t0: float) -> None:
+        """A new test on the same port (the web UI's next START): its own series from `t0`, and its
+        first sample counted afresh, whatever phase the last test ended in (a STOP in its hold and a
+        START whose ramp is over before the next sample would otherwise keep the last count)."""
+        self.series.clear()
+        self.t0, self._phase = t0, "starting"
+
     @property
     def phase(self) -> str:
         """The master's phase at the last sample."""

@@ -73,8 +73,7 @@ class UiRuns:
         self.memory_before = memory_available()
         if self.session.lab is not None:  # each test's TCP counters from its own start
             self.session.lab.counters_before = self.session.lab.counters()
-        self.sampler.series.clear()
-        self.sampler.t0 = self.t0
+        self.sampler.begin_test(self.t0)
         self.next_sample = 0.0  # its first sample now
 
     def _write(self) -> Path:
