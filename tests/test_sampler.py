@@ -26,6 +26,7 @@ def test_a_new_test_is_counted_afresh_even_in_the_phase_the_last_one_ended_in(tm
     status = tmp_path / "status.json"
     status.write_text(json.dumps({"phase": "hold", "test": 1}))
     sampler = Sampler(SimpleNamespace(port=port, board=None, exited={}), status, time.monotonic())
+    sampler._kernel_least = sampler._kernel_every = 3600.0  # no count falls due by time alone here
     try:
         connect(2)
         first = sampler.sample()
@@ -34,10 +35,12 @@ def test_a_new_test_is_counted_afresh_even_in_the_phase_the_last_one_ended_in(tm
         status.write_text(json.dumps({"phase": "hold", "test": 2}))
         stale = sampler.sample()  # the same phase, within the least time between two counts
         assert not stale["kernel_counted"] and stale["kernel_established"] == 2
+        last_queue = sampler.accept_queue  # the port's accept queue as the last test left it
+        assert last_queue is not None
         sampler.begin_test(time.monotonic())
         fresh = sampler.sample()
         assert fresh["kernel_counted"] and fresh["kernel_established"] == 5
-        assert sampler.series == [fresh]
+        assert sampler.series == [fresh] and sampler.accept_queue is not last_queue  # its own, read afresh
     finally:
         for s in clients + accepted + [listener]:
             s.close()

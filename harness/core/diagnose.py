@@ -39,6 +39,8 @@ TIMEOUTS = "timeouts"
 CONNTRACK = "conntrack"  # the kernel's connection tracking table was full: new connections dropped
 REACHED = "reached"  # the run held what it asked for
 UNKNOWN = "unknown"
+# The verdicts whose predicted cap is the target's fd room where no cost prediction named one
+FD_ROOM_VERDICTS = ("target", "target fd limit", "target's own connection limit")
 
 FD_LIMIT_SLACK = 2  # a process within this many fds of its limit is at it (a log file, a lost race)
 FD_ROOM_FILLED = 0.97  # ...or, holding more than one fd a connection, filled this share of its room
@@ -436,9 +438,9 @@ def diagnose(ev: Evidence) -> Verdict:
     if (prediction and prediction.get("cap") and verdict.cause != REACHED
             and prediction["binding"].split()[0] in verdict.limit.split()):
         verdict.predicted_cap = prediction["cap"]
-    # the target's fd limits, where the run was stopped by the target or reached its count: not a
-    # memory, thread or client-side cap's prediction
-    if verdict.predicted_cap is None and ev.processes and verdict.limit.startswith("target"):
+    # the target's fd room, where the target's own limits stopped the run or it reached its count: no
+    # memory, thread, timeout or client-side cap's prediction
+    if verdict.predicted_cap is None and ev.processes and verdict.limit in FD_ROOM_VERDICTS:
         verdict.predicted_cap = _target_cap(ev)
     verdict.evidence += cost_lines(ev) + kernel_notes(ev.kernel_after or {})
     return verdict

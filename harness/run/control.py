@@ -38,7 +38,7 @@ class Control:
     _reported: set[str] = field(default_factory=set)
     _drops: dict = field(default_factory=lambda: {"lost": 0, "failed": {}})
     _hold_started: float | None = None
-    _oom: OomLog = field(default_factory=OomLog)
+    _oom: OomLog | None = None  # the kernel's log of OOM kills, open while the run runs
     _deaths: list[Fault] = field(default_factory=list)  # a target's processes gone, before their closes came
 
     def run(self) -> None:
@@ -46,6 +46,7 @@ class Control:
         prepared = self.session.prepared
         deadline = self.sampler.t0 + prepared.max_seconds + prepared.config.hold + END_GRACE_S
         next_sample = time.monotonic()
+        self._oom = OomLog()
         try:
             while not self.stop:
                 if self._master_exited():

@@ -66,6 +66,12 @@ class OutsideServer:
                               "start the server first, or check the address") from None
         return self
 
+    def begin_test(self) -> None:
+        """A new test from the web UI: the processes read again, their most fds counted from now."""
+        if self.local:
+            self.processes = listeners.tracked(listeners.refresh(self.processes))
+            self.exited.clear()
+
     def sample(self) -> None:
         """Read the target's processes again; keep each one's most fds."""
         if self.local:

@@ -60,11 +60,15 @@ class Sampler:
         return self.status
 
     def begin_test(self, t0: float) -> None:
-        """A new test on the same port (the web UI's next START): its own series from `t0`, and its
-        first sample counted afresh, whatever phase the last test ended in (a STOP in its hold and a
-        START whose ramp is over before the next sample would otherwise keep the last count)."""
+        """A new test on the same port (the web UI's next START): its own series from `t0`, its own
+        accept queue and target processes' peaks, and its first sample counted afresh, whatever
+        phase the last test ended in (a STOP in its hold and a START whose ramp is over before the
+        next sample would otherwise keep the last count)."""
         self.series.clear()
         self.t0, self._phase = t0, "starting"
+        self.accept_queue, self._queued = None, 0
+        if self.target is not None:
+            self.target.begin_test()
 
     @property
     def phase(self) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from harness.core.records import MasterStatus
 from harness.core.schema import run_dir_name
 from harness.report.page import build as build_report
-from harness.run.document import document, observe_end
+from harness.run.document import cost_watch, document, observe_end
 from harness.run.prepare import Prepared, replan
 from harness.run.sampler import Sampler
 from harness.system.files import utc_stamp, write_json_atomic
@@ -74,6 +74,9 @@ class UiRuns:
         if self.session.lab is not None:  # each test's TCP counters from its own start
             self.session.lab.counters_before = self.session.lab.counters()
         self.sampler.begin_test(self.t0)
+        if self.sampler.watch is not None:  # each test's costs from its own first sample, toward its own count
+            self.sampler.watch = cost_watch(replan(self.prepared, status.connections or self.prepared.config.connections,
+                                                   status.options))
         self.next_sample = 0.0  # its first sample now
 
     def _write(self) -> Path:
