@@ -12,7 +12,7 @@ import pytest
 
 from harness.core.lab_layout import LINK_COUNTED, LINK_DOWN, LINK_UP, link_action
 from harness.core.records import MasterStatus, Totals, WorkerReport
-from harness.run.control import SHED_SETTLE_S, Control
+from harness.run.control import DEATH_MATCH_S, SHED_SETTLE_S, Control
 from scenarios.board import STALE_S, Board
 
 
@@ -82,6 +82,28 @@ def test_the_targets_closes_as_the_ramp_stops_are_the_limit_found_and_later_ones
     control = _control(False, [dict(ramp)], series)  # the ramp did not stop on closes: a fault
     control.mark_shedding()
     assert control.stop == ["interrupted"]
+
+
+def test_the_closes_a_target_process_death_causes_over_several_reports_are_its_one_fault():
+    """The workers report a dead target's closes over a second or two: those that come within
+    DEATH_MATCH_S of its death are added to its fault; closes after that are a fault of their own."""
+    sampler = SimpleNamespace(t0=time.monotonic())
+    control = Control(session=None, sampler=sampler, stop=[])
+    control._deaths.append({"t": 0.0, "what": "target process python (pid 7) died (killed by the OOM killer)",
+                            "kind": "oom-kill", "connections_lost": 0})
+
+    def hold(lost: int, failed: dict) -> MasterStatus:
+        return MasterStatus(phase="hold", totals=Totals(connects_ok=200, held=200 - lost, echo_failed=failed))
+
+    [fault] = control._target_drops(hold(86, {"ECONNRESET": 10, "EOF": 76}))
+    assert control._target_drops(hold(100, {"ECONNRESET": 10, "EOF": 94})) == []  # the next report's closes
+    assert fault == {"t": fault["t"], "kind": "oom-kill", "phase": "hold", "connections_lost": 100,
+                     "what": "target process python (pid 7) died (killed by the OOM killer): the target closed 100 "
+                             "held connection(s) (ECONNRESET 10, EOF 94)"}
+    sampler.t0 -= DEATH_MATCH_S + 1  # later than the death's window: the target's own doing
+    [later] = control._target_drops(hold(103, {"ECONNRESET": 10, "EOF": 97}))
+    assert later["kind"] == "target-drop" and later["connections_lost"] == 3 and fault["connections_lost"] == 100
+    assert later["what"] == "the target closed 3 held connection(s) (EOF 3)"
 
 
 @pytest.mark.parametrize("hold,down", [(12.0, 5.0), (3.0, 2.0)])

@@ -37,6 +37,7 @@ class Control:
     error: str | None = None
     _reported: set[str] = field(default_factory=set)
     _drops: dict = field(default_factory=lambda: {"lost": 0, "failed": {}})
+    _last_drop: "DropEvent | None" = None  # the latest target-drop fault, as a death may still claim it
     _hold_started: float | None = None
     _oom: OomLog | None = None  # the kernel's log of OOM kills, open while the run runs
     _deaths: list[Fault] = field(default_factory=list)  # a target's processes gone, before their closes came
@@ -117,10 +118,9 @@ class Control:
             proc = next(p for p in group.processes if p["pid"] == index)
             death = f"target process {proc['name']} (pid {index}) died ({how or 'exited'})"
             fault = self._fault(death, 0, kind=kind)
-            drop = next((f for f in reversed(self.faults) if f.get("kind") == "target-drop"
-                         and f["t"] >= fault["t"] - DEATH_MATCH_S), None)
-            if drop is not None:
-                drop.update(what=f"{death}: {drop['what']}", kind=kind)
+            drop = self._last_drop
+            if drop is not None and drop.death is None and drop.fault["t"] >= fault["t"] - DEATH_MATCH_S:
+                drop.claim(death, kind, fault["t"])  # its closes came first
             else:
                 self._deaths.append(fault)
 
@@ -157,20 +157,28 @@ class Control:
 
     def _target_drops(self, status: MasterStatus) -> list[Fault]:
         """Held connections a target closed or reset since the last sample (it restarted, or shed
-        load), as a fault: verified connections no longer held, by the failure names that came."""
+        load), as a fault: verified connections no longer held, by the failure names that came. The
+        closes a target process's death causes come over several worker reports: those within
+        DEATH_MATCH_S of it are added to its one fault."""
         if status.phase not in ("ramp", "hold"):
             return []  # at the end the users are stopped: that is not the target's doing
         seen, lost, failed = self._drops, status.totals.lost, status.totals.echo_failed
         if lost <= seen["lost"]:
             return []
         new = {k: v - seen["failed"].get(k, 0) for k, v in failed.items() if v > seen["failed"].get(k, 0)}
-        how = ", ".join(f"{k} {v:,}" for k, v in new.items()) or "closed"
-        fault = self._fault(f"the target closed {lost - seen['lost']:,} held connection(s) ({how})",
-                            lost - seen["lost"], kind="target-drop", phase=status.phase)
+        count = lost - seen["lost"]
         seen.update(lost=lost, failed=dict(failed))
+        t = round(time.monotonic() - self.sampler.t0, 2)
+        last = self._last_drop
+        if last is not None and last.death is not None and t - last.death_t <= DEATH_MATCH_S:
+            last.add(count, new)
+            return []
+        fault = self._fault("", 0, kind="target-drop", phase=status.phase)
+        self._last_drop = DropEvent(fault)
+        self._last_drop.add(count, new)
         if self._deaths:  # the process whose end closed them, seen first
             death = self._deaths.pop(0)
-            fault.update(what=f"{death['what']}: {fault['what']}", kind=death["kind"])
+            self._last_drop.claim(death["what"], death["kind"], death["t"])
         return [fault]
 
     def mark_shedding(self) -> None:
@@ -187,6 +195,35 @@ class Control:
             fault["limit"] = True
         if any(f not in found for f in self.faults) and not self.stop:
             self.stop.append("interrupted")
+
+
+@dataclass
+class DropEvent:
+    """One target-drop fault as it grows: the held connections a target closed, by failure name,
+    and the death of the target process that closed them once it is seen."""
+
+    fault: Fault
+    lost: int = 0
+    failed: dict = field(default_factory=dict)
+    death: str | None = None
+    death_t: float = 0.0
+
+    def add(self, lost: int, failed: dict) -> None:
+        self.lost += lost
+        for name, n in failed.items():
+            self.failed[name] = self.failed.get(name, 0) + n
+        self._write()
+
+    def claim(self, death: str, kind: str, t: float) -> None:
+        """The target process whose end (seen at `t`) closed these connections."""
+        self.death, self.death_t = death, t
+        self.fault["kind"] = kind
+        self._write()
+
+    def _write(self) -> None:
+        how = ", ".join(f"{k} {v:,}" for k, v in self.failed.items()) or "closed"
+        what = f"the target closed {self.lost:,} held connection(s) ({how})"
+        self.fault.update(what=f"{self.death}: {what}" if self.death else what, connections_lost=self.lost)
 
 
 def rate(series: list[dict], key: str) -> float:
