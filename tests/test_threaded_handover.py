@@ -44,10 +44,42 @@ def _refused(handover, reason: str = "ENOMEM") -> tuple[int, int]:
 def test_a_live_thread_takes_its_connection_and_echoes_it(handover, pair):
     client, server = pair
     server.setblocking(True)
-    assert handover.start(server)
+    assert handover.start(server) == ""
     client.sendall(b"hello")
     assert client.recv(5) == b"hello"  # so the thread has taken it
     assert handover.waiting == {} and _refused(handover) == (0, 0)
+
+
+def test_a_connection_keeps_its_buffer_until_it_closes(handover, pair):
+    """A thread that has answered its client reads into the buffer reserved before it started: it
+    needs no new memory to go on (a new connection's thread cannot take it meanwhile)."""
+    client, server = pair
+    server.setblocking(True)
+    assert handover.start(server) == ""
+    free = handover.buffers.free.qsize()
+    assert free == threaded.BUFFERS_PER_MAPPING - 1 and len(handover.buffers.mappings) == 1
+    big = bytes(range(256)) * (threaded.RECV_BYTES // 256) * 3  # three buffers' worth, in pieces
+    client.sendall(big)
+    got = bytearray()
+    while len(got) < len(big):
+        got += client.recv(len(big))
+    assert got == big and handover.buffers.free.qsize() == free  # still this connection's
+    client.shutdown(socket.SHUT_WR)
+    assert client.recv(1) == b""  # the thread closed the connection ...
+    given_back = handover.buffers.free.get(timeout=5)  # ... and gives its buffer back
+    assert len(given_back) == threaded.RECV_BYTES and not given_back.readonly
+    assert handover.ctx.counters.closed == 1
+
+
+def test_buffers_come_from_shared_mappings_and_are_used_again():
+    buffers = threaded.Buffers()
+    taken = [buffers.take() for _ in range(threaded.BUFFERS_PER_MAPPING)]
+    assert len(buffers.mappings) == 1 and {len(b) for b in taken} == {threaded.RECV_BYTES}
+    taken[0][:5] = b"first"
+    buffers.give(taken[0])
+    again = buffers.take()
+    assert again[:5] == b"first" and len(buffers.mappings) == 1  # the same memory, no new mapping
+    assert len(buffers.take()) == threaded.RECV_BYTES and len(buffers.mappings) == 2
 
 
 def test_the_sweep_refuses_a_connection_no_thread_took(handover, pair):

@@ -7,6 +7,12 @@ per-connection buffering by itself: a client that does not read blocks its threa
 nothing more is read from it. A thread that cannot start (pid_max, threads-max, vm.max_map_count,
 memory) refuses that connection with a logged reason.
 
+A connection's receive buffer is reserved for it before its thread starts (`Buffers`) and kept for
+the connection's life: a thread that has answered its client needs no new memory to go on. With
+`recv(n)` each read mallocs n bytes; a thread that had answered freed that memory and asked for it
+again, a new connection's thread took it meanwhile, and under a memory limit the held connection
+died of MemoryError, a client the server had served counted as refused.
+
 Threads are started with `_thread.start_new_thread`, not `threading.Thread`: `Thread.start()` waits
 until the new thread says it has started, and a new thread that runs out of memory before saying
 so (seen under RLIMIT_AS) left the accept loop waiting forever while clients queued unanswered.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import _thread
 import itertools
+import mmap
 import os
 import queue
 import selectors
@@ -43,6 +50,9 @@ STILLBORN_S = 10.0  # a filed connection not taken this long: its thread died (a
 # While a filed connection is not taken yet, the main thread looks for death notices this often:
 # a client whose thread died is answered within this, not at the next tick.
 WAITING_POLL_S = 0.01
+# Receive buffers per anonymous mapping: one mapping (one VMA) serves this many threads, so a thread
+# still costs about two VMAs (its stack and guard page) against vm.max_map_count.
+BUFFERS_PER_MAPPING = 64
 
 
 def serve(ctx: ServeContext) -> None:
@@ -56,7 +66,11 @@ def serve(ctx: ServeContext) -> None:
 
     def start_thread(conn: socket.socket) -> None:
         conn.setblocking(True)
-        if not handover.start(conn):
+        refused = handover.start(conn)
+        if refused == "ENOMEM":
+            handover.refuse(conn, "ENOMEM")
+            _note_out_of_memory(ctx, 1)
+        elif refused:
             handover.refuse(conn, "threads")
             ctx.log.note("threads", hint="no thread could start (memory or RLIMIT_AS, "
                          "kernel.threads-max, kernel.pid_max, vm.max_map_count: see `harness limits`)")
@@ -90,6 +104,38 @@ class _Notice(weakref.ref):
         self.key = start.key
 
 
+class Buffers:
+    """Receive buffers of RECV_BYTES, cut from anonymous mappings of BUFFERS_PER_MAPPING each.
+
+    A mapping's pages cost memory only once written, so an idle connection's buffer costs the page
+    its last message was read into, as a malloc'd recv buffer does. `take` is the main thread's; a
+    connection's buffer is given back when its connection closes (`SimpleQueue.put` is C code)."""
+
+    def __init__(self) -> None:
+        self.free: queue.SimpleQueue = queue.SimpleQueue()
+        self.mappings: list[mmap.mmap] = []  # kept: a buffer is a view into one of them
+
+    def take(self) -> memoryview:
+        """A free buffer, mapping more when none is free; MemoryError if none can be mapped."""
+        try:
+            return self.free.get_nowait()
+        except queue.Empty:
+            pass
+        try:
+            mapping = mmap.mmap(-1, RECV_BYTES * BUFFERS_PER_MAPPING)
+        except OSError as e:  # ENOMEM: memory or RLIMIT_AS
+            raise MemoryError from e
+        self.mappings.append(mapping)
+        whole = memoryview(mapping)
+        for at in range(RECV_BYTES, len(whole), RECV_BYTES):
+            self.free.put(whole[at:at + RECV_BYTES])
+        return whole[:RECV_BYTES]
+
+    def give(self, buffer: memoryview | None) -> None:
+        if buffer is not None:
+            self.free.put(buffer)
+
+
 class Handover:
     """The connections filed for new threads that have not taken them yet.
 
@@ -102,29 +148,41 @@ class Handover:
     def __init__(self, ctx: ServeContext) -> None:
         self.ctx = ctx
         self.lock = threading.Lock()
-        self.waiting: dict[int, tuple[socket.socket, float, _Notice]] = {}
+        self.waiting: dict[int, tuple[socket.socket, float, _Notice | None, memoryview | None]] = {}
         self.notices: queue.SimpleQueue = queue.SimpleQueue()  # put() is C code: safe in a dying thread
+        self.buffers = Buffers()
         self._keys = itertools.count()
 
-    def start(self, conn: socket.socket) -> bool:
-        """File the connection and start its thread; False if the connection is still the
-        caller's (no thread started, or none took it)."""
+    def start(self, conn: socket.socket) -> str:
+        """File the connection with its buffer and start its thread. Returns "" when a thread took
+        it; else why the connection is still the caller's: "ENOMEM" (no buffer) or "threads" (no
+        thread started, or none took it)."""
+        try:
+            buffer = self.buffers.take()
+        except MemoryError:
+            return "ENOMEM"
         try:
             key = next(self._keys)
             start = _Start(self, key)
-            self.file(key, conn, time.monotonic(), _Notice(start, self.notices.put))
+            self.file(key, conn, time.monotonic(), _Notice(start, self.notices.put), buffer)
         except MemoryError:
-            return False
+            self.buffers.give(buffer)
+            return "threads"
         try:
             _thread.start_new_thread(start, ())
         except (RuntimeError, MemoryError):  # "can't start new thread", no memory for its state
             # The thread may have started (its ident, made after, found no memory): whoever pops
             # the connection first owns it.
-            return self.waiting.pop(key, None) is None
-        return True
+            entry = self.waiting.pop(key, None)
+            if entry is None:
+                return ""
+            self.buffers.give(buffer)
+            return "threads"
+        return ""
 
-    def file(self, key: int, conn: socket.socket, now: float, notice: "_Notice | None" = None) -> None:
-        self.waiting[key] = (conn, now, notice)
+    def file(self, key: int, conn: socket.socket, now: float, notice: "_Notice | None" = None,
+             buffer: memoryview | None = None) -> None:
+        self.waiting[key] = (conn, now, notice, buffer)
 
     def count(self, closed: int = 0, refused: str = "") -> None:
         self.lock.acquire()  # not `with`: its __exit__ allocates, and the lock must never stay held
@@ -154,7 +212,7 @@ class Handover:
                     break
                 refused += notice is None or self._refuse_waiting(notice.key)
             if self.waiting:
-                for key, (_, filed, _) in list(self.waiting.items()):
+                for key, (_, filed, _, _) in list(self.waiting.items()):
                     if now - filed > STILLBORN_S:
                         refused += self._refuse_waiting(key)
             if refused:
@@ -167,6 +225,7 @@ class Handover:
         entry = self.waiting.pop(key, None)
         if entry:
             self.refuse(entry[0], "ENOMEM")
+            self.buffers.give(entry[3])
         return entry is not None
 
 
@@ -216,16 +275,16 @@ def _echo(handover: Handover, key: int) -> None:
     entry = handover.waiting.pop(key, None)  # the thread's first act: the connection is its own now
     if entry is None:
         return  # refused by the main thread before this thread ran
-    conn = entry[0]
+    conn, buffer = entry[0], entry[3]
     try:
         if handover.ctx.tls is not None:  # the handshake in this thread, blocking like its echo
             conn = handover.ctx.tls.wrap_socket(conn, server_side=True)
         counters, upper, lock = handover.ctx.counters, handover.ctx.config.upper, handover.lock
-        while data := conn.recv(RECV_BYTES):
-            conn.sendall(data.upper() if upper else data)
+        while n := conn.recv_into(buffer):
+            conn.sendall(buffer[:n].tobytes().upper() if upper else buffer[:n])
             lock.acquire()
             try:
-                counters.bytes_echoed += len(data)
+                counters.bytes_echoed += n
             finally:
                 lock.release()
     except OSError:
@@ -236,3 +295,4 @@ def _echo(handover: Handover, key: int) -> None:
     finally:
         handover.count(closed=1)
         conn.close()
+        handover.buffers.give(buffer)
