@@ -201,11 +201,11 @@ def test_client_that_never_reads_cannot_grow_server_memory(start_server, backend
     sock.close()
 
 
-@pytest.mark.parametrize("mib", [64, 72])
-def test_threaded_refuses_promptly_when_no_thread_can_start(start_server, mib):
+@pytest.mark.parametrize("mib, reason", [(64, "threads"), (72, "ENOMEM")])
+def test_threaded_refuses_promptly_when_no_thread_can_start(start_server, mib, reason):
     # A 64 MiB address-space limit leaves room for about a hundred 256 KiB thread stacks: the
     # kernel then refuses the stack mmap and Python raises "can't start new thread". At 72 MiB here
-    # the stacks fit and the next connection's receive buffer cannot be mapped (ENOMEM) instead.
+    # the stacks fit and the next 64 receive buffers cannot be mapped (ENOMEM) instead.
     # A thread that answered its client reads into its own buffer: a later thread cannot take its
     # memory, so every client that got an answer is still held.
     limit = mib << 20
@@ -218,7 +218,7 @@ def test_threaded_refuses_promptly_when_no_thread_can_start(start_server, mib):
         # its buffer, as ENOMEM. Every refused client is one or the other, and none is lost.
         refused = lambda r: r[0]["refused_threads"] + r[0]["refused_ENOMEM"]  # noqa: E731
         rows = server.wait_gauges(lambda r: refused(r) == result.refused)
-        assert refused(rows) == result.refused
+        assert refused(rows) == result.refused and rows[0][f"refused_{reason}"] > 0
         assert rows[0]["open"] == len(result.held)
         assert "thread" in server.stderr_text()  # "no thread could start" or "thread ran out of memory"
         # at most a log line a second, the interpreter's own reports included

@@ -101,7 +101,9 @@ def test_given_processes_are_kept(processes):
 
 def test_threads_cap_the_threaded_backend():
     p = plan({**THIS_MACHINE, "threads_in_use": 30_000}, 10_000, backend="threaded")
-    assert p.caps["threads"] == min(32768, 65530 // 2) - 30_000 and p.binding == "threads"
+    assert p.caps["threads"] == min(32768, 65530 * 64 // 129) - 30_000 and p.binding == "threads"
+    assert plan({**THIS_MACHINE, "max_map_count": 1290, "threads_in_use": 0}, 1000,
+                backend="threaded").caps["threads"] == 640  # 2 + 1/64 map entries a thread
 
 
 def test_fd_limit_flags_are_checked_against_the_hard_limit():

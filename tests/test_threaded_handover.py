@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _thread
 import socket
+import subprocess
 import sys
 import time
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from harness.core.backends import ServerConfig
+from tests.helpers import ROOT
 from servers.backends import threaded
 from servers.gauges import Counters
 from servers.intake import RateLimitedLog
@@ -50,46 +52,74 @@ def test_a_live_thread_takes_its_connection_and_echoes_it(handover, pair):
     assert handover.waiting == {} and _refused(handover) == (0, 0)
 
 
-def test_a_connection_keeps_its_buffer_until_it_closes(handover, pair):
+def test_a_connection_reads_into_its_own_buffer_and_gives_it_back_as_it_closes(handover, pair):
     """A thread that has answered its client reads into the buffer reserved before it started: it
-    needs no new memory to go on (a new connection's thread cannot take it meanwhile)."""
+    needs no new buffer to go on (a new connection's thread cannot take that memory meanwhile)."""
     client, server = pair
     server.setblocking(True)
+    reserved: list[memoryview] = []
+    take = handover.buffers.take
+    handover.buffers.take = lambda: reserved.append(take()) or reserved[-1]
     assert handover.start(server) == ""
-    free = handover.buffers.free.qsize()
-    assert free == threaded.BUFFERS_PER_MAPPING - 1 and len(handover.buffers.mappings) == 1
-    big = bytes(range(256)) * (threaded.RECV_BYTES // 256) * 3  # three buffers' worth, in pieces
-    client.sendall(big)
-    got = bytearray()
-    while len(got) < len(big):
-        got += client.recv(len(big))
-    assert got == big and handover.buffers.free.qsize() == free  # still this connection's
+    assert len(reserved) == 1 and len(handover.buffers.free) == threaded.BUFFERS_PER_MAPPING - 1
+    for piece in (bytes([i]) * threaded.RECV_BYTES for i in range(3)):  # a buffer's worth at a time
+        client.sendall(piece)
+        got = bytearray()
+        while len(got) < len(piece):
+            got += client.recv(len(piece) - len(got))
+        assert got == piece
+    client.sendall(b"last")
+    assert client.recv(4) == b"last"
+    assert bytes(reserved[0][:4]) == b"last"  # read into the reserved buffer, not a new one
+    assert len(handover.buffers.free) == threaded.BUFFERS_PER_MAPPING - 1  # still this connection's
     client.shutdown(socket.SHUT_WR)
-    assert client.recv(1) == b""  # the thread closed the connection ...
-    given_back = handover.buffers.free.get(timeout=5)  # ... and gives its buffer back
-    assert len(given_back) == threaded.RECV_BYTES and not given_back.readonly
-    assert handover.ctx.counters.closed == 1
+    assert client.recv(1) == b""  # the thread gave the buffer back before it closed the connection
+    assert handover.buffers.free[-1] is reserved[0] and len(handover.buffers.free) == threaded.BUFFERS_PER_MAPPING
+    assert handover.ctx.counters.closed == 1 and len(handover.buffers.mappings) == 1
 
 
-def test_buffers_come_from_shared_mappings_and_are_used_again():
+def test_buffers_come_from_shared_mappings_and_the_last_given_back_is_used_first():
     buffers = threaded.Buffers()
     taken = [buffers.take() for _ in range(threaded.BUFFERS_PER_MAPPING)]
     assert len(buffers.mappings) == 1 and {len(b) for b in taken} == {threaded.RECV_BYTES}
-    taken[0][:5] = b"first"
+    assert len({id(b.obj) for b in taken}) == 1 and not taken[0].readonly
+    buffers.give(taken[5])
     buffers.give(taken[0])
-    again = buffers.take()
-    assert again[:5] == b"first" and len(buffers.mappings) == 1  # the same memory, no new mapping
+    assert buffers.take() is taken[0] and buffers.take() is taken[5]  # pages already written first
     assert len(buffers.take()) == threaded.RECV_BYTES and len(buffers.mappings) == 2
 
 
+def test_a_buffer_that_cannot_be_mapped_is_a_memory_error():
+    """Under an address-space limit the kernel refuses the mapping (ENOMEM): MemoryError, which the
+    server counts as an ENOMEM refusal."""
+    code = """if True:
+        import resource
+        from servers.backends.threaded import Buffers
+        with open("/proc/self/statm") as f:
+            size = int(f.read().split()[0]) * resource.getpagesize()
+        room = size + (16 << 20)
+        resource.setrlimit(resource.RLIMIT_AS, (room, resource.RLIM_INFINITY))
+        buffers = Buffers()
+        try:
+            while True:
+                buffers.take()
+        except MemoryError:
+            print(len(buffers.mappings))
+    """
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert 1 <= int(out.stdout) <= 4  # 16 MiB of room: four 4 MiB mappings at most
+
 def test_the_sweep_refuses_a_connection_no_thread_took(handover, pair):
     client, server = pair
-    handover.file(12345, server, now=100.0)  # a key no thread has: it is never taken
+    buffer = handover.buffers.take()
+    handover.file(12345, server, now=100.0, buffer=buffer)  # a key no thread has: it is never taken
     handover.tick(now=100.0 + threaded.STILLBORN_S - 1)
     assert 12345 in handover.waiting and _refused(handover) == (0, 0)
     handover.tick(now=100.0 + threaded.STILLBORN_S + 1)
     assert client.recv(1) == b""  # the client reads EOF
     assert handover.waiting == {} and _refused(handover) == (1, 1)
+    assert handover.buffers.free[-1] is buffer  # its buffer given back
 
 
 class _DiesBeforeTaking(threaded._Start):
@@ -106,14 +136,15 @@ def test_a_thread_that_dies_before_taking_its_connection_has_it_refused_at_the_n
     client, server = pair
     with threaded._interpreter_reports_quiet():
         start = _DiesBeforeTaking(handover, 7)
-        handover.file(7, server, time.monotonic(), threaded._Notice(start, handover.notices.put))
+        buffer = handover.buffers.take()
+        handover.file(7, server, time.monotonic(), threaded._Notice(start, handover.notices.put), buffer)
         _thread.start_new_thread(start, ())
         del start  # the interpreter drops the thread's callable as the thread ends: the death notice
         handover.notices.put(handover.notices.get(timeout=5))
     assert 7 in handover.waiting and _refused(handover) == (0, 0)  # the main thread's to refuse
     assert handover.tick() is None  # a pass now, long before the sweep would; nothing left waiting
     assert client.recv(1) == b""
-    assert handover.waiting == {} and _refused(handover) == (1, 1)
+    assert handover.waiting == {} and _refused(handover) == (1, 1) and handover.buffers.free[-1] is buffer
     # the interpreter said nothing of the thread's death: the one line is the server's own
     assert capfd.readouterr().err.splitlines() == [
         "threaded[test]: refused 1 connection(s) (ENOMEM x1); status; a connection's thread ran out of memory "

@@ -146,7 +146,8 @@ def plan(limits: dict, connections: int, backend: str = "asyncio", fd_limit: int
     process_bytes = processes * SERVER_PROCESS_BYTES + (workers or math.ceil(connections / per_worker)) * WORKER_PROCESS_BYTES
     caps["memory"] = max(0, limits["mem_available"] - reserve - process_bytes) // cost
     if backend == "threaded":
-        thread_room = min(limits["threads_max"], limits["pid_max"], limits["max_map_count"] // 2)
+        # a thread's map entries: stack, guard page, a 64th of a receive-buffer mapping (threaded.py)
+        thread_room = min(limits["threads_max"], limits["pid_max"], limits["max_map_count"] * 64 // 129)
         caps["threads"] = max(0, thread_room - limits.get("threads_in_use", 0))
     if sources_given:  # every worker binds these: each is one address's ports to the one destination
         caps["source ports"] = len(sources_given) * full_port_range(limits)

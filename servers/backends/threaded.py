@@ -7,11 +7,11 @@ per-connection buffering by itself: a client that does not read blocks its threa
 nothing more is read from it. A thread that cannot start (pid_max, threads-max, vm.max_map_count,
 memory) refuses that connection with a logged reason.
 
-A connection's receive buffer is reserved for it before its thread starts (`Buffers`) and kept for
-the connection's life: a thread that has answered its client needs no new memory to go on. With
-`recv(n)` each read mallocs n bytes; a thread that had answered freed that memory and asked for it
-again, a new connection's thread took it meanwhile, and under a memory limit the held connection
-died of MemoryError, a client the server had served counted as refused.
+A connection's 64 KiB receive buffer is reserved for it before its thread starts (`Buffers`) and
+kept for the connection's life (`recv_into`): out of memory, a new client is refused, and a thread
+that has answered its client needs no new buffer to go on, so a later thread cannot take the memory
+a held connection reads into (`recv(n)` mallocs n bytes at every read). Its small objects per read
+(a memoryview, an int) come from the interpreter's pools; `--upper` copies what it sends back.
 
 Threads are started with `_thread.start_new_thread`, not `threading.Thread`: `Thread.start()` waits
 until the new thread says it has started, and a new thread that runs out of memory before saying
@@ -69,7 +69,8 @@ def serve(ctx: ServeContext) -> None:
         refused = handover.start(conn)
         if refused == "ENOMEM":
             handover.refuse(conn, "ENOMEM")
-            _note_out_of_memory(ctx, 1)
+            ctx.log.note("ENOMEM", hint="no receive buffer could be mapped (memory or RLIMIT_AS, "
+                         "vm.max_map_count: see `harness limits`)")
         elif refused:
             handover.refuse(conn, "threads")
             ctx.log.note("threads", hint="no thread could start (memory or RLIMIT_AS, "
@@ -105,35 +106,35 @@ class _Notice(weakref.ref):
 
 
 class Buffers:
-    """Receive buffers of RECV_BYTES, cut from anonymous mappings of BUFFERS_PER_MAPPING each.
+    """Receive buffers of RECV_BYTES, cut from private anonymous mappings of BUFFERS_PER_MAPPING each.
 
-    A mapping's pages cost memory only once written, so an idle connection's buffer costs the page
-    its last message was read into, as a malloc'd recv buffer does. `take` is the main thread's; a
-    connection's buffer is given back when its connection closes (`SimpleQueue.put` is C code)."""
+    A mapping's pages cost memory once written and stay with the buffer: the buffer given back last
+    is taken first, so new connections read into pages already paid for. `take` is the main
+    thread's; a connection's thread gives its buffer back as the connection ends (`list.append`
+    is C code, atomic under the GIL, and needs no frame)."""
 
     def __init__(self) -> None:
-        self.free: queue.SimpleQueue = queue.SimpleQueue()
+        self.free: list[memoryview] = []
         self.mappings: list[mmap.mmap] = []  # kept: a buffer is a view into one of them
 
     def take(self) -> memoryview:
         """A free buffer, mapping more when none is free; MemoryError if none can be mapped."""
         try:
-            return self.free.get_nowait()
-        except queue.Empty:
+            return self.free.pop()
+        except IndexError:
             pass
         try:
-            mapping = mmap.mmap(-1, RECV_BYTES * BUFFERS_PER_MAPPING)
-        except OSError as e:  # ENOMEM: memory or RLIMIT_AS
-            raise MemoryError from e
+            mapping = mmap.mmap(-1, RECV_BYTES * BUFFERS_PER_MAPPING, flags=mmap.MAP_PRIVATE)
+        except OSError as e:  # ENOMEM, the only failure of a private anonymous mapping (mmap(2)):
+            raise MemoryError from e  # memory, RLIMIT_AS or vm.max_map_count
         self.mappings.append(mapping)
         whole = memoryview(mapping)
-        for at in range(RECV_BYTES, len(whole), RECV_BYTES):
-            self.free.put(whole[at:at + RECV_BYTES])
+        self.free.extend(whole[at:at + RECV_BYTES] for at in range(len(whole) - RECV_BYTES, 0, -RECV_BYTES))
         return whole[:RECV_BYTES]
 
     def give(self, buffer: memoryview | None) -> None:
         if buffer is not None:
-            self.free.put(buffer)
+            self.free.append(buffer)
 
 
 class Handover:
@@ -224,8 +225,8 @@ class Handover:
     def _refuse_waiting(self, key: int) -> bool:
         entry = self.waiting.pop(key, None)
         if entry:
-            self.refuse(entry[0], "ENOMEM")
             self.buffers.give(entry[3])
+            self.refuse(entry[0], "ENOMEM")
         return entry is not None
 
 
@@ -293,6 +294,9 @@ def _echo(handover: Handover, key: int) -> None:
         handover.count(refused="ENOMEM")  # as quietly as a failed start, not with a traceback
         handover.notices.put(None)  # the main thread logs it
     finally:
-        handover.count(closed=1)
-        conn.close()
-        handover.buffers.give(buffer)
+        try:
+            if buffer is not None:
+                handover.buffers.free.append(buffer)  # first: C code, and unused from here on
+        finally:
+            handover.count(closed=1)
+            conn.close()
