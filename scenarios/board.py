@@ -73,6 +73,10 @@ class Board:
             # From before the worker heard of this test: what it holds and may hold is current,
             # its counts are the last test's.
             report = {**report, **STALE_COUNTS}
+            if self.phase != "idle" and self.runner is not None:
+                # Told again until its reports carry this test: a worker drops a message that comes
+                # before it listens for its type, and the phase came as its users were spawned.
+                self.runner.send_message(PHASE_MESSAGE, self._phase_message(), client_id=msg.node_id)
         self.workers[msg.node_id] = report
 
     def new_test(self) -> None:
@@ -93,9 +97,12 @@ class Board:
             if phase == "ramp":
                 self._note_start()
             self.phase = phase
-            runner.send_message(PHASE_MESSAGE, {"ramping": phase == "ramp", "test": self.test})
+            runner.send_message(PHASE_MESSAGE, self._phase_message())
             if self.status_file:
                 write_status(self.status_file)
+
+    def _phase_message(self) -> dict:
+        return {"ramping": self.phase == "ramp", "test": self.test}
 
     def live_workers(self, now: float | None = None) -> list[WorkerReport]:
         now = time.time() if now is None else now

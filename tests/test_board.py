@@ -37,6 +37,32 @@ def test_a_report_from_before_its_worker_heard_of_the_test_keeps_what_it_holds_n
     assert (totals.connects_ok, totals.connects_failed, totals.echoes_verified) == (100, {}, 300)  # the last test's: none
 
 
+class _Runner:
+    """The master's runner as the board uses it: the messages it sends, to whom."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict, str | None]] = []
+
+    def send_message(self, kind: str, data: dict, client_id: str | None = None) -> None:
+        self.sent.append((kind, data, client_id))
+
+
+def test_a_worker_whose_reports_carry_another_test_is_told_the_phase_again_until_they_carry_this_one():
+    """A worker that missed the phase message (it came before the worker listened for it) would
+    count as holding nothing forever, and the ramp would wait for it until its time bound."""
+    board, runner, now = Board(), _Runner(), time.time()
+    board.runner = runner
+    board.on_message(None, message(1, report(1, test=0, at=now)))  # idle: no test to tell of
+    board.new_test()
+    board.set_phase(runner, "ramp")
+    assert runner.sent == [("harness_phase", {"ramping": True, "test": 1}, None)]  # to every worker
+    board.on_message(None, message(1, report(1, test=0, at=now)))
+    board.on_message(None, message(2, report(2, test=1, at=now)))
+    assert runner.sent[1:] == [("harness_phase", {"ramping": True, "test": 1}, "w1")]  # the one that missed it
+    board.on_message(None, message(1, report(1, test=1, at=now)))
+    assert len(runner.sent) == 2 and board.totals().connects_ok == 200
+
+
 def test_a_silent_worker_is_left_out_of_the_totals():
     board, now = Board(), time.time()
     board.on_message(None, message(1, report(1, test=0, at=now - STALE_S - 1)))

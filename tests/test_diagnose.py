@@ -189,6 +189,29 @@ def test_the_listening_socket_is_found_in_this_process_with_its_limits():
     assert listeners.listeners(port) == []
 
 
+def test_a_process_whose_memory_is_gone_is_gone_not_a_reading_of_zero():
+    """A zombie (as a process the OOM killer is ending) has no memory left to read: a cost read
+    from it would be 0 bytes, and its last reading is the one before."""
+    import subprocess
+    import sys
+
+    from tests.helpers import wait_until
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:  # not reaped until wait(): it stays a zombie
+        wait_until(lambda: _state(child.pid) == "Z", 10, "the child's exit")
+        assert listeners.describe(child.pid) is None
+    finally:
+        child.wait()
+    me = listeners.describe(os.getpid())
+    assert me is not None and me["rss_bytes"] > 0
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def wait_for_queue(port: int) -> int:
     from tests.helpers import wait_until
 
