@@ -40,6 +40,7 @@ from servers.gauges import ROLE_ACCEPTOR, GaugeBoard
 STALE_S = 5.0  # a worker silent this long is left out of the totals (the shape never lowers its target for it)
 KERNEL_INTERVAL_S = 2.0
 DIAGNOSIS_EVERY_S = 2.0
+WORKERS_READY_S = 30.0  # a test's first users wait this long at most for a connected worker's first report
 
 
 @dataclass
@@ -100,6 +101,21 @@ class Board:
             runner.send_message(PHASE_MESSAGE, self._phase_message())
             if self.status_file:
                 write_status(self.status_file)
+
+    def wait_for_workers(self, runner, timeout: float = WORKERS_READY_S) -> bool:
+        """Until every worker connected to the master has reported, or `timeout`; True if none had
+        to be waited for. A worker takes users from a spawn message that can come before its init
+        has run (locust#1730): a user would connect from a process not yet set up (no source address
+        yet: EINVAL), and a phase message would be dropped. A worker reports from its init on."""
+        clients = getattr(runner, "clients", None)  # a master's; a local runner has its init done
+        deadline = time.monotonic() + timeout
+        waited = False
+        while clients is not None and any(c.id not in self.workers for c in clients.all if c.state != "missing"):
+            if time.monotonic() > deadline:
+                break
+            waited = True
+            gevent.sleep(0.02)
+        return not waited
 
     def _phase_message(self) -> dict:
         return {"ramping": self.phase == "ramp", "test": self.test}

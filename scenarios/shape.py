@@ -74,6 +74,8 @@ class StepRampShape(LoadTestShape):
                          mem_available=_mem_available() if self.runner.environment.parsed_options.memory_reserve else 0)
 
     def tick(self):
+        if not self.state.dispatched and not BOARD.wait_for_workers(self.runner):
+            super().reset_time()  # the ramp's clock starts once its workers can take users
         BOARD.set_phase(self.runner, self.state.phase)
         self.state, decision = ramp.tick(self.state, self.get_run_time(), self._settings(), self._seen())
         if self.state.stopped_by is not None:

@@ -63,6 +63,27 @@ def test_a_worker_whose_reports_carry_another_test_is_told_the_phase_again_until
     assert len(runner.sent) == 2 and board.totals().connects_ok == 200
 
 
+def test_a_tests_first_users_wait_until_every_connected_worker_has_reported():
+    """A worker takes a spawn message before its init has run (locust#1730); it reports from its
+    init on, so the master dispatches users once every connected worker has reported."""
+    import gevent
+
+    board, now = Board(), time.time()
+    runner = SimpleNamespace(clients=SimpleNamespace(all=[SimpleNamespace(id="w1", state="ready"),
+                                                          SimpleNamespace(id="w2", state="ready"),
+                                                          SimpleNamespace(id="w3", state="missing")]))
+    board.on_message(None, message(1, report(1, test=0, at=now)))
+    late = gevent.spawn(lambda: [gevent.sleep(0) for _ in range(5)] and board.on_message(
+        None, message(2, report(2, test=0, at=now))))
+    assert board.wait_for_workers(runner) is False  # it had to wait ...
+    assert late.dead and set(board.workers) == {"w1", "w2"}  # ... for w2's report; a missing worker is not waited for
+    assert board.wait_for_workers(runner) is True  # every one has reported: no wait
+    assert board.wait_for_workers(SimpleNamespace()) is True  # a local runner's init has run
+    silent = SimpleNamespace(clients=SimpleNamespace(all=[SimpleNamespace(id="w9", state="ready")]))
+    started = time.monotonic()
+    assert board.wait_for_workers(silent, timeout=0.1) is False and time.monotonic() - started < 5  # bounded
+
+
 def test_a_silent_worker_is_left_out_of_the_totals():
     board, now = Board(), time.time()
     board.on_message(None, message(1, report(1, test=0, at=now - STALE_S - 1)))
