@@ -135,7 +135,7 @@ def test_three_runs_in_a_row_from_the_form_each_reach_their_own_number_of_users(
             page.goto(base)
             for i, users in enumerate((300, 700, 400)):
                 if i:  # the last test has stopped by itself: NEW opens the start form again
-                    page.get_by_role("button", name=re.compile("^new$", re.I)).click(timeout=20_000)
+                    _new_test(page)
                 page.fill("input[name=userCount]", str(users))
                 page.fill("input[name=spawnRate]", "1000")
                 page.get_by_text("Custom parameters").click()
@@ -183,6 +183,20 @@ def test_three_runs_in_a_row_from_the_form_each_reach_their_own_number_of_users(
     assert [d["target_connections"] for d in docs] == [300, 700, 400, 200, 250]
     assert [d["peak_connections"] for d in docs] == [300, 700, 400, 200, 250]
     assert code == 0, ui.stderr.read()
+
+
+def _new_test(page) -> None:
+    """NEW, once the page shows the test stopped. Locust's page reads the state every 2 s only while
+    it believes a test runs; beside a busy core it once showed no NEW 20 s after the master said
+    stopped (cause not found; no request failed in the run's logs). The page must not have failed
+    (React's "Something went wrong"); then a reload reads the state afresh, as a user would."""
+    new = page.get_by_role("button", name=re.compile("^new$", re.I))
+    try:
+        new.wait_for(timeout=10_000)
+    except playwright.TimeoutError:
+        assert "Something went wrong" not in page.content(), "the web UI's page failed"
+        page.reload()
+    new.click(timeout=20_000)
 
 
 def _post(base: str, path: str, **form) -> dict:
