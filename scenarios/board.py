@@ -11,6 +11,7 @@ has ended it can say why, with the same diagnosis as `run.json` (`harness.core.d
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -110,8 +111,11 @@ class Board:
         clients = getattr(runner, "clients", None)  # a master's; a local runner has its init done
         deadline = time.monotonic() + timeout
         waited = False
-        while clients is not None and any(c.id not in self.workers for c in clients.all if c.state != "missing"):
+        while clients is not None and (silent := [c.id for c in clients.all
+                                                  if c.state != "missing" and c.id not in self.workers]):
             if time.monotonic() > deadline:
+                logging.getLogger(__name__).warning("worker(s) %s sent no report in %g s: the test starts without "
+                                                    "waiting for them", ", ".join(silent), timeout)
                 break
             waited = True
             gevent.sleep(0.02)

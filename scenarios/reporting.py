@@ -34,7 +34,9 @@ def worker_report(worker_index: int, rss: RssReader, rss_base: int, base_fds: in
 
 def on_phase(environment, msg, **kwargs) -> None:
     test = msg.data.get("test", 0)
-    if test != TALLY.test:  # START again in the web UI: this test counts from zero
+    if TALLY.test == 0:  # this process's first test: what it counted so far is this test's
+        TALLY.test = test
+    elif test != TALLY.test:  # START again in the web UI: this test counts from zero
         TALLY.reset(test)
     TALLY.ramping = bool(msg.data["ramping"])
 

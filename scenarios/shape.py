@@ -31,6 +31,7 @@ class StepRampShape(LoadTestShape):
     def __init__(self) -> None:
         super().__init__()
         self.state = ramp.State()
+        self._workers_waited = False  # for this test's workers' first reports
 
     def reset_time(self) -> None:
         """Every test starts here (Locust's start_shape, for each START in the web UI): a fresh
@@ -40,6 +41,7 @@ class StepRampShape(LoadTestShape):
         if self.state.phase == "ramp" and self.state.dispatched:
             return
         self.state = ramp.State()
+        self._workers_waited = False
         BOARD.new_test()
 
     def stopped(self) -> None:
@@ -74,8 +76,10 @@ class StepRampShape(LoadTestShape):
                          mem_available=_mem_available() if self.runner.environment.parsed_options.memory_reserve else 0)
 
     def tick(self):
-        if not self.state.dispatched and not BOARD.wait_for_workers(self.runner):
-            super().reset_time()  # the ramp's clock starts once its workers can take users
+        if not self._workers_waited:  # once a test: a ramp that dispatches none at first must not wait again
+            self._workers_waited = True
+            if not BOARD.wait_for_workers(self.runner):
+                super().reset_time()  # the ramp's clock starts once its workers can take users
         BOARD.set_phase(self.runner, self.state.phase)
         self.state, decision = ramp.tick(self.state, self.get_run_time(), self._settings(), self._seen())
         if self.state.stopped_by is not None:

@@ -63,6 +63,25 @@ def test_a_worker_whose_reports_carry_another_test_is_told_the_phase_again_until
     assert len(runner.sent) == 2 and board.totals().connects_ok == 200
 
 
+def test_a_workers_first_phase_message_keeps_what_it_counted_and_a_new_test_counts_from_zero():
+    """A worker told the phase late (it joined as the test ran) keeps the connects it counted: they
+    are this test's; a second test (START again in the web UI) counts from zero."""
+    from scenarios.reporting import on_phase
+    from scenarios.tally import TALLY
+
+    saved = TALLY.test, TALLY.connects_ok, TALLY.ramping
+    try:
+        TALLY.test, TALLY.connects_ok = 0, 250  # users that connected before the phase came
+        on_phase(None, SimpleNamespace(data={"ramping": True, "test": 1}))
+        assert (TALLY.test, TALLY.connects_ok, TALLY.ramping) == (1, 250, True)
+        on_phase(None, SimpleNamespace(data={"ramping": False, "test": 1}))  # told again: nothing changes
+        assert (TALLY.test, TALLY.connects_ok, TALLY.ramping) == (1, 250, False)
+        on_phase(None, SimpleNamespace(data={"ramping": True, "test": 2}))
+        assert (TALLY.test, TALLY.connects_ok) == (2, 0)
+    finally:
+        TALLY.test, TALLY.connects_ok, TALLY.ramping = saved
+
+
 def test_a_tests_first_users_wait_until_every_connected_worker_has_reported():
     """A worker takes a spawn message before its init has run (locust#1730); it reports from its
     init on, so the master dispatches users once every connected worker has reported."""

@@ -190,11 +190,14 @@ def _new_test(page) -> None:
     it believes a test runs; beside a busy core it once showed no NEW 20 s after the master said
     stopped (cause not found; no request failed in the run's logs). The page must not have failed
     (React's "Something went wrong"); then a reload reads the state afresh, as a user would."""
+    import warnings
+
     new = page.get_by_role("button", name=re.compile("^new$", re.I))
     try:
         new.wait_for(timeout=10_000)
     except playwright.TimeoutError:
         assert "Something went wrong" not in page.content(), "the web UI's page failed"
+        warnings.warn("Locust's page showed NEW only after a reload", stacklevel=2)
         page.reload()
     new.click(timeout=20_000)
 

@@ -92,8 +92,8 @@ def describe(pid: int) -> ProcessInfo | None:
             cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except (OSError, IndexError, ValueError):
         return None
-    if "VmRSS" not in status:  # a zombie, or a process the OOM killer is ending: its memory is gone
-        return None
+    if "VmRSS" not in status and int(status.get("Threads", "1")) <= 1:
+        return None  # a zombie, or a process the OOM killer is ending: its memory is gone
 
     def kb(name: str) -> int:
         return int(status.get(name, "0 kB").split()[0]) * 1024
