@@ -89,8 +89,6 @@ def on_init(environment, runner, web_ui=None, **kwargs) -> None:
     opts = environment.parsed_options
     if opts is None:
         return
-    if isinstance(runner, (WorkerRunner, LocalRunner)):
-        reporting.listen(runner)
     host, port = split_host_port(environment.host, "--host") if environment.host else (None, None)
     if host:
         error = target_error(host, opts.allow_non_loopback, labs_if(opts.test_hosts))

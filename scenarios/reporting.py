@@ -41,17 +41,13 @@ def on_phase(environment, msg, **kwargs) -> None:
     TALLY.ramping = bool(msg.data["ramping"])
 
 
-def listen(runner) -> None:
-    """In a process that runs users: follow the master's phase (periodic requests wait while it
-    ramps) and RESET. First in the process's init: a message of a type not yet listened for is
-    dropped, and the master sends the phase as soon as the workers are connected."""
-    runner.register_message(PHASE_MESSAGE, on_phase)
-    runner.register_message(RESET_MESSAGE, lambda environment, msg, **kw: TALLY.reset_echo_stats())
-
-
 def start_reporting(runner) -> None:
     """In a process that runs users: report to the master every REPORT_INTERVAL_S (while ramping,
-    RAMP_REPORT_INTERVAL_S)."""
+    RAMP_REPORT_INTERVAL_S), and follow the master's phase (periodic requests wait while it ramps).
+    The master tells the phase once this process has reported (`Board.wait_for_workers`), so it is
+    listened for before the first report goes."""
+    runner.register_message(PHASE_MESSAGE, on_phase)
+    runner.register_message(RESET_MESSAGE, lambda environment, msg, **kw: TALLY.reset_echo_stats())
     rss = RssReader()  # opened now, before any connection: works at EMFILE later
     base = rss.rss_bytes()  # before any user: what the users cost is measured from here
     # fds in use = those held before any user + one socket per open connection. Listed once:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import resource
 import socket
+import subprocess
+import sys
 
 from harness.core import diagnose
 from harness.core.evidence import Evidence, counter_deltas
@@ -192,9 +194,6 @@ def test_the_listening_socket_is_found_in_this_process_with_its_limits():
 def test_a_process_whose_memory_is_gone_is_gone_not_a_reading_of_zero():
     """A zombie (as a process the OOM killer is ending) has no memory left to read: a cost read
     from it would be 0 bytes, and its last reading is the one before."""
-    import subprocess
-    import sys
-
     from tests.helpers import wait_until
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
